@@ -1,0 +1,89 @@
+"""The bot's tables: who may talk to the twin, per-chat memory, and key/value state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from storage.models import BotState, BotUser, MemoryTurn, utcnow
+
+
+def set_allowed(
+    session: Session,
+    user_id: int,
+    allowed: bool,
+    *,
+    username: str | None = None,
+    display_name: str | None = None,
+) -> BotUser:
+    user = session.get(BotUser, user_id)
+    if user is None:
+        user = BotUser(user_id=user_id, display_name=display_name or "")
+        session.add(user)
+    user.allowed = allowed
+    if username is not None:
+        user.username = username.lstrip("@")
+    if display_name:
+        user.display_name = display_name
+    session.flush()
+    return user
+
+
+def find_user_by_username(session: Session, username: str) -> BotUser | None:
+    name = username.lstrip("@").lower()
+    return session.scalar(select(BotUser).where(func.lower(BotUser.username) == name))
+
+
+def allowed_user_ids(session: Session) -> set[int]:
+    return set(session.scalars(select(BotUser.user_id).where(BotUser.allowed.is_(True))))
+
+
+def list_users(session: Session) -> list[BotUser]:
+    return list(session.scalars(select(BotUser).order_by(BotUser.added_at)))
+
+
+def append_turn(
+    session: Session, chat_id: int, role: str, text: str, at: datetime | None = None
+) -> MemoryTurn:
+    turn = MemoryTurn(chat_id=chat_id, role=role, text=text, created_at=at or utcnow())
+    session.add(turn)
+    session.flush()
+    return turn
+
+
+def recent_turns(session: Session, chat_id: int, limit: int = 64) -> list[MemoryTurn]:
+    """The chat's newest `limit` turns, oldest first."""
+    newest = session.scalars(
+        select(MemoryTurn)
+        .where(MemoryTurn.chat_id == chat_id)
+        .order_by(MemoryTurn.id.desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(newest))
+
+
+def forget(session: Session, chat_id: int) -> int:
+    result = session.execute(delete(MemoryTurn).where(MemoryTurn.chat_id == chat_id))
+    return result.rowcount or 0
+
+
+def memory_size(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(MemoryTurn)) or 0
+
+
+def get_state(session: Session, key: str, default: Any = None) -> Any:
+    state = session.get(BotState, key)
+    return default if state is None else state.value
+
+
+def set_state(session: Session, key: str, value: Any) -> None:
+    state = session.get(BotState, key)
+    if state is None:
+        session.add(BotState(key=key, value=value))
+    else:
+        state.value = value
+        state.updated_at = utcnow()
+    session.flush()

@@ -1,0 +1,93 @@
+"""Chats: upsert, the summary table `twin chats` prints, and exclusion from training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, cast, func, select
+from sqlalchemy.orm import Session
+
+from storage.errors import StorageError
+from storage.models import Chat, Message
+from storage.upsert import on_conflict_insert
+
+CHAT_COLUMNS = ("id", "kind", "title", "username", "source")
+
+
+@dataclass(frozen=True)
+class ChatSummary:
+    id: int
+    title: str
+    username: str | None
+    kind: str
+    excluded: bool
+    messages: int
+    owner_messages: int
+    first_date: datetime | None
+    last_date: datetime | None
+
+    @property
+    def owner_share(self) -> float:
+        return self.owner_messages / self.messages if self.messages else 0.0
+
+
+def upsert_chats(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Insert chats or refresh their names; the owner's `excluded` choice is never touched."""
+    batch = [{name: row.get(name) for name in CHAT_COLUMNS} for row in rows]
+    for row in batch:
+        row["title"] = row["title"] or ""
+        row["kind"] = row["kind"] or "personal_chat"
+        row["source"] = row["source"] or "telethon"
+    if batch:
+        statement = on_conflict_insert(
+            session, Chat.__table__, ("id",), update=("kind", "title", "username")
+        )
+        session.execute(statement, batch)
+
+
+def chat_summaries(session: Session) -> list[ChatSummary]:
+    counts = (
+        select(
+            Message.chat_id,
+            func.count().label("messages"),
+            func.sum(cast(Message.from_owner, Integer)).label("owner_messages"),
+            func.min(Message.date).label("first_date"),
+            func.max(Message.date).label("last_date"),
+        )
+        .group_by(Message.chat_id)
+        .subquery()
+    )
+    query = (
+        select(Chat, counts)
+        .outerjoin(counts, counts.c.chat_id == Chat.id)
+        .order_by(counts.c.messages.desc().nulls_last(), Chat.id)
+    )
+    summaries = []
+    for row in session.execute(query):
+        chat: Chat = row.Chat
+        summaries.append(
+            ChatSummary(
+                id=chat.id,
+                title=chat.title,
+                username=chat.username,
+                kind=chat.kind,
+                excluded=chat.excluded,
+                messages=row.messages or 0,
+                owner_messages=row.owner_messages or 0,
+                first_date=row.first_date,
+                last_date=row.last_date,
+            )
+        )
+    return summaries
+
+
+def set_excluded(session: Session, chat_id: int, excluded: bool) -> Chat:
+    """Keep a chat out of training (or let it back in)."""
+    chat = session.get(Chat, chat_id)
+    if chat is None:
+        raise StorageError(f"no stored chat has id {chat_id}: `twin chats` lists them")
+    chat.excluded = excluded
+    return chat

@@ -1,0 +1,103 @@
+"""The `twin` command: one subcommand per pipeline stage, harvest -> storage -> training -> bot."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from storage import StorageError
+from twin.commands import config, dataset, db, demo, harvest, serve, train
+from twin.context import AppContext, NotBuiltError
+from twin.logging_setup import setup_logging
+from twin.settings import SettingsError, load_settings
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="twin",
+    help="tgtwin: your Telegram digital twin.\n\nExample: twin import result.json",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+for module in (config, db, harvest, dataset, train, serve, demo):
+    module.register(app)
+
+#: Errors that mean "the user can fix this": printed as one line, traceback only with -v.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    StorageError,
+    SettingsError,
+    NotBuiltError,
+    FileNotFoundError,
+    PermissionError,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        Console().print(f"tgtwin {version('tgtwin')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logs, tracebacks.")] = (
+        False
+    ),
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data directory (TWIN_DATA_DIR).")
+    ] = None,
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="Settings file (default ./.env).")
+    ] = None,
+    _show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """tgtwin: your Telegram digital twin.
+
+    Example: twin import result.json && twin dataset build && twin train
+    """
+    settings = load_settings(env_file, data_dir=data_dir)
+    setup_logging(verbose, secrets=settings.secrets)
+    context = AppContext(settings=settings, verbose=verbose, env_file=env_file)
+    ctx.obj = context
+    ctx.call_on_close(context.close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn our errors into one readable line and an exit code."""
+    verbose = any(arg in ("-v", "--verbose") for arg in (argv or sys.argv[1:]))
+    console = Console(stderr=True)
+    try:
+        app(args=argv, prog_name="twin", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except USER_ERRORS as error:
+        if verbose:
+            console.print_exception()
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""What every command gets: the settings, the verbosity, and the database opened on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from storage import Database, open_database
+from twin.settings import Settings
+
+
+class NotBuiltError(Exception):
+    """A command whose stage is not built yet says so instead of pretending to work."""
+
+    def __init__(self, command: str, issue: int) -> None:
+        super().__init__(f"`twin {command}` is not built yet (tracked in issue #{issue})")
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    verbose: bool = False
+    env_file: Path | None = None
+    _database: Database | None = field(default=None, repr=False)
+
+    def database(self) -> Database:
+        """The configured database, migrated to the current schema on first use."""
+        if self._database is None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self._database = open_database(self.settings.resolved_database_url)
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+            self._database = None
+
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory for this command (overrides TWIN_DATA_DIR)."),
+]
+
+
+def app_context(ctx: typer.Context, data_dir: Path | None = None) -> AppContext:
+    """The context the root callback made, with a command-level `--data-dir` applied."""
+    context: AppContext = ctx.find_root().obj
+    if data_dir is not None and data_dir != context.settings.data_dir:
+        context.close()
+        context.settings = context.settings.model_copy(update={"data_dir": data_dir})
+    return context

@@ -1,0 +1,59 @@
+"""Logging, configured once by the CLI: rich on stderr, chatty libraries quiet, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+QUIET_LIBRARIES = (
+    "alembic",
+    "httpx",
+    "httpcore",
+    "telethon",
+    "telegram",
+    "urllib3",
+    "filelock",
+    "datasets",
+)
+REDACTED = "[secret]"
+
+
+class SecretFilter(logging.Filter):
+    """Replaces every known secret value in a record's final text, whatever logged it."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        text = record.exc_text or ""
+        for secret in self.secrets:
+            message = message.replace(secret, REDACTED)
+            text = text.replace(secret, REDACTED)
+        record.msg, record.args = message, None
+        if record.exc_text:
+            record.exc_text, record.exc_info = text, None
+        return True
+
+
+def setup_logging(verbose: bool = False, secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger; call once from the CLI entry point."""
+    handler = RichHandler(
+        console=Console(stderr=True), show_path=verbose, rich_tracebacks=verbose, markup=False
+    )
+    handler.addFilter(SecretFilter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
