@@ -12,10 +12,12 @@ import click
 import typer
 from rich.console import Console
 
+from harvest.errors import HarvestError
 from storage import StorageError
 from twin.commands import config, dataset, db, demo, harvest, serve, train
 from twin.context import AppContext, NotBuiltError
 from twin.logging_setup import setup_logging
+from training.errors import TrainingError
 from twin.settings import SettingsError, load_settings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ for module in (config, db, harvest, dataset, train, serve, demo):
 #: Errors that mean "the user can fix this": printed as one line, traceback only with -v.
 USER_ERRORS: tuple[type[Exception], ...] = (
     StorageError,
+    HarvestError,
+    TrainingError,
     SettingsError,
     NotBuiltError,
     FileNotFoundError,
