@@ -14,10 +14,10 @@ from rich.console import Console
 
 from harvest.errors import HarvestError
 from storage import StorageError
+from training.errors import TrainingError
 from twin.commands import config, dataset, db, demo, harvest, serve, train
 from twin.context import AppContext, NotBuiltError
 from twin.logging_setup import setup_logging
-from training.errors import TrainingError
 from twin.settings import SettingsError, load_settings
 
 logger = logging.getLogger(__name__)
