@@ -11,7 +11,8 @@ from storage.upsert import on_conflict_insert
 
 def cursors(session: Session) -> dict[int, int]:
     """Every chat's cursor, by chat id."""
-    return dict(session.execute(select(Cursor.chat_id, Cursor.max_message_id)).tuples())
+    rows = session.execute(select(Cursor.chat_id, Cursor.max_message_id))
+    return {chat_id: max_message_id for chat_id, max_message_id in rows}
 
 
 def cursor(session: Session, chat_id: int) -> int | None:

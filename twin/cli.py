@@ -8,7 +8,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -83,15 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(arg in ("-v", "--verbose") for arg in (argv or sys.argv[1:]))
     console = Console(stderr=True)
     try:
-        app(args=argv, prog_name="twin", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        return done.exit_code
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except click.exceptions.Abort:
-        console.print("aborted")
-        return 130
+        app(args=argv, prog_name="twin")  # standalone: usage errors print and exit 2
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
