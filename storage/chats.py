@@ -48,6 +48,18 @@ def upsert_chats(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
         session.execute(statement, batch)
 
 
+def upsert_chats_keeping_usernames(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Like `upsert_chats`, for a source that knows no usernames (an export): stored ones stay."""
+    batch = [{name: row.get(name) for name in CHAT_COLUMNS} for row in rows]
+    for row in batch:
+        row["title"] = row["title"] or ""
+        row["kind"] = row["kind"] or "personal_chat"
+        row["source"] = row["source"] or "export"
+    if batch:
+        statement = on_conflict_insert(session, Chat.__table__, ("id",), update=("kind", "title"))
+        session.execute(statement, batch)
+
+
 def chat_summaries(session: Session) -> list[ChatSummary]:
     counts = (
         select(

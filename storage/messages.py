@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -40,12 +40,60 @@ def upsert_messages(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
     statement = on_conflict_insert(
         session, Message.__table__, ("chat_id", "message_id"), update=_MUTABLE
     )
+    sqlite = session.get_bind().dialect.name == "sqlite"
     sent = 0
     iterator = iter(rows)
-    while batch := [dict(row) for row in islice(iterator, UPSERT_BATCH)]:
-        session.execute(statement, batch)
+    while batch := list(islice(iterator, UPSERT_BATCH)):
+        if not (sqlite and _upsert_on_sqlite(session, statement, batch)):
+            session.execute(statement, [dict(row) for row in batch])
         sent += len(batch)
     return sent
+
+
+_SQLITE_UPSERT_SQL: dict[str, str] = {}
+
+
+def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str, Any]]) -> bool:
+    """The same statement as one DB-API `executemany`, values bound as the models bind them.
+
+    Per-row SQLAlchemy binding is most of an import's time otherwise. Returns False, having
+    written nothing, when a row lacks a column: SQLAlchemy then fills in the defaults.
+    """
+    if not _SQLITE_UPSERT_SQL:
+        compiled = statement.compile(dialect=session.get_bind().dialect)
+        if tuple(compiled.positiontup) != MESSAGE_COLUMNS:
+            raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
+        _SQLITE_UPSERT_SQL["sql"] = str(compiled)
+    try:
+        parameters = [
+            (
+                row["chat_id"],
+                row["message_id"],
+                _sqlite_time(row["date"]),
+                row["from_owner"],
+                row["sender_id"],
+                row["text"],
+                row["reply_to_id"],
+                row["kind"],
+                row["media_type"],
+                row["forwarded"],
+                None if row["edited_at"] is None else _sqlite_time(row["edited_at"]),
+            )
+            for row in batch
+        ]
+    except KeyError:
+        return False
+    session.connection().exec_driver_sql(_SQLITE_UPSERT_SQL["sql"], parameters)
+    return True
+
+
+def _sqlite_time(value: datetime) -> str:
+    """What `UTCDateTime` stores on SQLite: naive UTC in SQLAlchemy's SQLite text format."""
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: every stored time must be timezone-aware")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def count_messages(session: Session, chat_id: int | None = None) -> int:
@@ -57,6 +105,12 @@ def count_messages(session: Session, chat_id: int | None = None) -> int:
 
 def newest_message_date(session: Session) -> datetime | None:
     return session.scalar(select(func.max(Message.date)))
+
+
+def last_message_dates(session: Session) -> dict[int, datetime]:
+    """Per chat, the date of its newest stored message."""
+    query = select(Message.chat_id, func.max(Message.date)).group_by(Message.chat_id)
+    return {chat_id: date for chat_id, date in session.execute(query)}
 
 
 def training_messages(session: Session, batch_size: int = 10_000) -> Iterator[Row[Any]]:
