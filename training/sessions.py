@@ -1,0 +1,151 @@
+"""From stored messages to conversations: select, sessionize, merge into turns (pure functions).
+
+A *session* is a chat's run of messages where no gap exceeds `session_gap`; a *turn* is a run of
+consecutive messages of one sender inside a session. Only the owner's own words are learned:
+a forward or a captionless photo from the owner stays in the conversation as context only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as the builder reads it; `timestamp` is unix seconds, UTC."""
+
+    chat_id: int
+    message_id: int
+    timestamp: int
+    from_owner: bool
+    text: str
+    kind: str = "text"
+    media_type: str | None = None
+    forwarded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedMessage:
+    """A message kept for training: its text as the model sees it and whose words it is.
+
+    `owner_words` is true only for the owner's own text (not forwarded, not a bare media).
+    """
+
+    message_id: int
+    timestamp: int
+    from_owner: bool
+    text: str
+    owner_words: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Consecutive messages of one sender, joined by newlines.
+
+    An owner turn with `trained` false holds no words of the owner (only forwards or media)
+    and stays as context.
+    """
+
+    role: Role
+    content: str
+    trained: bool
+    first_message_id: int
+    last_message_id: int
+    start: int
+    end: int
+    messages: int
+
+
+def media_marker(media_type: str | None) -> str:
+    """How a captionless media message appears in the context: `[photo]`, `[voice]`, ..."""
+    return f"[{media_type or 'media'}]"
+
+
+def select_message(
+    message: StoredMessage, scrub: Callable[[str], str] | None = None
+) -> SelectedMessage | None:
+    """The message as training text, or None for service messages and empty text.
+
+    `scrub` redacts the message's own text before anything is added to it. Forwards are
+    marked `[forwarded]` and captionless media become `[photo]`-style markers: both stay as
+    context and never count as the owner's words.
+    """
+    if message.kind == "service":
+        return None
+    text = message.text.strip()
+    if text and scrub is not None:
+        text = scrub(text)
+    if not text:
+        if message.kind != "media":
+            return None
+        text = media_marker(message.media_type)
+        owner_words = False
+    else:
+        owner_words = message.from_owner and not message.forwarded
+        if message.kind == "media" and not message.from_owner:
+            text = f"{media_marker(message.media_type)} {text}"
+    if message.forwarded:
+        text = f"[forwarded] {text}"
+    return SelectedMessage(
+        message.message_id, message.timestamp, message.from_owner, text, owner_words
+    )
+
+
+def sessionize(
+    messages: Iterable[SelectedMessage], gap_seconds: float
+) -> Iterator[list[SelectedMessage]]:
+    """Split one chat's messages (in time order) where the gap exceeds `gap_seconds`."""
+    session: list[SelectedMessage] = []
+    for message in messages:
+        if session and message.timestamp - session[-1].timestamp > gap_seconds:
+            yield session
+            session = []
+        session.append(message)
+    if session:
+        yield session
+
+
+def merge_turns(session: Sequence[SelectedMessage]) -> list[Turn]:
+    """Join consecutive messages of one sender into turns.
+
+    An owner turn keeps only the owner's own words when it has any; otherwise it keeps the
+    forwards and markers, untrained, so the other person's next turn still makes sense.
+    """
+    turns: list[Turn] = []
+    index = 0
+    while index < len(session):
+        first = session[index]
+        end = index + 1
+        while end < len(session) and session[end].from_owner == first.from_owner:
+            end += 1
+        run = session[index:end]
+        if first.from_owner:
+            words = [message.text for message in run if message.owner_words]
+            trained = bool(words)
+            content = "\n".join(words if words else [message.text for message in run])
+        else:
+            trained = False
+            content = "\n".join(message.text for message in run)
+        turns.append(
+            Turn(
+                role="assistant" if first.from_owner else "user",
+                content=content,
+                trained=trained,
+                first_message_id=first.message_id,
+                last_message_id=run[-1].message_id,
+                start=first.timestamp,
+                end=run[-1].timestamp,
+                messages=len(run),
+            )
+        )
+        index = end
+    return turns
+
+
+def has_owner_reply(turns: Sequence[Turn]) -> bool:
+    """A session gives an example only if the owner wrote something in it."""
+    return any(turn.role == "assistant" and turn.trained for turn in turns)
