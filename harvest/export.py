@@ -444,16 +444,19 @@ class _TextWindow:
                 continue
             try:
                 result, end = _scan(self.text, self.pos)
-            except StopIteration:
-                raise self._unexpected(self.text[self.pos], "a value", what) from None
-            except json.JSONDecodeError as error:
-                if self._repair_hex_escape(error):
+            except (StopIteration, json.JSONDecodeError) as error:
+                # Both also mean "the value goes on past the window" (the C scanner raises
+                # StopIteration for a value cut short inside a container).
+                if isinstance(error, json.JSONDecodeError) and self._repair_hex_escape(error):
                     continue
                 if not self.eof and len(self.text) - self.pos < limit:
                     self.read_more()
                     continue
                 if limit < MAX_VALUE_CHARS:
                     return _TOO_LARGE
+                if isinstance(error, StopIteration):
+                    found = self.text[error.value] if error.value < len(self.text) else ""
+                    raise self._unexpected(found, "a value", what) from None
                 if self.eof and (
                     error.pos >= len(self.text.rstrip()) or error.msg.startswith("Unterminated")
                 ):
@@ -522,13 +525,18 @@ class _TextWindow:
                 self.value_start, self.pos = pos, end
             yield result
             found = separator(self.text, self.pos)
-            if found is None:
-                raise self._unexpected(self.peek(), "',' or ']'", what)
-            self.pos = found.end()
-            if found[1] == "]":
+            if found is not None:
+                self.pos = found.end()
+                if found[1] == "]":
+                    return
+                continue
+            after = self.peek()  # the window ended inside the whitespace, or a broken file
+            self.pos += 1
+            if after == "]":
                 return
-            if found.end() == len(self.text) and not self.eof:
-                self.read_more()
+            if after != ",":
+                self.pos -= 1
+                raise self._unexpected(after, "',' or ']'", what)
 
     def elements(self, what: str) -> Iterator[int]:
         """Indexes of the array at the position; the caller consumes each element."""
