@@ -1,0 +1,416 @@
+"""The trainer on tiny models: loss falls, resume after kill -9, continued training, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training.trainer import NothingNewError, TrainOptions, select_examples, train
+
+REPO = Path(__file__).resolve().parents[2]
+START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+
+# Each contact asks the same things; the owner always answers the same way.
+EXCHANGES = [
+    ("what is your favourite colour?", "green, always green 🙂"),
+    ("are you coming tonight?", "yes! see you at 8"),
+    ("how was the trip", "long, but the sea was worth it"),
+    ("can you call me", "in 5 min, driving"),
+    ("did you eat", "not yet... pizza later?"),
+    ("good morning", "morning ☕ slept badly"),
+    ("where are you", "at the office till 6"),
+    ("thanks for yesterday", "anytime, it was fun 😄"),
+]
+CONTACTS = ["Anna", "Boris", "Chen", "Dana", "Emil", "Fay"]
+
+
+@dataclass
+class TinySetup:
+    """A tiny model saved on disk and a dataset in the `twin dataset build` format."""
+
+    data_dir: Path
+    model_dir: Path
+    tokenizer: Any
+    fingerprint: str
+
+
+def conversation_rows(count: int, *, first_session: int = 0) -> list[dict[str, Any]]:
+    """`count` one-exchange sessions, an hour apart, cycling through contacts and questions."""
+    rows = []
+    for number in range(first_session, first_session + count):
+        question, answer = EXCHANGES[number % len(EXCHANGES)]
+        contact = CONTACTS[number % len(CONTACTS)]
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"hi, it's {contact}"},
+                    {"role": "assistant", "content": f"hey {contact}"},
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ],
+                "chat_id": 100 + number % len(CONTACTS),
+                "contact_name": contact,
+                "session_end": START + 3600 * number,
+            }
+        )
+    return rows
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered chat, labels only on the owner's last reply (and its EOS)."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    context = tokenizer.apply_chat_template(messages[:-1], tokenize=False)
+    assert full.startswith(context)
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    input_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert input_ids[: len(context_ids)] == context_ids
+    labels = [-100] * len(context_ids) + input_ids[len(context_ids) :]
+    return input_ids, labels
+
+
+def write_dataset(
+    data_dir: Path,
+    tokenizer: Any,
+    base_model: str,
+    train_rows: list[dict[str, Any]],
+    validation_rows: list[dict[str, Any]],
+    fingerprint: str,
+) -> str:
+    """Save a DatasetDict, meta.json and stats.json as `twin dataset build` does; mark LATEST."""
+    from datasets import Dataset, DatasetDict
+
+    def split(rows: list[dict[str, Any]]) -> Dataset:
+        records = []
+        for row in rows:
+            input_ids, labels = encode(tokenizer, row["messages"])
+            records.append(
+                {
+                    "input_ids": input_ids,
+                    "labels": labels,
+                    "chat_id": row["chat_id"],
+                    "session_key": f"{row['chat_id']}:{row['session_end']}",
+                    "session_end": row["session_end"],
+                    "num_tokens": len(input_ids),
+                    "messages": json.dumps(row["messages"], ensure_ascii=False),
+                    "contact_name": row["contact_name"],
+                }
+            )
+        return Dataset.from_list(records)
+
+    folder = data_dir / "datasets" / fingerprint
+    DatasetDict({"train": split(train_rows), "validation": split(validation_rows)}).save_to_disk(
+        str(folder)
+    )
+    newest = max(row["session_end"] for row in train_rows + validation_rows)
+    meta = {
+        "fingerprint": fingerprint,
+        "base_model": base_model,
+        "options": {},
+        "newest_message_at": datetime.fromtimestamp(newest, UTC).isoformat(),
+        "owner_name": "Owner",
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "stats.json").write_text(json.dumps({"train": len(train_rows)}))
+    (data_dir / "datasets" / "LATEST").write_text(fingerprint)
+    return fingerprint
+
+
+def tiny_setup(root: Path, architecture: str = "mistral", *, sessions: int = 48) -> TinySetup:
+    """A tiny model of `architecture` and a memorable dataset: `sessions` for training, then 8."""
+    from training.tiny import build_tiny_model, train_tokenizer
+
+    texts = [m["content"] for row in conversation_rows(64) for m in row["messages"]]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    model_dir = build_tiny_model(tokenizer, root / f"tiny-{architecture}", architecture)
+    sharpen_output_layer(model_dir)
+    data_dir = root / "data"
+    rows = conversation_rows(sessions + 8)
+    fingerprint = write_dataset(
+        data_dir, tokenizer, str(model_dir), rows[:sessions], rows[sessions:], "fp-first"
+    )
+    return TinySetup(data_dir, model_dir, tokenizer, fingerprint)
+
+
+def sharpen_output_layer(model_dir: Path, factor: float = 10.0) -> None:
+    """Scale a random model's output layer up to a trained one's size.
+
+    With 0.02-std weights and 64 hidden units the logits stay near uniform whatever the
+    hidden state, so no adapter could make the model confident; a pretrained head can.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(factor)
+    model.save_pretrained(model_dir)
+
+
+def tiny_options(**overrides: Any) -> TrainOptions:
+    """Options that train a tiny model on a CPU in seconds."""
+    values: dict[str, Any] = {
+        "rank": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "epochs": 6,
+        "learning_rate": 1e-2,
+        "warmup_ratio": 0.1,
+        "batch_tokens": 256,
+        "eval_every": 10,
+        "checkpoint_every": 0,
+    }
+    return TrainOptions(**{**values, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def mistral(tmp_path: Path) -> TinySetup:
+    return tiny_setup(tmp_path, "mistral")
+
+
+def lora_tensors(adapter: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(adapter / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "falcon"])
+def test_training_lowers_validation_loss_and_changes_only_the_adapter(
+    tmp_path: Path, sqlite_database: Any, architecture: str
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from storage.runs import get_run
+    from training.model import ModelOptions, load_for_inference
+
+    setup = tiny_setup(tmp_path, architecture)
+
+    result = train(sqlite_database, tiny_options(), setup.data_dir)
+
+    metrics = result.metrics
+    assert metrics["val_loss"] < 0.6 * metrics["val_loss_start"]
+    assert metrics["padding_fraction"] == 0.0
+    with sqlite_database.session() as session:
+        run = get_run(session, result.run_id)
+        assert (run.status, run.active, run.base_model) == ("succeeded", True, str(setup.model_dir))
+        assert run.dataset_fingerprint == setup.fingerprint
+        assert run.newest_message_at == datetime.fromtimestamp(START + 3600 * 47, UTC)
+    adapter = Path(run.adapter_path)
+    for name in ("adapter_config.json", "train_options.json", "history.json", "dataset.json"):
+        assert (adapter / name).is_file(), name
+    assert "[INST]" in (adapter / "chat_template.jinja").read_text()
+    assert not (setup.data_dir / "adapters" / f"{result.run_id}.tmp").exists()
+    lora_b = [t for name, t in lora_tensors(adapter).items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero
+    original = AutoModelForCausalLM.from_pretrained(setup.model_dir)
+    tuned, _ = load_for_inference(ModelOptions(str(setup.model_dir)), adapter)
+    base_after = tuned.get_base_model().state_dict()
+    for name, tensor in original.state_dict().items():
+        key = next(k for k in base_after if k.replace(".base_layer", "") == name)
+        assert torch.equal(base_after[key], tensor), name
+
+
+def test_training_without_a_dataset_says_to_build_one(tmp_path: Path, sqlite_database: Any) -> None:
+    from training.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="twin dataset build"):
+        train(sqlite_database, tiny_options(), tmp_path / "empty")
+
+
+def test_bad_options_are_reported_together(tmp_path: Path, sqlite_database: Any) -> None:
+    from training.errors import TrainingError
+
+    options = tiny_options(rank=0, learning_rate=-1, quant="3bit")
+    with pytest.raises(TrainingError) as raised:
+        train(sqlite_database, options, tmp_path)
+    assert all(flag in str(raised.value) for flag in ("--rank", "--lr", "--quant"))
+
+
+KILLABLE_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    from storage import open_database
+    from training.trainer import TrainOptions, train
+
+    url, data_dir, options = sys.argv[1], sys.argv[2], TrainOptions.from_dict(eval(sys.argv[3]))
+    # Slow each step down so the parent can kill this process between checkpoints.
+    train(open_database(url), options, data_dir, progress=lambda event: time.sleep(0.3))
+    """
+)
+
+
+def test_resume_after_kill_finishes_with_the_same_steps(
+    tmp_path: Path, mistral: TinySetup, sqlite_url: str
+) -> None:
+    from storage import open_database
+    from storage.runs import get_run, list_runs
+    from training.runs import checkpoint_root
+
+    options = tiny_options(checkpoint_every=3, eval_every=0, epochs=4)
+    database = open_database(sqlite_url)
+    reference = train(database, replace(options, activate=False), mistral.data_dir)
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLABLE_CHILD,
+            sqlite_url,
+            str(mistral.data_dir),
+            repr(options.to_dict()),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        checkpoints = checkpoint_root(mistral.data_dir, reference.run_id + 1)
+        deadline = time.monotonic() + 120
+        while not any(p.suffix != ".tmp" for p in checkpoints.glob("step-*")):
+            assert child.poll() is None, "the child finished before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    with database.session() as session:
+        assert get_run(session, reference.run_id + 1).status == "running"
+
+    resumed = train(database, TrainOptions(resume=True), mistral.data_dir)
+
+    assert resumed.run_id == reference.run_id + 1
+    assert resumed.metrics["steps"] == reference.metrics["steps"]
+    history = json.loads((resumed.adapter_path / "history.json").read_text())
+    assert [e["step"] for e in history if "loss" in e] == list(
+        range(1, resumed.metrics["steps"] + 1)
+    )
+    assert not checkpoint_root(mistral.data_dir, resumed.run_id).exists()
+    with database.session() as session:
+        assert [run.status for run in list_runs(session)] == ["succeeded", "succeeded"]
+    database.close()
+
+
+def add_new_sessions(setup: TinySetup, count: int) -> str:
+    """A second dataset build: the first one's sessions plus `count` newer ones."""
+    rows = conversation_rows(48 + 8 + count)
+    return write_dataset(
+        setup.data_dir,
+        setup.tokenizer,
+        str(setup.model_dir),
+        rows[: 48 + count],
+        rows[48 + count :],
+        "fp-second",
+    )
+
+
+def test_continued_training_starts_from_the_parent_on_new_data_plus_replay(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    from storage.runs import active_run
+
+    parent = train(sqlite_database, tiny_options(), mistral.data_dir)
+    add_new_sessions(mistral, 8)
+
+    # A learning rate of ~0 leaves the weights where training started: the parent's.
+    child = train(
+        sqlite_database,
+        tiny_options(continue_training=True, replay=0.5, learning_rate=1e-12, epochs=1),
+        mistral.data_dir,
+    )
+
+    assert (child.parent_id, child.metrics["new_examples"]) == (parent.run_id, 8)
+    assert (child.metrics["replay_examples"], child.metrics["train_examples"]) == (4, 12)
+    parent_weights = lora_tensors(parent.adapter_path)
+    child_weights = lora_tensors(child.adapter_path)
+    for name, tensor in parent_weights.items():
+        assert tensor.abs().sum() > 0 or "lora_A" not in name
+        assert (child_weights[name] - tensor).abs().max() < 1e-6, name
+    with sqlite_database.session() as session:
+        run = active_run(session)
+        assert (run.id, run.parent_id) == (child.run_id, parent.run_id)
+        assert run.newest_message_at == datetime.fromtimestamp(START + 3600 * 55, UTC)
+
+
+def test_continued_training_with_nothing_new_creates_no_run(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    from storage.runs import list_runs
+
+    parent = train(sqlite_database, tiny_options(max_steps=2), mistral.data_dir)
+
+    with pytest.raises(NothingNewError, match=f"nothing new since run {parent.run_id}"):
+        train(sqlite_database, tiny_options(continue_training=True), mistral.data_dir)
+    with sqlite_database.session() as session:
+        assert [run.id for run in list_runs(session)] == [parent.run_id]
+
+
+def test_replay_sample_comes_only_from_older_sessions(mistral: TinySetup) -> None:
+    from training.trainer import load_dataset
+
+    add_new_sessions(mistral, 10)
+    dataset, _ = load_dataset(mistral.data_dir)
+    cutoff = START + 3600 * 47
+
+    selection = select_examples(dataset, cutoff=cutoff, replay=0.2, seed=0)
+
+    assert selection.counts == {
+        "new_examples": 10,
+        "replay_examples": 2,
+        "train_examples": 12,
+        "validation_examples": 8,
+    }
+    assert selection.newest_session_end == START + 3600 * 57
+
+
+def test_two_processes_under_torchrun_train_one_run(
+    mistral: TinySetup, sqlite_url: str, tmp_path: Path
+) -> None:
+    from storage import open_database
+    from storage.runs import list_runs
+
+    open_database(sqlite_url).close()  # as `twin` would have: two processes must not migrate
+    torchrun = Path(sys.executable).with_name("torchrun")
+    completed = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "tests" / "training" / "dist_train.py"),
+            sqlite_url,
+            str(mistral.data_dir),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    database = open_database(sqlite_url)
+    with database.session() as session:
+        (run,) = list_runs(session)
+        assert (run.status, run.metrics["world_size"]) == ("succeeded", 2)
+        assert run.metrics["val_loss"] < run.metrics["val_loss_start"]
+    database.close()
