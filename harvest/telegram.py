@@ -1,0 +1,250 @@
+"""Everything that knows Telethon: the client and its session file, login, and how a Telethon
+dialog or message becomes a `ChatRecord` or `MessageRecord`.
+
+Telethon is imported inside the functions, so `twin --help` and `twin import` never load it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harvest.errors import HarvestError, NotLoggedInError, TelegramConnectionError
+from harvest.records import ChatRecord, MessageRecord
+
+logger = logging.getLogger(__name__)
+
+SESSION_FILE_NAME = "telegram.session"
+PERSONAL_CHAT = "personal_chat"
+TELEGRAM_SERVICE_USER_ID = 777000
+API_CREDENTIALS_HINT = (
+    "set TWIN_API_ID and TWIN_API_HASH (create them at https://my.telegram.org, "
+    '"API development tools")'
+)
+
+
+@dataclass(frozen=True)
+class TelegramOptions:
+    """How to reach Telegram as the owner: API credentials and where the session lives."""
+
+    api_id: int
+    api_hash: str = field(repr=False)  # a secret: never shown
+    session_path: Path
+    #: Telethon sleeps through shorter flood waits itself; 0 hands every one to the harvester,
+    #: which shows it on the progress bar and resumes from the cursor.
+    flood_sleep_threshold: int = 0
+    request_retries: int = 3
+    connection_retries: int = 3
+
+
+def session_path(data_dir: Path) -> Path:
+    return data_dir / SESSION_FILE_NAME
+
+
+@dataclass(frozen=True)
+class LoginPrompts:
+    """Asks the owner for what Telegram wants during login."""
+
+    phone: Callable[[], str]
+    code: Callable[[], str]
+    password: Callable[[], str]
+
+
+def make_client(options: TelegramOptions) -> Any:
+    """A Telethon client over the session file, created private (mode 0600) before first use."""
+    from telethon import TelegramClient
+
+    _private_file(options.session_path)
+    return TelegramClient(
+        str(options.session_path),
+        options.api_id,
+        options.api_hash,
+        flood_sleep_threshold=options.flood_sleep_threshold,
+        request_retries=options.request_retries,
+        connection_retries=options.connection_retries,
+        retry_delay=1,
+        auto_reconnect=True,
+    )
+
+
+async def login(
+    options: TelegramOptions,
+    prompts: LoginPrompts,
+    client_factory: Callable[[TelegramOptions], Any] | None = None,
+) -> str:
+    """Log in (phone, code, 2FA password when set) and keep the session; returns who you are."""
+    from telethon import errors
+
+    client = (client_factory or make_client)(options)
+    try:
+        with _private_files():
+            await client.start(
+                phone=prompts.phone, code_callback=prompts.code, password=prompts.password
+            )
+            me = await client.get_me()
+    except (errors.ApiIdInvalidError, errors.ApiIdPublishedFloodError) as error:
+        raise HarvestError(f"Telegram refused the API credentials: {API_CREDENTIALS_HINT}") from (
+            error
+        )
+    except (errors.PhoneNumberInvalidError, errors.PhoneNumberBannedError) as error:
+        raise HarvestError(f"Telegram refused the phone number: {error}") from error
+    except (errors.PhoneCodeInvalidError, errors.PhoneCodeExpiredError) as error:
+        raise HarvestError("the login code was not accepted: run `twin login` again") from error
+    except errors.PasswordHashInvalidError as error:
+        raise HarvestError("wrong 2FA password: run `twin login` again") from error
+    except OSError as error:
+        raise TelegramConnectionError(f"cannot reach Telegram: {error}") from error
+    finally:
+        await _disconnect(client)
+        _private_file(options.session_path)
+    name = " ".join(part for part in (me.first_name, me.last_name) if part)
+    return f"{name} (id {me.id})" if name else f"id {me.id}"
+
+
+@asynccontextmanager
+async def logged_in_client(
+    options: TelegramOptions, client_factory: Callable[[TelegramOptions], Any] | None = None
+) -> AsyncIterator[Any]:
+    """A connected client whose session Telegram accepts; `NotLoggedInError` otherwise."""
+    if not options.session_path.exists():
+        raise NotLoggedInError(f"no Telegram session in {options.session_path}: run `twin login`")
+    client = (client_factory or make_client)(options)
+    try:
+        with _private_files():
+            try:
+                await client.connect()
+                authorized = await client.is_user_authorized()
+            except OSError as error:
+                raise TelegramConnectionError(f"cannot reach Telegram: {error}") from error
+            if not authorized:
+                raise NotLoggedInError(
+                    f"the Telegram session in {options.session_path} has expired or was "
+                    "revoked: run `twin login`"
+                )
+            yield client
+    finally:
+        await _disconnect(client)
+
+
+def is_person(dialog: Any) -> bool:
+    """A one-to-one chat with a person: not a bot, a deleted account, yourself or Telegram."""
+    entity = dialog.entity
+    return (
+        dialog.is_user
+        and not getattr(entity, "bot", False)
+        and not getattr(entity, "deleted", False)
+        and not getattr(entity, "is_self", False)
+        and not getattr(entity, "support", False)
+        and entity.id != TELEGRAM_SERVICE_USER_ID
+    )
+
+
+def chat_record(dialog: Any) -> ChatRecord:
+    """A dialog as a chat row; its id is the person's user id, as in an export."""
+    return ChatRecord(
+        id=dialog.id,
+        kind=PERSONAL_CHAT,
+        title=dialog.name or "",
+        username=getattr(dialog.entity, "username", None),
+        source="telethon",
+    )
+
+
+def message_record(message: Any, chat_id: int, owner_id: int) -> MessageRecord | None:
+    """A Telethon message as the export importer would store it; None for service messages.
+
+    Text is the raw `message.message` (not `.text`, which Telethon re-renders as markdown);
+    media kinds use the export's words, so an export and a harvest of one chat agree.
+    """
+    from telethon.tl import types
+
+    if not isinstance(message, types.Message):  # MessageService, MessageEmpty
+        return None
+    text = message.message or ""
+    media_type, sticker_emoji = _media_type(message.media, types)
+    if sticker_emoji and not text:
+        text = sticker_emoji
+    out = bool(message.out)
+    return MessageRecord(
+        chat_id=chat_id,
+        message_id=message.id,
+        date=message.date,
+        from_owner=out,
+        sender_id=owner_id if out else (message.sender_id or chat_id),
+        text=text,
+        reply_to_id=getattr(message.reply_to, "reply_to_msg_id", None),
+        kind="text" if media_type is None else "media",
+        media_type=media_type,
+        forwarded=message.fwd_from is not None,
+        edited_at=None if message.edit_hide else message.edit_date,
+    )
+
+
+def _media_type(media: Any, types: Any) -> tuple[str | None, str | None]:
+    """(media type in the export's words, a sticker's emoji)."""
+    if media is None or isinstance(media, types.MessageMediaWebPage):
+        return None, None  # a link preview: the message is still text
+    if isinstance(media, types.MessageMediaDocument):
+        return _document_type(media, types)
+    simple = {
+        types.MessageMediaPhoto: "photo",
+        types.MessageMediaContact: "contact",
+        types.MessageMediaGeoLive: "live_location",
+        types.MessageMediaVenue: "venue",
+        types.MessageMediaGeo: "location",
+        types.MessageMediaGame: "game",
+        types.MessageMediaInvoice: "invoice",
+        types.MessageMediaPoll: "poll",
+    }
+    name = simple.get(type(media))
+    return (name or type(media).__name__.removeprefix("MessageMedia").lower()), None
+
+
+def _document_type(media: Any, types: Any) -> tuple[str, str | None]:
+    """Telegram Desktop's order: sticker, round video, voice, animation, video, audio, file."""
+    attributes = getattr(media.document, "attributes", None) or []
+    found = {type(attribute): attribute for attribute in attributes}
+    sticker = found.get(types.DocumentAttributeSticker)
+    video = found.get(types.DocumentAttributeVideo)
+    audio = found.get(types.DocumentAttributeAudio)
+    if sticker is not None:
+        return "sticker", sticker.alt or None
+    if getattr(media, "round", False) or (video is not None and video.round_message):
+        return "video_message", None
+    if getattr(media, "voice", False) or (audio is not None and audio.voice):
+        return "voice_message", None
+    if types.DocumentAttributeAnimated in found:
+        return "animation", None
+    if video is not None:
+        return "video_file", None
+    if audio is not None:
+        return "audio_file", None
+    return "file", None
+
+
+def _private_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+
+
+@contextmanager
+def _private_files() -> Any:
+    """Files Telethon creates meanwhile (the session's journal) are private too."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+async def _disconnect(client: Any) -> None:
+    try:
+        await client.disconnect()
+    except Exception:  # closing must not hide the error that got us here
+        logger.debug("disconnecting from Telegram failed", exc_info=True)

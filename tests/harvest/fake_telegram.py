@@ -1,0 +1,395 @@
+"""A fake Telegram account behind the methods of Telethon's client that the harvester calls.
+
+Everything it hands out is a real Telethon object: `telethon.tl.types.User`, `Chat`, `Message`
+(which Telethon patches into its custom `Message`, the class `iter_messages` yields),
+`MessageService`, media, forward and reply headers, and `telethon.tl.custom.Dialog` built from a
+real `types.Dialog`. Only the network is missing. Requests are counted per dialog, and
+failures (`FloodWaitError`, connection errors), slow pages and takeout delays can be injected.
+Every person and message in it is made up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from telethon import errors, utils
+from telethon.tl import types
+from telethon.tl.custom import Dialog
+
+OWNER_ID = 1_000_001
+START = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+PAGE_SIZE = 100  # what Telethon asks for per GetHistory request
+
+
+def flood_wait(seconds: int) -> errors.FloodWaitError:
+    return errors.FloodWaitError(request=None, capture=seconds)
+
+
+def sticker(emoji: str) -> types.MessageMediaDocument:
+    return _document(
+        [types.DocumentAttributeSticker(alt=emoji, stickerset=types.InputStickerSetEmpty())],
+        "image/webp",
+    )
+
+
+def voice_note(seconds: int = 3) -> types.MessageMediaDocument:
+    return _document([types.DocumentAttributeAudio(duration=seconds, voice=True)], "audio/ogg")
+
+
+def video_file() -> types.MessageMediaDocument:
+    return _document([types.DocumentAttributeVideo(duration=5.0, w=640, h=360)], "video/mp4")
+
+
+def animation() -> types.MessageMediaDocument:
+    attributes = [
+        types.DocumentAttributeAnimated(),
+        types.DocumentAttributeVideo(duration=1.0, w=1, h=1),
+    ]
+    return _document(attributes, "video/mp4")
+
+
+def plain_file() -> types.MessageMediaDocument:
+    return _document([types.DocumentAttributeFilename(file_name="report.pdf")], "application/pdf")
+
+
+def photo() -> types.MessageMediaPhoto:
+    return types.MessageMediaPhoto(
+        photo=types.Photo(id=1, access_hash=1, file_reference=b"", date=START, sizes=[], dc_id=2)
+    )
+
+
+def link_preview() -> types.MessageMediaWebPage:
+    return types.MessageMediaWebPage(webpage=types.WebPageEmpty(id=1))
+
+
+def _document(attributes: list[Any], mime: str) -> types.MessageMediaDocument:
+    document = types.Document(
+        id=1,
+        access_hash=1,
+        file_reference=b"",
+        date=START,
+        mime_type=mime,
+        size=10,
+        dc_id=2,
+        attributes=attributes,
+    )
+    return types.MessageMediaDocument(document=document)
+
+
+class FakeTelegram:
+    """One Telegram account: people, bots, groups, their histories, and a request log."""
+
+    def __init__(self, owner_id: int = OWNER_ID) -> None:
+        self.me = types.User(id=owner_id, is_self=True, first_name="Owner", access_hash=1)
+        self.entities: dict[int, Any] = {owner_id: self.me}
+        self.histories: dict[int, list[Any]] = {owner_id: []}
+        self.clock = START
+        self._last_id = 0
+        # What the harvester asked for.
+        self.history_requests: Counter[int] = Counter()
+        self.history_calls: list[dict[str, Any]] = []
+        self.dialog_requests = 0
+        self.takeouts = 0
+        # What goes wrong: failures by the number of the history request (1-based), raised
+        # instead of serving it; the same for `iter_dialogs` pages and `get_me`.
+        self.history_failures: dict[int, BaseException] = {}
+        self.dialog_failures: dict[int, BaseException] = {}
+        self.me_failure: BaseException | None = None
+        self.takeout_failure: BaseException | None = None
+        self.page_delay = 0.0
+        self.authorized = True
+        self.on_page: Callable[[int, int], None] | None = None
+
+    # --- building the account -------------------------------------------------------------
+
+    def add_user(
+        self, user_id: int, first_name: str, last_name: str | None = None, **flags: Any
+    ) -> types.User:
+        user = types.User(
+            id=user_id, access_hash=user_id * 7, first_name=first_name, last_name=last_name, **flags
+        )
+        self.entities[user_id] = user
+        self.histories.setdefault(user_id, [])
+        return user
+
+    def add_group(self, chat_id: int, title: str) -> types.Chat:
+        group = types.Chat(
+            id=chat_id,
+            title=title,
+            photo=types.ChatPhotoEmpty(),
+            participants_count=3,
+            date=START,
+            version=1,
+        )
+        self.entities[utils.get_peer_id(group)] = group
+        self.histories.setdefault(utils.get_peer_id(group), [])
+        return group
+
+    def add_channel(self, channel_id: int, title: str) -> types.Channel:
+        channel = types.Channel(
+            id=channel_id,
+            title=title,
+            photo=types.ChatPhotoEmpty(),
+            date=START,
+            access_hash=3,
+            broadcast=True,
+        )
+        self.entities[utils.get_peer_id(channel)] = channel
+        self.histories.setdefault(utils.get_peer_id(channel), [])
+        return channel
+
+    def say(
+        self,
+        peer_id: int,
+        text: str = "",
+        *,
+        out: bool = False,
+        media: Any = None,
+        forwarded: bool = False,
+        reply_to: int | None = None,
+        when: datetime | None = None,
+    ) -> types.Message:
+        """A new message in the chat with `peer_id`, from the owner when `out`."""
+        self._last_id += 1
+        self.clock = when or self.clock + timedelta(minutes=3)
+        peer = utils.get_peer(self.entities[peer_id])
+        message = types.Message(
+            id=self._last_id,
+            peer_id=peer,
+            date=self.clock,
+            message=text,
+            out=out,
+            # Outgoing messages name their sender; incoming private ones no longer do
+            # (layer 119+), Telethon then takes the chat as the sender.
+            from_id=types.PeerUser(self.me.id) if out else None,
+            fwd_from=types.MessageFwdHeader(date=START, from_name="Someone") if forwarded else None,
+            reply_to=types.MessageReplyHeader(reply_to_msg_id=reply_to) if reply_to else None,
+            media=media,
+        )
+        self.histories[peer_id].append(message)
+        return message
+
+    def call(self, peer_id: int, *, out: bool = False) -> types.MessageService:
+        """A phone call: a service message, which no harvest stores."""
+        self._last_id += 1
+        self.clock += timedelta(minutes=1)
+        message = types.MessageService(
+            id=self._last_id,
+            peer_id=utils.get_peer(self.entities[peer_id]),
+            date=self.clock,
+            out=out,
+            action=types.MessageActionPhoneCall(call_id=self._last_id, duration=60),
+        )
+        self.histories[peer_id].append(message)
+        return message
+
+    def edit(self, peer_id: int, message_id: int, text: str, when: datetime) -> None:
+        message = self._find(peer_id, message_id)
+        message.message, message.edit_date = text, when
+
+    def delete(self, peer_id: int, message_id: int) -> None:
+        self.histories[peer_id].remove(self._find(peer_id, message_id))
+
+    def _find(self, peer_id: int, message_id: int) -> Any:
+        return next(m for m in self.histories[peer_id] if m.id == message_id)
+
+    # --- the client methods the harvester calls ---------------------------------------------
+
+    async def connect(self) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def is_user_authorized(self) -> bool:
+        return self.authorized
+
+    async def get_me(self) -> types.User:
+        if self.me_failure is not None:
+            failure, self.me_failure = self.me_failure, None
+            raise failure
+        return self.me
+
+    async def iter_dialogs(self) -> AsyncIterator[Dialog]:
+        dialogs = []
+        for peer_id, history in self.histories.items():
+            if not history:
+                continue  # Telegram lists no dialog for a chat that never had a message
+            top = max(history, key=lambda m: m.id)
+            dialog = types.Dialog(
+                peer=utils.get_peer(self.entities[peer_id]),
+                top_message=top.id,
+                read_inbox_max_id=top.id,
+                read_outbox_max_id=top.id,
+                unread_count=0,
+                unread_mentions_count=0,
+                unread_reactions_count=0,
+                unread_poll_votes_count=0,
+                notify_settings=types.PeerNotifySettings(),
+            )
+            dialogs.append(Dialog(self, dialog, self.entities, top))
+        dialogs.sort(key=lambda d: d.message.id, reverse=True)
+        for start in range(0, max(len(dialogs), 1), PAGE_SIZE):
+            self.dialog_requests += 1
+            failure = self.dialog_failures.pop(self.dialog_requests, None)
+            if failure is not None:
+                raise failure
+            for dialog in dialogs[start : start + PAGE_SIZE]:
+                yield dialog
+
+    async def iter_messages(
+        self,
+        entity: Any,
+        limit: int | None = None,
+        *,
+        min_id: int = 0,
+        offset_date: datetime | None = None,
+        reverse: bool = False,
+        wait_time: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Telethon's semantics for `reverse=True`: oldest first, strictly after `min_id`, or
+        strictly after `offset_date`; pages of 100, one request each, and one more after a
+        full page."""
+        if not reverse or limit is not None:
+            raise AssertionError("the harvester walks whole histories oldest first")
+        if min_id and offset_date is not None:
+            raise AssertionError("Telethon ignores offset_date when min_id is set: pass one")
+        peer_id = utils.get_peer_id(entity)
+        self.history_calls.append(
+            {"peer_id": peer_id, "min_id": min_id, "offset_date": offset_date}
+        )
+        history = sorted(self.histories[peer_id], key=lambda m: m.id)
+        if offset_date is not None:
+            selected = [m for m in history if m.date > offset_date]
+        else:
+            selected = [m for m in history if m.id > min_id]
+        for start in range(0, len(selected) + 1, PAGE_SIZE):
+            await self._history_request(peer_id)
+            page = selected[start : start + PAGE_SIZE]
+            for message in page:
+                yield message
+            if len(page) < PAGE_SIZE:
+                return
+
+    async def _history_request(self, peer_id: int) -> None:
+        self.history_requests[peer_id] += 1
+        number = sum(self.history_requests.values())
+        if self.on_page is not None:
+            self.on_page(peer_id, number)
+        if self.page_delay:
+            await asyncio.sleep(self.page_delay)
+        failure = self.history_failures.pop(number, None)
+        if failure is not None:
+            raise failure
+
+    def takeout(self, finalize: bool = True, **what: Any) -> Any:
+        @asynccontextmanager
+        async def session() -> AsyncIterator[FakeTelegram]:
+            if self.takeout_failure is not None:
+                raise self.takeout_failure
+            if not finalize or not what.get("users"):
+                raise AssertionError("a takeout for private chats needs users=True, finalize")
+            self.takeouts += 1
+            yield self
+
+        return session()
+
+
+def busy_account(people: int = 5, messages_per_person: int = 250, seed: int = 7) -> FakeTelegram:
+    """A deterministic account: `people` people with mixed histories, plus chats to skip."""
+    rng = random.Random(seed)
+    account = FakeTelegram()
+    names = ["Алиса", "Bassem باسم", "Carol 🌸", "Дмитрий", "Emma", "Фёдор", "Gül", "Hiro 弘"]
+    for index in range(people):
+        account.add_user(
+            2_000_001 + index, names[index % len(names)], f"#{index}", username=f"person{index}"
+        )
+    account.add_user(3_000_001, "Weather", bot=True, username="weather_bot")
+    account.add_user(2_999_999, None, deleted=True)
+    account.add_user(777000, "Telegram", verified=True)
+    account.add_group(4_000_001, "Friends")
+    account.add_channel(5_000_001, "News")
+    account.say(3_000_001, "Sunny")
+    account.say(2_999_999, "hi from a deleted account")
+    account.say(777000, "Login code: 12345")
+    account.say(-4_000_001, "всем привет")
+    account.say(-1_000_000_000_000 - 5_000_001, "breaking news")
+    account.say(account.me.id, "note to self", out=True)
+    for _ in range(people * messages_per_person):
+        peer = 2_000_001 + rng.randrange(people)
+        roll = rng.random()
+        out = rng.random() < 0.5
+        if roll < 0.02:
+            account.call(peer, out=out)
+        elif roll < 0.05:
+            account.say(peer, "", out=out, media=sticker(rng.choice("😀😅🔥")))
+        elif roll < 0.07:
+            account.say(peer, "посмотри 📷", out=out, media=photo())
+        else:
+            words = rng.choices(["привет", "как дела", "ok", "مرحبا", "🙂", "see you", "да"], k=3)
+            account.say(peer, " ".join(words), out=out, forwarded=roll > 0.97)
+    return account
+
+
+def export_of(account: FakeTelegram, upto_id: int | None = None) -> dict[str, Any]:
+    """What Telegram Desktop would export of this account (messages up to `upto_id`)."""
+    def exported(message: Any, peer: types.User) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": message.id,
+            "type": "service" if isinstance(message, types.MessageService) else "message",
+            "date": message.date.replace(tzinfo=None).isoformat(),
+            "date_unixtime": str(int(message.date.timestamp())),
+        }
+        if item["type"] == "service":
+            return {**item, "actor": peer.first_name, "action": "phone_call", "text": ""}
+        if message.edit_date:
+            item["edited"] = message.edit_date.replace(tzinfo=None).isoformat()
+            item["edited_unixtime"] = str(int(message.edit_date.timestamp()))
+        sender = account.me if message.out else peer
+        item.update(from_=sender.first_name, from_id=f"user{sender.id}")
+        item["from"] = item.pop("from_")
+        if message.fwd_from:
+            item["forwarded_from"] = message.fwd_from.from_name
+        if message.reply_to:
+            item["reply_to_message_id"] = message.reply_to.reply_to_msg_id
+        if isinstance(message.media, types.MessageMediaPhoto):
+            item["photo"] = "(Photo not included)"
+        elif isinstance(message.media, types.MessageMediaDocument):
+            item["file"] = "(File not included)"
+            alt = next(
+                (a.alt for a in message.media.document.attributes if hasattr(a, "alt")), None
+            )
+            if alt is not None:
+                item.update(media_type="sticker", sticker_emoji=alt)
+        item["text"] = message.message
+        item["text_entities"] = [{"type": "plain", "text": message.message}]
+        return item
+
+    chats = []
+    for peer_id, history in account.histories.items():
+        entity = account.entities[peer_id]
+        if not isinstance(entity, types.User) or entity.is_self or entity.bot or peer_id == 777000:
+            continue
+        if entity.deleted:
+            continue
+        messages = [m for m in history if upto_id is None or m.id <= upto_id]
+        name = " ".join(p for p in (entity.first_name, entity.last_name) if p)
+        chats.append(
+            {
+                "name": name,
+                "type": "personal_chat",
+                "id": peer_id,
+                "messages": [exported(m, entity) for m in messages],
+            }
+        )
+    return {
+        "about": "synthetic",
+        "personal_information": {"user_id": account.me.id, "first_name": "Owner"},
+        "chats": {"about": "chats", "list": chats},
+    }
