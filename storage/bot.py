@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from storage.models import BotState, BotUser, MemoryTurn, utcnow
+from storage.models import BotState, BotUser, MemoryTurn, Message, utcnow
 
 
 def set_allowed(
@@ -87,3 +87,19 @@ def set_state(session: Session, key: str, value: Any) -> None:
         state.value = value
         state.updated_at = utcnow()
     session.flush()
+
+
+def recent_text_messages(
+    session: Session, limit: int = 20_000
+) -> list[tuple[int, datetime, bool, str]]:
+    """The newest `limit` text messages as (chat id, date, from owner, text), by chat then date.
+
+    The bot learns the owner's pacing (messages per turn, typing speed) from them.
+    """
+    rows = session.execute(
+        select(Message.chat_id, Message.date, Message.from_owner, Message.text)
+        .where(Message.kind == "text")
+        .order_by(Message.date.desc())
+        .limit(limit)
+    ).all()
+    return sorted(((r[0], r[1], bool(r[2]), r[3] or "") for r in rows), key=lambda r: r[:2])

@@ -1,0 +1,478 @@
+"""The owner's commands: status, runs, rollback, retrain, pause, who may talk, sampling.
+
+Only the owner reaches these handlers (`TwinBot` guards them); each answers in the chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from bot.errors import BotError
+from bot.options import SamplingError
+from bot.plots import loss_curve_png, read_history
+from bot.retrain import PipelineOptions, PipelineProgress, run_pipeline
+from storage import StorageError
+from storage import bot as bot_store
+from storage import runs as run_store
+from storage.messages import count_messages
+from storage.models import Run
+
+if TYPE_CHECKING:
+    from bot.app import TwinBot
+
+logger = logging.getLogger(__name__)
+
+#: Edits of the progress message are at least this far apart (Telegram limits edits).
+PROGRESS_EVERY = 2.0
+RUNS_SHOWN = 10
+
+#: The owner's commands, as the help and Telegram's command menu show them.
+OWNER_COMMANDS = {
+    "status": "what serves, how busy, the loss curve",
+    "retrain": "harvest, rebuild the dataset, continue training, switch",
+    "runs": "training runs",
+    "rollback": "[RUN] serve an older run (default: the one before)",
+    "pause": "stop answering others",
+    "resume": "answer others again",
+    "allow": "USER (id or @username) may talk to the twin",
+    "deny": "USER (id or @username) may not",
+    "users": "who may talk to the twin",
+    "set": "NAME VALUE: temperature, top_p or max_new_tokens",
+    "forget": "clear this chat's memory",
+    "help": "this list",
+}
+OWNER_HELP = "Commands:\n" + "\n".join(f"/{name} – {text}" for name, text in OWNER_COMMANDS.items())
+USER_HELP = "Just write to me. /forget clears what I remember of our chat."
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the owner sees of a run."""
+
+    id: int
+    status: str
+    base_model: str
+    created: str
+    newest_message: str
+    val_loss: float | None
+    adapter_path: str | None
+    active: bool
+
+    @classmethod
+    def of(cls, run: Run) -> RunSummary:
+        metrics = run.metrics or {}
+        loss = metrics.get("val_loss", metrics.get("eval_loss"))
+        return cls(
+            id=run.id,
+            status=run.status,
+            base_model=run.base_model,
+            created=f"{run.created_at:%Y-%m-%d %H:%M}" if run.created_at else "?",
+            newest_message=(
+                f"{run.newest_message_at:%Y-%m-%d %H:%M} UTC"
+                if run.newest_message_at
+                else "unknown"
+            ),
+            val_loss=float(loss) if isinstance(loss, int | float) else None,
+            adapter_path=run.adapter_path,
+            active=run.active,
+        )
+
+    def line(self) -> str:
+        loss = f", val loss {self.val_loss:.3f}" if self.val_loss is not None else ""
+        mark = " ← serving" if self.active else ""
+        return f"#{self.id} {self.status}, {self.created}{loss}{mark}"
+
+
+class ProgressMessage:
+    """One message the retrain edits as it goes, at most every `PROGRESS_EVERY` seconds."""
+
+    def __init__(self, twin: TwinBot, chat_id: int, message_id: int | None) -> None:
+        self.twin = twin
+        self.chat_id = chat_id
+        self.message_id = message_id
+        self.text = ""
+        self._edited_at = 0.0
+
+    async def update(self, progress: PipelineProgress) -> None:
+        if time.monotonic() - self._edited_at >= PROGRESS_EVERY:
+            await self.show(progress.render())
+
+    async def show(self, text: str) -> None:
+        from telegram.error import BadRequest, RetryAfter
+
+        if text == self.text:
+            return
+        self.text = text
+        self._edited_at = time.monotonic()
+        if self.message_id is None:
+            sent = await self.twin.send(self.chat_id, text)
+            self.message_id = sent.message_id if sent is not None else None
+            return
+        try:
+            await self.twin.application.bot.edit_message_text(
+                text, chat_id=self.chat_id, message_id=self.message_id
+            )
+        except RetryAfter:
+            self.text = ""  # shown next time
+        except BadRequest as error:
+            logger.debug("progress edit refused: %s", error)
+
+
+class AdminCommands:
+    """The owner's commands over a running `TwinBot`."""
+
+    def __init__(self, twin: TwinBot) -> None:
+        self.twin = twin
+        self._retrain_task: asyncio.Task[None] | None = None
+
+    def commands(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "retrain": self.retrain,
+            "runs": self.runs,
+            "rollback": self.rollback,
+            "pause": self.pause,
+            "resume": self.resume,
+            "allow": self.allow,
+            "deny": self.deny,
+            "users": self.users,
+            "set": self.set,
+        }
+
+    def help_text(self, owner: bool) -> str:
+        return OWNER_HELP if owner else USER_HELP
+
+    async def publish_commands(self) -> None:
+        """Tell Telegram the command menu: everyone's, and the owner's in the owner's chat."""
+        from telegram import BotCommand, BotCommandScopeChat
+        from telegram.error import TelegramError
+
+        everyone = [BotCommand("forget", "forget our conversation"), BotCommand("help", "help")]
+        owner = [BotCommand(name, text[:256]) for name, text in OWNER_COMMANDS.items()]
+        bot = self.twin.application.bot
+        try:
+            await bot.set_my_commands(everyone)
+            await bot.set_my_commands(owner, scope=BotCommandScopeChat(self.twin.options.owner_id))
+        except TelegramError as error:
+            logger.warning("could not publish the command menu: %s", error)
+
+    async def stop(self) -> None:
+        if self._retrain_task is not None and not self._retrain_task.done():
+            self._retrain_task.cancel()
+            await asyncio.gather(self._retrain_task, return_exceptions=True)
+
+    # ---- /status, /runs, /rollback -------------------------------------------------------
+
+    async def status(self, update: Any, context: Any) -> None:
+        twin = self.twin
+        chat_id = update.effective_chat.id
+        run, stored, remembered = await twin.in_session(_status_counts)
+        lines = [
+            f"Serving: {f'run #{run.id}' if run else 'no active run'}",
+            f"Base model: {run.base_model if run else '?'}",
+            f"Newest training message: {run.newest_message if run else 'unknown'}",
+            f"Backend: {twin.backend.description}",
+            f"Messages stored: {stored}",
+            f"Memory: {remembered} turns",
+            f"Uptime: {format_uptime(time.monotonic() - twin.started_at)}",
+            f"Queue: {twin.scheduler.length} chats",
+            f"Paused: {'yes' if twin.paused else 'no'}",
+            f"Retraining: {'yes' if self.retraining else 'no'}",
+            "Sampling: " + _sampling_text(twin),
+        ]
+        if run and run.val_loss is not None:
+            lines.insert(3, f"Validation loss: {run.val_loss:.3f}")
+        await twin.send(chat_id, "\n".join(lines))
+        if run is not None:
+            picture = await asyncio.to_thread(
+                lambda: loss_curve_png(read_history(run.adapter_path), f"run #{run.id} loss")
+            )
+            if picture is not None:
+                await twin.application.bot.send_photo(
+                    chat_id, photo=picture, caption=f"run #{run.id}: loss by step"
+                )
+
+    async def runs(self, update: Any, context: Any) -> None:
+        runs = await self.twin.in_session(_run_summaries)
+        text = "\n".join(run.line() for run in runs[:RUNS_SHOWN]) or "No training runs yet."
+        await self.twin.send(update.effective_chat.id, text)
+
+    async def rollback(self, update: Any, context: Any) -> None:
+        chat_id = update.effective_chat.id
+        argument = (context.args or [""])[0].lstrip("#")
+        if argument and not argument.isdigit():
+            await self.twin.send(chat_id, "Usage: /rollback [RUN], a run number from /runs")
+            return
+        wanted = int(argument) if argument else None
+        target = await self.twin.in_session(_rollback_target, wanted)
+        if isinstance(target, str):
+            await self.twin.send(chat_id, target)
+            return
+        try:
+            await self.switch_to(target)
+        except (BotError, StorageError) as error:
+            await self.twin.send(chat_id, f"Rollback failed, still serving as before: {error}")
+            return
+        await self.twin.send(chat_id, f"Now serving run #{target}.")
+
+    async def switch_to(self, run_id: int) -> None:
+        """Load run `run_id`'s adapter beside the served one, switch, then mark it active."""
+        run = await self.twin.in_session(run_store.get_run, run_id)
+        if run.status != "succeeded" or not run.adapter_path:
+            raise BotError(f"run #{run_id} has status {run.status}: only a finished run serves")
+        previous = await self.twin.in_session(_active_id)
+        await self.twin.in_worker(self.twin.backend.swap_adapter, Path(run.adapter_path), run_id)
+        try:
+            await self.twin.in_session(run_store.activate_run, run_id)
+        except StorageError:
+            if previous is not None:
+                old = await self.twin.in_session(run_store.get_run, previous)
+                await self.twin.in_worker(
+                    self.twin.backend.swap_adapter, Path(str(old.adapter_path)), previous
+                )
+            raise
+        logger.info("serving run %s (was %s)", run_id, previous)
+
+    # ---- /retrain ------------------------------------------------------------------------
+
+    @property
+    def retraining(self) -> bool:
+        return self._retrain_task is not None and not self._retrain_task.done()
+
+    async def retrain(self, update: Any, context: Any) -> None:
+        await self.start_retrain(update.effective_chat.id)
+
+    async def scheduled_retrain(self, context: Any) -> None:
+        logger.info("scheduled retrain")
+        await self.start_retrain(self.twin.options.owner_id)
+
+    async def start_retrain(self, chat_id: int) -> None:
+        """Run the retrain flow in the background; a second one while it runs is refused."""
+        if self.retraining:
+            await self.twin.send(chat_id, "A retrain is already running.")
+            return
+        self._retrain_task = self.twin.spawn(self._retrain(chat_id), "twin-retrain")
+
+    async def _retrain(self, chat_id: int) -> None:
+        twin = self.twin
+        progress = PipelineProgress()
+        message = ProgressMessage(twin, chat_id, None)
+        await message.show(progress.render())
+        newest_before, serving = await twin.in_session(_run_ids)
+        options = PipelineOptions(
+            command=twin.options.retrain_command,
+            harvest=twin.options.harvest_configured,
+            step_timeout=twin.options.retrain_step_timeout.total_seconds(),
+        )
+        still = f"still serving run #{serving}" if serving else "nothing was serving"
+        try:
+            result = await run_pipeline(options, progress, message.update)
+            if not result.ok:
+                await twin.in_session(_reactivate, serving)
+                await message.show(
+                    f"{progress.render('❌ Retrain failed')}\n{result.error}\n{still}"
+                )
+                return
+            new = await twin.in_session(_newest_succeeded_after, newest_before)
+            if new is None:
+                await twin.in_session(_reactivate, serving)
+                await message.show(f"{progress.render('✅ Nothing new to learn')}\n{still}")
+                return
+            try:
+                await self.switch_to(new)
+            except (BotError, StorageError) as error:
+                await twin.in_session(_reactivate, serving)
+                await message.show(
+                    f"{progress.render('❌ Retrain failed')}\nrun #{new} cannot serve: {error}\n"
+                    f"{still}"
+                )
+                return
+            await message.show(f"{progress.render('✅ Retrained')}\nnow serving run #{new}")
+        except asyncio.CancelledError:
+            await twin.in_session(_reactivate, serving)
+            raise
+        except Exception as error:
+            logger.exception("retrain failed")
+            await twin.in_session(_reactivate, serving)
+            await message.show(f"{progress.render('❌ Retrain failed')}\n{error}\n{still}")
+
+    # ---- /pause, /resume, /allow, /deny, /users, /set --------------------------------------
+
+    async def pause(self, update: Any, context: Any) -> None:
+        await self._set_paused(update.effective_chat.id, True)
+
+    async def resume(self, update: Any, context: Any) -> None:
+        await self._set_paused(update.effective_chat.id, False)
+
+    async def _set_paused(self, chat_id: int, paused: bool) -> None:
+        from bot.app import STATE_PAUSED
+
+        self.twin.paused = paused
+        await self.twin.save_state(STATE_PAUSED, paused)
+        text = "Paused: I answer only you now." if paused else "Resumed: I answer everyone allowed."
+        await self.twin.send(chat_id, text)
+
+    async def allow(self, update: Any, context: Any) -> None:
+        await self._change_access(update.effective_chat.id, context.args, allowed=True)
+
+    async def deny(self, update: Any, context: Any) -> None:
+        await self._change_access(update.effective_chat.id, context.args, allowed=False)
+
+    async def _change_access(self, chat_id: int, args: list[str] | None, allowed: bool) -> None:
+        from bot.app import STATE_ALLOWED_USERNAMES
+
+        twin = self.twin
+        command = "/allow" if allowed else "/deny"
+        target = (args or [""])[0].strip()
+        if not target or not (target.isdigit() or target.startswith("@")):
+            await twin.send(chat_id, f"Usage: {command} USER, a numeric id or @username")
+            return
+        if target.isdigit():
+            user_id: int | None = int(target)
+        else:
+            known = await twin.in_session(bot_store.find_user_by_username, target)
+            user_id = known.user_id if known is not None else None
+        username = target.lstrip("@").lower() if target.startswith("@") else None
+        if username:
+            if allowed and user_id is None:
+                twin.allowed_usernames.add(username)
+            else:
+                twin.allowed_usernames.discard(username)
+            await twin.save_state(STATE_ALLOWED_USERNAMES, sorted(twin.allowed_usernames))
+        if user_id is not None:
+            if allowed:
+                twin.allowed_ids.add(user_id)
+            else:
+                twin.allowed_ids.discard(user_id)
+            await twin.in_session(lambda session: bot_store.set_allowed(session, user_id, allowed))
+        logger.info("owner %s %s", "allowed" if allowed else "denied", user_id or username)
+        if allowed and user_id is None:
+            text = f"{target} may talk to me as soon as they write."
+        else:
+            text = f"{target} {'may talk to me now' if allowed else 'no longer gets answers'}."
+        await twin.send(chat_id, text)
+
+    async def users(self, update: Any, context: Any) -> None:
+        twin = self.twin
+        people = await twin.in_session(bot_store.list_users)
+        lines = [
+            f"{user.user_id}"
+            + (f" @{user.username}" if user.username else "")
+            + (f" ({user.display_name})" if user.display_name else "")
+            for user in people
+            if user.allowed
+        ]
+        lines += [
+            f"@{name} (allowed, has not written yet)" for name in sorted(twin.allowed_usernames)
+        ]
+        await twin.send(
+            update.effective_chat.id,
+            "Allowed:\n" + "\n".join(lines) if lines else "Only you may talk to the twin.",
+        )
+
+    async def set(self, update: Any, context: Any) -> None:
+        from bot.app import STATE_SAMPLING
+
+        twin = self.twin
+        args = context.args or []
+        if len(args) != 2:
+            await twin.send(
+                update.effective_chat.id,
+                f"Sampling: {_sampling_text(twin)}\nUsage: /set temperature 0.8 "
+                "(or top_p, max_new_tokens)",
+            )
+            return
+        try:
+            twin.sampling = twin.sampling.with_value(args[0], args[1])
+        except SamplingError as error:
+            await twin.send(update.effective_chat.id, f"Not changed: {error}")
+            return
+        await twin.save_state(STATE_SAMPLING, twin.sampling.to_state())
+        await twin.send(update.effective_chat.id, f"Sampling: {_sampling_text(twin)}")
+
+
+def format_uptime(seconds: float) -> str:
+    """`3d4h`, `2h5m`, `42s`: the two largest units."""
+    seconds = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount or (unit == "s" and not parts):
+            parts.append(f"{amount}{unit}")
+    return "".join(parts[:2])
+
+
+def _sampling_text(twin: TwinBot) -> str:
+    sampling = twin.sampling
+    return (
+        f"temperature {sampling.temperature:g}, top_p {sampling.top_p:g}, "
+        f"max_new_tokens {sampling.max_new_tokens}"
+    )
+
+
+# ---- queries, each run in one session on a thread ------------------------------------------
+
+
+def _status_counts(session: Session) -> tuple[RunSummary | None, int, int]:
+    run = run_store.active_run(session)
+    return (
+        RunSummary.of(run) if run else None,
+        count_messages(session),
+        bot_store.memory_size(session),
+    )
+
+
+def _run_summaries(session: Session) -> list[RunSummary]:
+    return [RunSummary.of(run) for run in run_store.list_runs(session)]
+
+
+def _active_id(session: Session) -> int | None:
+    run = run_store.active_run(session)
+    return run.id if run else None
+
+
+def _run_ids(session: Session) -> tuple[int, int | None]:
+    runs = run_store.list_runs(session)
+    return (runs[0].id if runs else 0), _active_id(session)
+
+
+def _newest_succeeded_after(session: Session, run_id: int) -> int | None:
+    for run in run_store.list_runs(session):
+        if run.id > run_id and run.status == "succeeded" and run.adapter_path:
+            return run.id
+    return None
+
+
+def _reactivate(session: Session, run_id: int | None) -> None:
+    """Make `run_id` active again if a child process activated another run."""
+    if run_id is not None and _active_id(session) != run_id:
+        run_store.activate_run(session, run_id)
+
+
+def _rollback_target(session: Session, wanted: int | None) -> int | str:
+    """The run to roll back to, or why there is none."""
+    active = run_store.active_run(session)
+    if wanted is not None:
+        run = session.get(Run, wanted)
+        if run is None:
+            return f"No run #{wanted}: /runs lists them."
+        if run.status != "succeeded" or not run.adapter_path:
+            return f"Run #{wanted} has status {run.status}: only a finished run serves."
+        if active is not None and run.id == active.id:
+            return f"Run #{wanted} is already serving."
+        return run.id
+    for run in run_store.list_runs(session):
+        if (
+            run.status == "succeeded"
+            and run.adapter_path
+            and (active is None or run.id < active.id)
+        ):
+            return run.id
+    return "No older finished run to roll back to."

@@ -1,0 +1,134 @@
+"""The one conversation engine of `twin bot` and `twin chat`.
+
+memory -> prompt -> backend -> PII scrub -> parts -> memory: what a chat said is remembered
+(scrubbed, as training saw it), the reply is generated from the current session within the
+token budget, scrubbed before anyone sees it, and split into the messages it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.backends import ReplyBackend
+from bot.memory import StoredTurn, conversation
+from bot.options import ConversationOptions, Sampling
+from bot.redaction import SafeScrubber, ScrubbedStream
+from storage import Database
+from storage import bot as bot_store
+from storage.models import utcnow
+from training.pii import PiiOptions, Scrubber
+from training.prompt import ChatTurn, system_prompt
+
+logger = logging.getLogger(__name__)
+
+#: Telegram refuses longer messages.
+TELEGRAM_MESSAGE_LIMIT = 4096
+#: The prompt always keeps at least this many tokens for the history, whatever max_new_tokens.
+MIN_HISTORY_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scrubbed reply: the whole text as remembered and the messages it is sent as."""
+
+    text: str
+    parts: list[str]
+
+
+def split_parts(text: str, limit: int = TELEGRAM_MESSAGE_LIMIT) -> list[str]:
+    """The separate messages of an owner turn: one per non-empty line, none over `limit`."""
+    parts = []
+    for line in text.split("\n"):
+        line = line.strip()
+        while len(line) > limit:
+            cut = line.rfind(" ", 0, limit)
+            cut = cut if cut > 0 else limit
+            parts.append(line[:cut].rstrip())
+            line = line[cut:].lstrip()
+        if line:
+            parts.append(line)
+    return parts
+
+
+class Responder:
+    """Remembers chats and answers them as the owner, scrubbed. Safe to call from threads."""
+
+    def __init__(
+        self,
+        database: Database,
+        backend: ReplyBackend,
+        options: ConversationOptions | None = None,
+        pii: PiiOptions | None = None,
+    ) -> None:
+        self.database = database
+        self.backend = backend
+        self.options = options or ConversationOptions()
+        self.scrubber = SafeScrubber(Scrubber(pii or PiiOptions()))
+
+    def hear(self, chat_id: int, text: str, at: datetime | None = None) -> None:
+        """Remember a message of the other person, scrubbed as the training data was."""
+        with self.database.session() as session:
+            bot_store.append_turn(
+                session, chat_id, "user", self.scrubber.scrub(text, chat_id), at or utcnow()
+            )
+
+    def history(self, chat_id: int, sampling: Sampling, system: str | None) -> list[ChatTurn]:
+        """The current session's turns that fit the prompt budget, ending on a user turn."""
+        with self.database.session() as session:
+            rows = bot_store.recent_turns(session, chat_id, limit=self.options.max_turns)
+            stored = [StoredTurn(row.role, row.text, row.created_at) for row in rows]
+        budget = max(MIN_HISTORY_TOKENS, self.options.context_tokens - sampling.max_new_tokens)
+        turns = conversation(
+            stored,
+            self.options.session_gap,
+            lambda candidate: self.backend.prompt_length(candidate, system),
+            budget,
+        )
+        return turns if turns and turns[-1].role == "user" else []
+
+    def system(self, contact_name: str | None) -> str | None:
+        return system_prompt(self.options.owner_name, contact_name)
+
+    def reply(self, chat_id: int, sampling: Sampling, contact_name: str | None = None) -> Reply:
+        """Answer what the chat said since the twin last spoke; remember the answer."""
+        system = self.system(contact_name)
+        turns = self.history(chat_id, sampling, system)
+        if not turns:
+            return Reply("", [])
+        raw = self.backend.generate(turns, system, sampling)
+        return self._remember(chat_id, self.scrubber.scrub(raw, chat_id))
+
+    def stream(
+        self, chat_id: int, sampling: Sampling, contact_name: str | None = None
+    ) -> Iterator[str]:
+        """The reply as it is generated, never showing what the scrubber would redact."""
+        system = self.system(contact_name)
+        turns = self.history(chat_id, sampling, system)
+        if not turns:
+            return
+        scrubbed = ScrubbedStream(self.scrubber, chat_id)
+        for piece in self.backend.stream(turns, system, sampling):
+            if shown := scrubbed.feed(piece):
+                yield shown
+        if rest := scrubbed.finish():
+            yield rest
+        self._remember(chat_id, scrubbed.text)
+
+    def forget(self, chat_id: int) -> int:
+        """Clear the chat's memory; returns how many turns were forgotten."""
+        self.scrubber.reset_scope(chat_id)
+        with self.database.session() as session:
+            return bot_store.forget(session, chat_id)
+
+    def _remember(self, chat_id: int, text: str) -> Reply:
+        parts = split_parts(text)
+        if not parts:
+            logger.info("chat %s: the model had nothing to say", chat_id)
+            return Reply("", [])
+        remembered = "\n".join(parts)
+        with self.database.session() as session:
+            bot_store.append_turn(session, chat_id, "assistant", remembered, utcnow())
+        return Reply(remembered, parts)
