@@ -339,6 +339,7 @@ def busy_account(people: int = 5, messages_per_person: int = 250, seed: int = 7)
 
 def export_of(account: FakeTelegram, upto_id: int | None = None) -> dict[str, Any]:
     """What Telegram Desktop would export of this account (messages up to `upto_id`)."""
+
     def exported(message: Any, peer: types.User) -> dict[str, Any]:
         item: dict[str, Any] = {
             "id": message.id,
