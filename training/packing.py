@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,11 +316,37 @@ def attention_mask_for(
 
 
 def evaluation_rows(
-    table: TokenTable, row_tokens: int, rank: int, world_size: int
-) -> Iterator[PackedRow]:
+    table: TokenTable, row_tokens: int, rank: int = 0, world_size: int = 1
+) -> list[PackedRow]:
     """This process's share of the rows of a fixed (unshuffled) packing, for held-out loss."""
-    rows = pack_examples(table.lengths.tolist(), row_tokens)
-    yield from rows[rank::world_size]
+    return pack_examples(table.lengths.tolist(), row_tokens)[rank::world_size]
+
+
+def loss_sums(
+    module: torch.nn.Module,
+    table: TokenTable,
+    rows: Sequence[PackedRow],
+    *,
+    device: torch.device,
+    pad_token_id: int,
+    pad_to_multiple: int = 1,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> torch.Tensor:
+    """(summed loss, trained tokens) over `rows`, without gradients, as a float64 pair."""
+    was_training = module.training
+    module.eval()
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for row in rows:
+            batch = collate_row(
+                table, row, pad_token_id=pad_token_id, pad_to_multiple=pad_to_multiple
+            )
+            with autocast():
+                loss, count = module(**{name: t.to(device) for name, t in batch.items()})
+            sums[0] += loss.double()
+            sums[1] += count.double()
+    module.train(was_training)
+    return sums
 
 
 def _round_up(value: int, multiple: int) -> int:

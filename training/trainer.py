@@ -290,9 +290,8 @@ def _prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> _
     """Pick the data and the starting point, and create (or reopen) the run's row."""
     if options.resume:
         return _prepare_resume(database, data_dir)
-    meta = load_dataset_meta(data_dir, options.dataset)
+    dataset, meta = load_dataset(data_dir, options.dataset)
     fingerprint = meta["fingerprint"]
-    dataset, _ = load_dataset(data_dir, fingerprint)
     ends = _session_ends(dataset["train"])
     if not len(ends):
         raise TrainingError(
@@ -414,40 +413,14 @@ def _same_model(first: str, second: str) -> bool:
 
 def load_dataset(data_dir: Path, fingerprint: str | None = None) -> tuple[DatasetDict, dict]:
     """The built dataset (newest, or by fingerprint) and its meta.json."""
-    try:
-        from training.dataset import load_dataset_dir
-    except ImportError:  # until training/dataset.py lands: same contract, read directly
-        load_dataset_dir = _load_dataset_dir
-    return load_dataset_dir(Path(data_dir), fingerprint)
+    from training.dataset import load_dataset_dir
 
-
-def load_dataset_meta(data_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
-    """meta.json of the newest build (or of `fingerprint`) without loading the rows."""
-    root = Path(data_dir) / "datasets"
-    fingerprint = fingerprint or _latest_fingerprint(root)
-    path = root / fingerprint / "meta.json"
-    if not path.is_file():
+    dataset, meta = load_dataset_dir(Path(data_dir), fingerprint)
+    if not meta.get("fingerprint"):
         raise TrainingError(
-            f"no dataset {fingerprint!r} under {root}: build one with `twin dataset build`"
+            f"the dataset {fingerprint or 'LATEST'} has no fingerprint in meta.json"
         )
-    meta = read_json(path)
-    meta.setdefault("fingerprint", fingerprint)
-    return meta
-
-
-def _load_dataset_dir(data_dir: Path, fingerprint: str | None) -> tuple[DatasetDict, dict]:
-    from datasets import load_from_disk
-
-    meta = load_dataset_meta(data_dir, fingerprint)
-    dataset = load_from_disk(str(Path(data_dir) / "datasets" / meta["fingerprint"]))
     return dataset, meta
-
-
-def _latest_fingerprint(root: Path) -> str:
-    latest = root / "LATEST"
-    if not latest.is_file():
-        raise TrainingError(f"no dataset under {root}: build one with `twin dataset build`")
-    return latest.read_text().strip()
 
 
 def _session_ends(split: Dataset) -> Any:
@@ -724,26 +697,19 @@ def held_out_loss(
     pad_to_multiple: int = 1,
 ) -> float | None:
     """Mean loss per owner token over `table`, shared out across processes; None if empty."""
-    import torch
+    from training.packing import evaluation_rows, loss_sums
 
-    from training.packing import collate_row, evaluation_rows
-
-    was_training = module.training
-    module.eval()
-    sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    rows = evaluation_rows(table, row_tokens, accelerator.process_index, accelerator.num_processes)
-    with torch.no_grad():
-        for row in rows:
-            batch = collate_row(
-                table, row, pad_token_id=pad_token_id, pad_to_multiple=pad_to_multiple
-            )
-            batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
-            with accelerator.autocast():
-                loss, count = module(**batch)
-            sums[0] += loss.double()
-            sums[1] += count.double()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    sums = loss_sums(
+        module,
+        table,
+        evaluation_rows(table, row_tokens, rank, world),
+        device=accelerator.device,
+        pad_token_id=pad_token_id,
+        pad_to_multiple=pad_to_multiple,
+        autocast=accelerator.autocast,
+    )
     sums = accelerator.reduce(sums, reduction="sum")
-    module.train(was_training)
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
 

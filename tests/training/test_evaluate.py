@@ -1,0 +1,112 @@
+"""`twin eval` on a tiny run, and the style statistics it compares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.training.test_trainer import tiny_options, tiny_setup
+from training.errors import TrainingError
+from training.evaluate import EvalOptions, evaluate
+from training.style import (
+    count_emoji,
+    distinct_n,
+    split_messages,
+    style_distance,
+    style_stats,
+    vocabulary_overlap,
+    words,
+)
+from training.trainer import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def test_eval_compares_base_and_tuned_and_keeps_the_report_in_the_run(
+    tmp_path: Path, sqlite_database: Any
+) -> None:
+    from storage.runs import get_run
+
+    setup = tiny_setup(tmp_path)
+    run = train(sqlite_database, tiny_options(), setup.data_dir)
+
+    report = evaluate(
+        sqlite_database, None, setup.data_dir, EvalOptions(samples=4, max_new_tokens=6)
+    )
+
+    assert report.run_id == run.run_id
+    assert report.tuned_loss < 0.6 * report.base_loss
+    assert report.tuned_perplexity < report.base_perplexity
+    assert len(report.samples) == 4
+    assert set(report.samples[0]) == {"context", "owner", "base", "tuned"}
+    assert set(report.style) == {"owner", "base", "tuned"}
+    assert set(report.style_distance) == {"base", "tuned"}
+    rows = report.table_rows()
+    assert rows[0][0] == "loss on owner tokens" and all(len(row) == 4 for row in rows)
+    with sqlite_database.session() as session:
+        stored = get_run(session, run.run_id).metrics["eval"]
+    assert stored["tuned_loss"] == pytest.approx(report.tuned_loss)
+    assert stored["base_perplexity"] == pytest.approx(report.base_perplexity)
+    assert stored["style"]["owner"]["replies"] == 4
+
+
+def test_eval_without_a_run_says_to_train(tmp_path: Path, sqlite_database: Any) -> None:
+    with pytest.raises(TrainingError, match="twin train"):
+        evaluate(sqlite_database, None, tmp_path)
+
+
+def test_a_turn_splits_into_its_messages() -> None:
+    assert split_messages("ok\n\n see you at 8 \nbye") == ["ok", "see you at 8", "bye"]
+
+
+def test_emoji_are_counted_as_people_see_them() -> None:
+    assert count_emoji("no emoji here :)") == 0
+    assert count_emoji("🙂🙂") == 2
+    assert count_emoji("👍🏽 👨‍👩‍👧 🇩🇪 1️⃣ ❤️") == 5  # skin tone, family, flag, keycap, heart
+
+
+def test_words_are_lower_case_in_any_script() -> None:
+    assert words("Привет, Anna! It's 8 o'clock 🙂") == ["привет", "anna", "it's", "8", "o'clock"]
+
+
+def test_style_stats_capture_habits() -> None:
+    stats = style_stats(["ok 🙂", "Sure.\nsee you at 8!", "what? 😄", "hmm... maybe"])
+
+    assert stats.replies == 4
+    assert stats.messages_per_reply == 5 / 4
+    assert stats.messages_with_emoji == 2 / 5
+    assert stats.ends_with_period == 1 / 5
+    assert stats.ends_with_question == 1 / 5
+    assert stats.ends_with_exclamation == 1 / 5
+    assert stats.has_ellipsis == 1 / 5
+    assert stats.starts_upper == 1 / 5
+    assert stats.all_lower == 4 / 5
+    assert sum(stats.length_histogram) == pytest.approx(1.0)
+
+
+def test_distinct_n_counts_repetition() -> None:
+    assert distinct_n([["a", "b", "a", "b"]], 1) == 0.5
+    assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3
+
+
+def test_vocabulary_overlap_is_the_share_of_words_the_owner_uses() -> None:
+    assert vocabulary_overlap(["see you soon"], ["see you at 8"]) == 2 / 3
+
+
+def test_style_distance_is_zero_for_the_same_replies_and_grows_with_difference() -> None:
+    owner = style_stats(["ok 🙂", "yes! at 8", "hmm... no"])
+    formal = style_stats(["Hello, I would be glad to help you with that request today."])
+
+    same = style_distance(owner, owner)
+    different = style_distance(owner, formal)
+
+    assert same["mean"] == 0
+    assert different["mean"] > 0.2
+    assert different["starts_upper"] == 1.0
