@@ -91,7 +91,7 @@ def import_export(
         skipped_chats=stats.skipped_chats,
         seconds=time.perf_counter() - started,
     )
-    logger.info(
+    logger.debug(
         "imported %s: %d chats, %d messages (%d new) in %.1f s",
         path,
         summary.chats,

@@ -23,8 +23,8 @@ SESSION_FILE_NAME = "telegram.session"
 PERSONAL_CHAT = "personal_chat"
 TELEGRAM_SERVICE_USER_ID = 777000
 API_CREDENTIALS_HINT = (
-    "set TWIN_API_ID and TWIN_API_HASH (create them at https://my.telegram.org, "
-    '"API development tools")'
+    'create them at https://my.telegram.org ("API development tools") and set TWIN_API_ID '
+    "and TWIN_API_HASH in the environment or .env"
 )
 
 
@@ -80,6 +80,7 @@ async def login(
     """Log in (phone, code, 2FA password when set) and keep the session; returns who you are."""
     from telethon import errors
 
+    _private_file(options.session_path)
     client = (client_factory or make_client)(options)
     try:
         with _private_files():
@@ -88,9 +89,9 @@ async def login(
             )
             me = await client.get_me()
     except (errors.ApiIdInvalidError, errors.ApiIdPublishedFloodError) as error:
-        raise HarvestError(f"Telegram refused the API credentials: {API_CREDENTIALS_HINT}") from (
-            error
-        )
+        raise HarvestError(
+            f"Telegram refused TWIN_API_ID/TWIN_API_HASH: {API_CREDENTIALS_HINT}"
+        ) from (error)
     except (errors.PhoneNumberInvalidError, errors.PhoneNumberBannedError) as error:
         raise HarvestError(f"Telegram refused the phone number: {error}") from error
     except (errors.PhoneCodeInvalidError, errors.PhoneCodeExpiredError) as error:

@@ -2,47 +2,357 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Self
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
 
-from twin.context import NotBuiltError
+from twin.context import app_context
+from twin.settings import Settings
+
+if TYPE_CHECKING:
+    from harvest.harvester import DialogResult, HarvestSummary
+    from harvest.importer import ImportSummary
+    from harvest.records import ChatRecord
+    from harvest.telegram import TelegramOptions
 
 
 def login(ctx: typer.Context) -> None:
     """Log in to your Telegram account and store the session under the data dir.
 
+    Asks for your phone number, the code Telegram sends you and, if you set one, your 2FA
+    password. Needs TWIN_API_ID and TWIN_API_HASH from https://my.telegram.org. The session
+    file (<data dir>/telegram.session, mode 0600) is a secret: it gives access to your account.
+
     Example: TWIN_API_ID=12345 TWIN_API_HASH=... twin login
     """
-    raise NotBuiltError("login", 4)
+    from harvest.telegram import LoginPrompts
+    from harvest.telegram import login as telegram_login
+
+    options = _telegram_options(app_context(ctx).settings)
+    prompts = LoginPrompts(
+        phone=lambda: typer.prompt("Phone number (international format, e.g. +44...)"),
+        code=lambda: typer.prompt("The login code Telegram sent you"),
+        password=lambda: typer.prompt("Your 2FA password", hide_input=True),
+    )
+    who = asyncio.run(telegram_login(options, prompts))
+    Console().print(f"logged in as {who}; session stored in {options.session_path}")
 
 
-def harvest(ctx: typer.Context) -> None:
-    """Download new messages of your private chats into the database.
+def harvest(
+    ctx: typer.Context,
+    chat: Annotated[
+        list[str] | None,
+        typer.Option("--chat", help="Only this chat: a user id or @username (repeatable)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Skip this chat: a user id or @username (repeatable)."),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--since",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+            help="Only messages sent on or after this date (UTC).",
+        ),
+    ] = None,
+    refresh_days: Annotated[
+        int | None,
+        typer.Option(
+            "--refresh-days",
+            min=1,
+            help="Also re-read the last N days: picks up edits and deletions.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count new messages, write nothing.")
+    ] = False,
+    takeout: Annotated[
+        bool,
+        typer.Option(
+            "--takeout",
+            help="Use a takeout session: gentler rate limits for a first, big harvest "
+            "(Telegram may ask you to confirm it in another app).",
+        ),
+    ] = False,
+) -> None:
+    """Download new messages of your private chats with people into the database.
 
-    Example: twin harvest --since 2024-01-01
+    Only one-to-one chats with people are read (no bots, groups or channels), each from where
+    the last harvest stopped; an interrupted harvest just continues next time. Log in first
+    with `twin login`.
+
+    Example: twin harvest --since 2024-01-01 --exclude @boss
     """
-    raise NotBuiltError("harvest", 4)
+    from harvest.harvester import HarvestOptions, run_harvest
+
+    context = app_context(ctx)
+    telegram = _telegram_options(context.settings)
+    options = HarvestOptions(
+        chats=tuple(chat or ()),
+        exclude=tuple(exclude or ()),
+        since=since.replace(tzinfo=UTC) if since else None,
+        refresh_days=refresh_days,
+        dry_run=dry_run,
+        takeout=takeout,
+    )
+    console = Console()
+    with _RichHarvestReporter(console) as reporter:
+        summary = run_harvest(telegram, context.database(), options, reporter)
+    console.print(_harvest_table(summary))
 
 
-def import_export(ctx: typer.Context, path: Path) -> None:
+def import_export(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="result.json, or the export folder holding it.")],
+    owner_id: Annotated[
+        int | None,
+        typer.Option(
+            "--owner-id",
+            help="Your Telegram user id, needed for a single-chat export (default: TWIN_OWNER_ID).",
+        ),
+    ] = None,
+) -> None:
     """Import a Telegram Desktop export (result.json) without API keys.
+
+    In Telegram Desktop: Settings > Advanced > Export Telegram data, format "Machine-readable
+    JSON". One-to-one chats with people are imported; bots, groups, channels and saved
+    messages are skipped (an --include-groups option may come later). Importing again, or an
+    export that overlaps a harvest, stores nothing twice.
 
     Example: twin import ~/Downloads/Telegram\\ Desktop/DataExport/result.json
     """
-    raise NotBuiltError("import", 4)
+    from harvest.importer import ImportOptions
+    from harvest.importer import import_export as run_import
+
+    context = app_context(ctx)
+    options = ImportOptions(path=path, owner_id=owner_id or context.settings.owner_id)
+    console = Console()
+    columns = (
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("import", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        summary = run_import(context.database(), options, progress=advance)
+    console.print(_import_table(summary))
 
 
+chats_app = typer.Typer(
+    help="Stored chats, and which ones stay out of training.\n\nExample: twin chats",
+    invoke_without_command=True,
+)
+
+
+@chats_app.callback()
 def chats(ctx: typer.Context) -> None:
-    """List stored chats.
+    """List stored chats: messages, your share, first and last date, excluded or not.
 
     Example: twin chats
     """
-    raise NotBuiltError("chats", 4)
+    if ctx.invoked_subcommand is not None:
+        return
+    from storage.chats import chat_summaries
+
+    with app_context(ctx).database().session() as session:
+        summaries = chat_summaries(session)
+    if not summaries:
+        Console().print("no chats stored yet: run `twin import result.json` or `twin harvest`")
+        return
+    table = Table(title="chats")
+    for column in ("id", "name", "messages", "yours", "first", "last", "excluded"):
+        table.add_column(column, no_wrap=column != "name")
+    for chat in summaries:
+        name = chat.title + (f" (@{chat.username})" if chat.username else "")
+        table.add_row(
+            str(chat.id),
+            name,
+            f"{chat.messages:,}",
+            f"{chat.owner_share:.0%}",
+            f"{chat.first_date:%Y-%m-%d}" if chat.first_date else "",
+            f"{chat.last_date:%Y-%m-%d}" if chat.last_date else "",
+            "excluded" if chat.excluded else "",
+        )
+    Console().print(table)
+
+
+@chats_app.command("exclude")
+def exclude_chat(
+    ctx: typer.Context,
+    chat: Annotated[str, typer.Argument(help="The chat's id or @username (see `twin chats`).")],
+) -> None:
+    """Keep a chat out of training; its messages stay stored.
+
+    Example: twin chats exclude 123456789
+    """
+    _set_excluded(ctx, chat, excluded=True)
+
+
+@chats_app.command("include")
+def include_chat(
+    ctx: typer.Context,
+    chat: Annotated[str, typer.Argument(help="The chat's id or @username (see `twin chats`).")],
+) -> None:
+    """Let an excluded chat back into training.
+
+    Example: twin chats include @alice
+    """
+    _set_excluded(ctx, chat, excluded=False)
 
 
 def register(app: typer.Typer) -> None:
     app.command("login")(login)
     app.command("harvest")(harvest)
     app.command("import")(import_export)
-    app.command("chats")(chats)
+    app.add_typer(chats_app, name="chats")
+
+
+def _set_excluded(ctx: typer.Context, chat: str, *, excluded: bool) -> None:
+    from harvest.errors import HarvestError
+    from storage.chats import chat_summaries, set_excluded
+
+    with app_context(ctx).database().session() as session:
+        wanted = chat.strip()
+        if wanted.lstrip("-").isdigit():
+            chat_id = int(wanted)
+        else:
+            username = wanted.removeprefix("@").lower()
+            found = [
+                c.id for c in chat_summaries(session) if (c.username or "").lower() == username
+            ]
+            if not found:
+                raise HarvestError(
+                    f"no stored chat has the username {chat}: `twin chats` lists them"
+                )
+            chat_id = found[0]
+        stored = set_excluded(session, chat_id, excluded)
+        title = stored.title or str(stored.id)
+    state = "excluded from" if excluded else "included in"
+    Console().print(f"{title} ({chat_id}) is {state} training")
+
+
+def _telegram_options(settings: Settings) -> TelegramOptions:
+    from harvest.errors import HarvestError
+    from harvest.telegram import API_CREDENTIALS_HINT, TelegramOptions, session_path
+
+    missing = [
+        name
+        for name, value in (("TWIN_API_ID", settings.api_id), ("TWIN_API_HASH", settings.api_hash))
+        if not value or (name == "TWIN_API_HASH" and not value.get_secret_value())
+    ]
+    if missing:
+        raise HarvestError(f"{' and '.join(missing)} not set: {API_CREDENTIALS_HINT}")
+    assert settings.api_id is not None and settings.api_hash is not None  # noqa: S101
+    return TelegramOptions(
+        api_id=settings.api_id,
+        api_hash=settings.api_hash.get_secret_value(),
+        session_path=session_path(settings.data_dir),
+    )
+
+
+class _RichHarvestReporter:
+    """A bar over the chats and a line per chat being read, with Telegram's waits on it."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.overall = self.progress.add_task("chats", total=None)
+        self.current: dict[int, object] = {}
+
+    def __enter__(self) -> Self:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def dialogs_found(self, count: int) -> None:
+        self.progress.update(self.overall, total=count)
+
+    def dialog_started(self, chat: ChatRecord) -> None:
+        task = self.progress.add_task(f"  {chat.title or chat.id}", total=None)
+        self.current[chat.id] = task
+
+    def messages_received(self, chat: ChatRecord, count: int) -> None:
+        task = self.current.get(chat.id)
+        if task is not None:
+            self.progress.update(task, completed=count)  # type: ignore[arg-type]
+
+    def waiting(self, chat: ChatRecord | None, seconds: float, reason: str) -> None:
+        label = f"waiting {seconds:.0f} s ({reason})"
+        task = self.current.get(chat.id) if chat is not None else self.overall
+        if task is not None:
+            name = chat.title if chat is not None else "chats"
+            self.progress.update(task, description=f"  {name}: {label}")  # type: ignore[arg-type]
+
+    def dialog_finished(self, result: DialogResult) -> None:
+        self.progress.advance(self.overall)
+        task = self.current.pop(result.chat.id, None)
+        if task is not None:
+            self.progress.remove_task(task)  # type: ignore[arg-type]
+
+
+def _harvest_table(summary: HarvestSummary) -> Table:
+    title = "harvest (dry run: nothing written)" if summary.dry_run else "harvest"
+    table = Table("chat", "new messages", "re-read", "deleted", title=title)
+    changed = [
+        r for r in summary.dialogs if r.new_messages or r.reread_messages or r.deleted_messages
+    ]
+    for result in changed:
+        table.add_row(
+            result.chat.title or str(result.chat.id),
+            f"{result.new_messages:,}",
+            f"{result.reread_messages:,}",
+            f"{result.deleted_messages:,}",
+        )
+    unchanged = len(summary.dialogs) - len(changed)
+    table.caption = (
+        f"{len(summary.dialogs)} chats ({unchanged} without news), "
+        f"{summary.new_messages:,} new messages, {summary.flood_waits} flood waits, "
+        f"{summary.retries} retries, {summary.waited_seconds:.0f} s waited"
+    )
+    return table
+
+
+def _import_table(summary: ImportSummary) -> Table:
+    table = Table("", "count", title=f"imported {summary.path}")
+    table.add_row("owner (you)", f"user {summary.owner_id}")
+    table.add_row("chats with people", f"{summary.chats:,}")
+    table.add_row("messages read", f"{summary.messages:,}")
+    table.add_row("new messages stored", f"{summary.new_messages:,}")
+    table.add_row("service messages skipped", f"{summary.skipped_messages:,}")
+    for kind, count in sorted(summary.skipped_chats.items()):
+        table.add_row(f"skipped: {kind.replace('_', ' ')}", f"{count:,}")
+    rate = summary.messages / summary.seconds if summary.seconds else 0
+    table.caption = f"{summary.seconds:.1f} s, {rate:,.0f} messages/s"
+    return table

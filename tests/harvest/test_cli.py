@@ -1,0 +1,211 @@
+"""`twin login`, `twin harvest`, `twin import`, `twin chats` through the real command line."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harvest import telegram
+from harvest.telegram import LoginPrompts, TelegramOptions, make_client
+from storage import open_database
+from storage.messages import count_messages
+from tests.harvest.exports import (
+    ALICE,
+    OWNER_ID,
+    every_case_export,
+    many_messages_export,
+    single_chat_export,
+    write_export,
+)
+from tests.harvest.fake_telegram import FakeTelegram, busy_account
+from twin.cli import main
+
+API_HASH = "0123456789abcdef0123456789abcdef"
+
+
+def twin(tmp_path: Path, *args: str) -> int:
+    return main(["--data-dir", str(tmp_path / "data"), *args])
+
+
+def stored_messages(tmp_path: Path) -> int:
+    database = open_database(f"sqlite:///{tmp_path / 'data' / 'twin.db'}")
+    with database.session() as session:
+        count = count_messages(session)
+    database.close()
+    return count
+
+
+@pytest.fixture
+def logged_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTelegram:
+    """API credentials set, a session file present, and Telethon's client replaced by a fake."""
+    monkeypatch.setenv("TWIN_API_ID", "12345")
+    monkeypatch.setenv("TWIN_API_HASH", API_HASH)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "telegram.session").touch(mode=0o600)
+    account = busy_account()
+    monkeypatch.setattr(telegram, "make_client", lambda options: account)
+    return account
+
+
+def test_import_prints_a_summary_and_chats_lists_them(tmp_path: Path, capsys) -> None:
+    path = write_export(tmp_path / "result.json", every_case_export())
+    assert twin(tmp_path, "import", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "chats with people" in out and "new messages stored" in out and "22" in out
+    assert "skipped: bot chat" in out and f"user {OWNER_ID}" in out
+    assert twin(tmp_path, "chats") == 0
+    table = capsys.readouterr().out
+    assert str(ALICE[0]) in table and "Алиса" in table and "2024-02-29" in table
+
+
+def test_importing_twice_stores_nothing_twice(tmp_path: Path, capsys) -> None:
+    path = write_export(tmp_path / "result.json", many_messages_export(2, 50))
+    assert twin(tmp_path, "import", str(path)) == 0
+    assert twin(tmp_path, "import", str(path)) == 0
+    out = capsys.readouterr().out
+    assert stored_messages(tmp_path) == 100
+    new_rows = [line for line in out.splitlines() if "new messages stored" in line]
+    assert [row.split("│")[2].strip() for row in new_rows] == ["100", "0"]
+
+
+def test_a_broken_export_is_one_line_with_exit_code_1(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "result.json"
+    path.write_text('{"chats": {"list": [{"name": "x", "type": "personal_chat", "id": 1,', "utf-8")
+    assert twin(tmp_path, "import", str(path)) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "result.json" in err and "Traceback" not in err
+
+
+def test_single_chat_export_takes_the_owner_from_the_flag_or_the_setting(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    path = write_export(tmp_path / "result.json", single_chat_export())
+    assert twin(tmp_path, "import", str(path)) == 1
+    assert "--owner-id" in capsys.readouterr().err
+    assert twin(tmp_path, "import", str(path), "--owner-id", str(OWNER_ID)) == 0
+    monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER_ID))
+    assert twin(tmp_path, "import", str(path)) == 0
+    assert stored_messages(tmp_path) == 2
+
+
+def test_import_help_says_groups_may_come_later(capsys) -> None:
+    assert main(["import", "--help"]) == 0
+    assert "--include-groups" in capsys.readouterr().out
+
+
+def test_chats_exclude_and_include_by_id_or_username(tmp_path: Path, logged_in, capsys) -> None:
+    assert twin(tmp_path, "harvest") == 0
+    assert twin(tmp_path, "chats", "exclude", "@person1") == 0
+    assert twin(tmp_path, "chats", "exclude", "2000003") == 0
+    assert twin(tmp_path, "chats", "include", "@Person1") == 0
+    capsys.readouterr()
+    assert twin(tmp_path, "chats") == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "│ 200000" in line]
+    excluded = {line.split("│")[1].strip() for line in rows if "excluded" in line}
+    assert excluded == {"2000003"}
+
+
+def test_chats_exclude_of_an_unknown_chat_is_an_error(tmp_path: Path, capsys) -> None:
+    assert twin(tmp_path, "chats", "exclude", "42") == 1
+    assert twin(tmp_path, "chats", "exclude", "@nobody") == 1
+    err = capsys.readouterr().err
+    assert "42" in err and "@nobody" in err and "twin chats" in err
+
+
+def test_harvest_prints_a_summary_and_a_second_run_finds_nothing_new(
+    tmp_path: Path, logged_in: FakeTelegram, capsys
+) -> None:
+    assert twin(tmp_path, "harvest") == 0
+    out = capsys.readouterr().out
+    assert "1,222 new messages" in out and "Алиса #0" in out
+    assert stored_messages(tmp_path) == 1222
+    logged_in.history_requests.clear()
+    assert twin(tmp_path, "harvest") == 0
+    assert "5 chats (5 without news), 0 new messages" in capsys.readouterr().out
+    assert sum(logged_in.history_requests.values()) == 0
+
+
+def test_harvest_flags_reach_the_harvester(tmp_path: Path, logged_in: FakeTelegram, capsys) -> None:
+    assert twin(tmp_path, "harvest", "--chat", "@person0", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "Алиса #0" in out and "Emma" not in out
+    assert stored_messages(tmp_path) == 0
+    assert twin(tmp_path, "harvest", "--since", "2024-03-02", "--exclude", "2000001") == 0
+    assert twin(tmp_path, "harvest", "--refresh-days", "0") == 2  # a usage error
+    assert twin(tmp_path, "harvest", "--since", "yesterday") == 2
+
+
+def test_harvest_never_prints_the_api_hash(tmp_path: Path, logged_in, capsys) -> None:
+    assert twin(tmp_path, "-v", "harvest") == 0
+    assert twin(tmp_path, "config") == 0
+    captured = capsys.readouterr()
+    assert API_HASH not in captured.out + captured.err
+
+
+def test_harvest_with_a_revoked_session_says_run_twin_login(
+    tmp_path: Path, logged_in: FakeTelegram, capsys
+) -> None:
+    logged_in.authorized = False
+    assert twin(tmp_path, "harvest") == 1
+    assert "run `twin login`" in capsys.readouterr().err
+
+
+def test_harvest_without_api_credentials_says_where_to_get_them(tmp_path: Path, capsys) -> None:
+    assert twin(tmp_path, "harvest") == 1
+    err = capsys.readouterr().err
+    assert "TWIN_API_ID and TWIN_API_HASH not set" in err and "my.telegram.org" in err
+
+
+class FakeLogin:
+    """What `twin login` calls on Telethon's client; asks like Telethon's `start()` does."""
+
+    def __init__(self, options: TelegramOptions) -> None:
+        self.options = options
+        self.answers: dict[str, str] = {}
+
+    async def start(self, phone: Any, code_callback: Any, password: Any) -> None:
+        self.answers = {"phone": phone(), "code": code_callback(), "password": password()}
+        self.options.session_path.write_bytes(b"session")
+
+    async def get_me(self) -> Any:
+        return FakeTelegram().add_user(OWNER_ID, "Owner", "Example")
+
+    async def disconnect(self) -> None:
+        pass
+
+
+def test_login_asks_phone_code_and_password_and_keeps_a_private_session(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("TWIN_API_ID", "12345")
+    monkeypatch.setenv("TWIN_API_HASH", API_HASH)
+    clients: list[FakeLogin] = []
+    monkeypatch.setattr(
+        telegram, "make_client", lambda o: clients.append(FakeLogin(o)) or clients[-1]
+    )
+    answers = iter(["+10000000000", "12345", "hunter2"])
+    monkeypatch.setattr("typer.prompt", lambda *args, **kwargs: next(answers))
+    assert twin(tmp_path, "login") == 0
+    assert clients[0].answers == {"phone": "+10000000000", "code": "12345", "password": "hunter2"}
+    session = tmp_path / "data" / "telegram.session"
+    assert stat.S_IMODE(session.stat().st_mode) == 0o600
+    assert f"logged in as Owner Example (id {OWNER_ID})" in capsys.readouterr().out
+
+
+def test_the_real_client_keeps_its_session_file_private(tmp_path: Path) -> None:
+    options = TelegramOptions(12345, API_HASH, tmp_path / "data" / "telegram.session")
+    client = make_client(options)
+    try:
+        assert stat.S_IMODE(options.session_path.stat().st_mode) == 0o600
+        assert client.flood_sleep_threshold == 0  # every flood wait reaches the progress bar
+    finally:
+        client.session.close()
+    assert API_HASH not in repr(options)
+
+
+def test_login_prompts_are_plain_callables() -> None:
+    prompts = LoginPrompts(phone=lambda: "+1", code=lambda: "2", password=lambda: "3")
+    assert (prompts.phone(), prompts.code(), prompts.password()) == ("+1", "2", "3")
