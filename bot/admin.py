@@ -238,6 +238,7 @@ class AdminCommands:
                     self.twin.backend.swap_adapter, Path(str(old.adapter_path)), previous
                 )
             raise
+        self.twin.responder.options = self.twin.options.conversation.for_run(run.adapter_path)
         logger.info("serving run %s (was %s)", run_id, previous)
 
     # ---- /retrain ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from bot.responder import Responder
 from bot.scheduler import ReplyScheduler
 from storage import Database
 from storage import bot as bot_store
+from storage.runs import active_run
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ class TwinBot:
     async def start(self) -> None:
         """Load the state, learn the owner's pacing, start the reply workers and the schedule."""
         state = await self.in_session(_load_state)
-        self.paused, self.sampling, self.allowed_ids, self.allowed_usernames = state
+        self.paused, self.sampling, self.allowed_ids, self.allowed_usernames, adapter = state
+        self.responder.options = self.options.conversation.for_run(adapter)
         if self.habits is None:
             rows = await self.in_session(bot_store.recent_text_messages)
             gap = self.options.conversation.session_gap
@@ -285,7 +287,7 @@ class TwinBot:
             if not self.limiter.allow(user.id, time.monotonic()):
                 await self._slow_down(chat.id, user.id)
                 return
-        self._inbox[chat.id].append(_Incoming(message.text, message.date, user.first_name))
+        self._inbox[chat.id].append(_Incoming(message.text, message.date, user.full_name))
         self.scheduler.submit(chat.id)
 
     async def on_forget(self, update: Any, context: Any) -> None:
@@ -415,11 +417,18 @@ def retry_seconds(error: Any) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def _load_state(session: Session) -> tuple[bool, Sampling, set[int], set[str]]:
+def _load_state(session: Session) -> tuple[bool, Sampling, set[int], set[str], str | None]:
     paused = bool(bot_store.get_state(session, STATE_PAUSED, False))
     sampling = Sampling.from_state(bot_store.get_state(session, STATE_SAMPLING))
     usernames = bot_store.get_state(session, STATE_ALLOWED_USERNAMES, []) or []
-    return paused, sampling, bot_store.allowed_user_ids(session), {u.lower() for u in usernames}
+    run = active_run(session)
+    return (
+        paused,
+        sampling,
+        bot_store.allowed_user_ids(session),
+        {u.lower() for u in usernames},
+        run.adapter_path if run else None,
+    )
 
 
 def _promote(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
+#: What the trainer saves beside each adapter: the dataset's meta.json (training/runs.py).
+RUN_DATASET_FILE = "dataset.json"
 TELEGRAM_BOT_API_URL = "https://api.telegram.org/bot"
 DEFAULT_REFUSAL = "Sorry, I only chat with people I know. 🙂"
 
@@ -77,12 +83,40 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ConversationOptions:
-    """What shapes a conversation: the session gap and the prompt's token budget."""
+    """How a conversation becomes a prompt; `for_run` reads what the served run trained with."""
 
     session_gap: timedelta = timedelta(days=1)
-    context_tokens: int = 1024
+    context_tokens: int = 2048
+    system_prompt: bool = True
     owner_name: str | None = None
+    contact_names: bool = False
     max_turns: int = 64
+
+    def for_run(self, adapter_path: str | Path | None) -> ConversationOptions:
+        """These options with the dataset options the run's adapter was trained on.
+
+        The trainer saves the dataset's meta.json as `dataset.json` beside the adapter; its
+        session gap, token cap, system prompt and names shape the prompt the same way here.
+        """
+        if not adapter_path:
+            return self
+        try:
+            saved = json.loads((Path(adapter_path) / RUN_DATASET_FILE).read_text())
+            dataset = saved["meta"]["options"]
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.info("no dataset options beside %s: using the defaults", adapter_path)
+            return self
+        changes: dict[str, Any] = {}
+        if isinstance(dataset.get("session_gap"), int | float) and dataset["session_gap"] > 0:
+            changes["session_gap"] = timedelta(seconds=dataset["session_gap"])
+        if isinstance(dataset.get("max_tokens"), int) and dataset["max_tokens"] > 0:
+            changes["context_tokens"] = dataset["max_tokens"]
+        for name in ("system_prompt", "contact_names"):
+            if isinstance(dataset.get(name), bool):
+                changes[name] = dataset[name]
+        if dataset.get("owner_name") is None or isinstance(dataset.get("owner_name"), str):
+            changes["owner_name"] = dataset.get("owner_name")
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,11 @@ class Responder:
         return turns if turns and turns[-1].role == "user" else []
 
     def system(self, contact_name: str | None) -> str | None:
-        return system_prompt(self.options.owner_name, contact_name)
+        """The system text training used: none, or naming the owner (and the contact)."""
+        options = self.options
+        if not options.system_prompt:
+            return None
+        return system_prompt(options.owner_name, contact_name if options.contact_names else None)
 
     def reply(self, chat_id: int, sampling: Sampling, contact_name: str | None = None) -> Reply:
         """Answer what the chat said since the twin last spoke; remember the answer."""

@@ -109,3 +109,48 @@ def allow(database: Any, user_id: int, username: str | None = None) -> None:
 
 
 ONE_DAY = timedelta(days=1)
+
+
+TINY_TEXTS = [
+    "hi, how are you?",
+    "fine thanks, and you",
+    "see you tomorrow at the station",
+    "ok 👍",
+    "привет, как дела?",
+    "let's grab a coffee later",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny Mistral-architecture model and tokenizer saved on disk."""
+    from training.tiny import build_tiny_model, train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=300)
+    return build_tiny_model(tokenizer, tmp_path_factory.mktemp("tiny") / "base", seed=1)
+
+
+def save_adapter(base: Path, path: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so it changes what the model says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.mul_(8.0)
+    peft_model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model: Path, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return save_adapter(tiny_model, root / "a", seed=11), save_adapter(tiny_model, root / "b", 12)

@@ -465,3 +465,77 @@ def test_no_log_line_or_message_ever_contains_the_bot_token(make_twin, fake_api,
     assert FAKE_TOKEN not in caplog.text
     for call in fake_api.calls:
         assert FAKE_TOKEN not in str(call.params)
+
+
+CANARY_REPLY = (
+    "sure, my number is +1 415 555 0132\n"
+    "card 4111 1111 1111 1111, mail canary.secret@example.com\n"
+    "and the key sk-proj-Zx81kQ2mN4pL7vR9tY3wB6cD ok?"
+)
+CANARIES = ["415 555 0132", "4111 1111", "canary.secret@example.com", "Zx81kQ2mN4pL7vR9tY3wB6cD"]
+
+
+def test_no_canary_secret_in_the_models_output_reaches_the_chat(make_twin, fake_api, served):
+    database, _ = served
+    allow(database, FRIEND)
+    twin = make_twin(ScriptedBackend(script=lambda turns: CANARY_REPLY))
+
+    async def scenario():
+        fake_api.push_text(FRIEND, "give me your number")
+        await fake_api.wait_for_text(FRIEND, "ok?")
+
+    serve(twin, scenario)
+    sent = fake_api.texts_to(FRIEND)
+    assert sent[0] == "sure, my number is <PHONE_1>"
+    assert "<CARD_1>" in sent[1] and "<EMAIL_1>" in sent[1] and "<KEY_1>" in sent[2]
+    remembered = " ".join(text for _, text in memory(database, FRIEND))
+    for canary in CANARIES:
+        assert all(canary not in text for text in sent)
+        assert canary not in remembered
+
+
+def test_what_people_send_is_remembered_scrubbed(make_twin, fake_api, served):
+    database, _ = served
+    backend = ScriptedBackend()
+    twin = make_twin(backend)
+
+    async def scenario():
+        fake_api.push_text(OWNER, "write to canary.secret@example.com")
+        await fake_api.wait_for_text(OWNER, "echo")
+
+    serve(twin, scenario)
+    assert backend.calls[0].turns == [ChatTurn("user", "write to <EMAIL_1>")]
+    assert "canary.secret" not in str(memory(database, OWNER))
+
+
+def test_the_bot_answers_through_the_real_local_backend(
+    make_twin, fake_api, served, tiny_model, tiny_adapters
+):
+    from bot.backends import LocalBackend
+    from bot.responder import split_parts
+    from training.model import ModelOptions
+    from training.pii import Scrubber
+
+    database, run_id = served
+    backend = LocalBackend.load(
+        ModelOptions(str(tiny_model), quant="none"), tiny_adapters[0], run_id=run_id
+    )
+    greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16}
+    with database.session() as session:
+        bot_store.set_state(session, "sampling", greedy)
+    from bot.options import Sampling
+
+    expected = split_parts(
+        Scrubber().scrub(
+            backend.generate([ChatTurn("user", "hi, how are you?")], None, Sampling(**greedy)),
+            scope=OWNER,
+        )
+    )
+    twin = make_twin(backend)
+
+    async def scenario():
+        fake_api.push_text(OWNER, "hi, how are you?")
+        await fake_api.wait_for(lambda call: call.method == "sendMessage", count=len(expected))
+
+    serve(twin, scenario)
+    assert fake_api.texts_to(OWNER) == expected
