@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.runs import activate_run, active_run, create_run, finish_run, get_run, list_runs
 from training.errors import TrainingError
-from training.model import LoraOptions, ModelOptions
+from training.model import LoraOptions, ModelOptions, resolve_quant
 from training.runs import (
     DATASET_FILE,
     HISTORY_FILE,
@@ -219,6 +219,8 @@ def train(
         raise TrainingError("; ".join(problems))
     data_dir = Path(data_dir)
     accelerator = _make_accelerator(options)
+    if not options.resume:  # fail before a run exists; a resumed run checks its own options
+        resolve_quant(options.model_options("?"), accelerator.device)
     setup = _share(
         accelerator, lambda: _prepare_run(database, options, data_dir), "run preparation"
     )

@@ -2,39 +2,459 @@
 
 from __future__ import annotations
 
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from twin.context import NotBuiltError
+from twin.context import DataDirOption, app_context
 
-runs_app = typer.Typer(help="Training runs.\n\nExample: twin runs list", no_args_is_help=True)
+if TYPE_CHECKING:
+    from training.evaluate import EvalReport
+    from training.trainer import RunResult, TrainProgress
+
+runs_app = typer.Typer(
+    help="Training runs: list them, show one, switch the active one.\n\nExample: twin runs",
+    invoke_without_command=True,
+)
 
 
-def train(ctx: typer.Context) -> None:
-    """Tune LoRA adapters on the built dataset.
+def train(
+    ctx: typer.Context,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model",
+            help="Hub name or folder (default: the model the dataset was built for).",
+        ),
+    ] = None,
+    quant: Annotated[
+        str, typer.Option("--quant", help="4bit (QLoRA), 8bit or none; auto: 4bit on a GPU.")
+    ] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="bfloat16, float16 or float32; auto: by hardware.")
+    ] = "auto",
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 16,
+    alpha: Annotated[int, typer.Option("--alpha", help="LoRA alpha (scaling).")] = 32,
+    dropout: Annotated[float, typer.Option("--dropout", help="LoRA dropout.")] = 0.05,
+    target_modules: Annotated[
+        str | None,
+        typer.Option(
+            "--target-modules",
+            help="Layers to adapt, comma separated (default: by architecture).",
+        ),
+    ] = None,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data.")] = 2.0,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many steps.")
+    ] = None,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 2e-4,
+    batch_tokens: Annotated[
+        int, typer.Option("--batch-tokens", help="Tokens per optimizer step (all GPUs).")
+    ] = 16384,
+    row_tokens: Annotated[
+        int | None,
+        typer.Option("--row-tokens", help="Packed sequence length (default: 4096 GPU, 1024 CPU)."),
+    ] = None,
+    eval_every: Annotated[
+        int, typer.Option("--eval-every", help="Validation loss every N steps (0: at the end).")
+    ] = 50,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (0: never).")
+    ] = 100,
+    continue_training: Annotated[
+        bool,
+        typer.Option(
+            "--continue",
+            help="Continue the active run's adapter on sessions newer than it saw, plus replay.",
+        ),
+    ] = False,
+    replay: Annotated[
+        float,
+        typer.Option("--replay", help="With --continue: older examples mixed in, × new count."),
+    ] = 0.2,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish the last killed run from its checkpoint.")
+    ] = False,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset fingerprint (default: the newest).")
+    ] = None,
+    attention: Annotated[
+        str, typer.Option("--attention", help="sdpa, eager or flash_attention_2; auto: best.")
+    ] = "auto",
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Run the model repository's own code.")
+    ] = False,
+    activate: Annotated[
+        bool,
+        typer.Option("--activate/--no-activate", help="Serve the new run once it succeeds."),
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for data order and LoRA init.")] = 0,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Tune LoRA adapters on the built dataset, so the model answers as you.
 
-    Example: twin train --quant 4bit
+    Trains on your replies only, packed without padding; shows loss, tokens/s and ETA;
+    checkpoints as it goes (`--resume` after a crash). The run is recorded (`twin runs`)
+    and, on success, becomes the one the bot serves. Runs unchanged under
+    `accelerate launch -m twin train` for several GPUs.
+
+    Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
-    raise NotBuiltError("train", 6)
+    from training.trainer import NothingNewError, TrainOptions
+    from training.trainer import train as run_training
+
+    context = app_context(ctx, data_dir)
+    options = TrainOptions(
+        base_model=base_model,
+        quant=quant,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        target_modules=_modules(target_modules),
+        attention=attention,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        batch_tokens=batch_tokens,
+        row_tokens=row_tokens,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        continue_training=continue_training,
+        replay=replay,
+        resume=resume,
+        dataset=dataset,
+        activate=activate,
+        seed=seed,
+    )
+    console = Console()
+    try:
+        with _TrainingBar(console) as bar:
+            result = run_training(context.database(), options, context.settings.data_dir, bar)
+    except NothingNewError as nothing:
+        console.print(str(nothing))
+        raise typer.Exit(0) from None
+    if result.main_process:
+        console.print(_result_table(result))
 
 
-def evaluate(ctx: typer.Context) -> None:
+def evaluate(
+    ctx: typer.Context,
+    run: Annotated[int | None, typer.Argument(help="Run id (default: the active run).")] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Held-out contexts to reply to (0: loss only).")
+    ] = 32,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Longest generated reply, in tokens.")
+    ] = 64,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")
+    ] = 0.7,
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="Override the run's quantization.")
+    ] = None,
+    show: Annotated[int, typer.Option("--show", help="Sample replies to print.")] = 3,
+    data_dir: DataDirOption = None,
+) -> None:
     """Compare the base model and a tuned run on held-out conversations.
 
-    Example: twin eval
+    Loss and perplexity on your tokens, then replies generated for held-out contexts
+    compared with yours (length, emoji, punctuation, capitals, vocabulary). The report is
+    also stored in the run's metrics (`twin runs show RUN`).
+
+    Example: twin eval 3 --samples 64
     """
-    raise NotBuiltError("eval", 6)
+    from training.evaluate import EvalOptions
+    from training.evaluate import evaluate as run_eval
+
+    context = app_context(ctx, data_dir)
+    options = EvalOptions(
+        samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, quant=quant
+    )
+    console = Console()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("evaluating", total=None)
+
+        def report_progress(phase: str, done: int, total: int) -> None:
+            progress.update(task, description=phase, completed=done, total=total)
+
+        report = run_eval(
+            context.database(), run, context.settings.data_dir, options, report_progress
+        )
+    console.print(_eval_table(report))
+    if show and report.samples:
+        console.print(_samples_table(report, show))
+
+
+@runs_app.callback()
+def runs(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
+    """Training runs: `twin runs` lists them.
+
+    Example: twin runs
+    """
+    if ctx.invoked_subcommand is None:
+        _print_runs(ctx, data_dir)
 
 
 @runs_app.command("list")
-def list_runs(ctx: typer.Context) -> None:
-    """List training runs.
+def list_runs(ctx: typer.Context, data_dir: DataDirOption = None) -> None:
+    """List training runs, newest first; * marks the active one.
 
     Example: twin runs list
     """
-    raise NotBuiltError("runs list", 6)
+    _print_runs(ctx, data_dir)
+
+
+@runs_app.command("show")
+def show(
+    ctx: typer.Context,
+    run_id: Annotated[int, typer.Argument(help="Run id (see `twin runs`).")],
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Draw training and validation loss into this PNG."),
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Print a run's options and metrics; draw its loss curves.
+
+    Example: twin runs show 3 --plot loss.png
+    """
+    from storage.runs import get_run
+    from training.runs import checkpoint_root, latest_checkpoint, plot_history, read_history
+
+    context = app_context(ctx, data_dir)
+    with context.database().session() as session:
+        run = get_run(session, run_id)
+        console = Console()
+        console.print(_run_table(run))
+        adapter = run.adapter_path
+    if plot is not None:
+        history = read_history(Path(adapter)) if adapter else []
+        if not history:  # an unfinished run: its last checkpoint has the history so far
+            checkpoint = latest_checkpoint(context.settings.data_dir, run_id)
+            if checkpoint is not None:
+                history = json.loads((checkpoint / "state.json").read_text())["history"]
+        if not history:
+            hint = checkpoint_root(context.settings.data_dir, run_id)
+            console.print(f"run {run_id} has no loss history yet (nothing in {hint})")
+            raise typer.Exit(1)
+        plot_history(history, plot, title=f"run {run_id}: {Path(str(run.base_model)).name}")
+        console.print(f"loss curves written to {plot}")
+
+
+@runs_app.command("activate")
+def activate(
+    ctx: typer.Context,
+    run_id: Annotated[int, typer.Argument(help="Run id to serve (see `twin runs`).")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Make a run the active one: the bot serves it (activate an older run to roll back).
+
+    Example: twin runs activate 2
+    """
+    from storage.runs import activate_run
+
+    context = app_context(ctx, data_dir)
+    with context.database().session() as session:
+        run = activate_run(session, run_id)
+        adapter = run.adapter_path
+    Console().print(f"run {run_id} is now active ({adapter})")
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("eval")(evaluate)
     app.add_typer(runs_app, name="runs")
+
+
+# --- printing ------------------------------------------------------------------------------
+
+
+class _TrainingBar:
+    """A rich progress bar fed by the trainer: step, loss, validation loss, tokens/s, ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val {task.fields[val]}"),
+            TextColumn("{task.fields[speed]} tok/s"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=os.environ.get("RANK", "0") != "0",  # one bar under torchrun / accelerate
+        )
+        self.task = self.progress.add_task(
+            "training", total=None, loss="-", val="-", speed="-", eta="-"
+        )
+
+    def __enter__(self) -> Self:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: TrainProgress) -> None:
+        fields: dict[str, Any] = {"speed": f"{event.tokens_per_second:,.0f}"}
+        if event.loss is not None:
+            fields["loss"] = f"{event.loss:.4f}"
+        if event.val_loss is not None:
+            fields["val"] = f"{event.val_loss:.4f}"
+        if event.eta_seconds is not None:
+            fields["eta"] = _duration(event.eta_seconds)
+        self.progress.update(self.task, completed=event.step, total=event.total_steps, **fields)
+
+
+def _result_table(result: RunResult) -> Table:
+    metrics = result.metrics
+    table = Table(title=f"run {result.run_id}: {result.status}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    start, end = metrics.get("val_loss_start"), metrics.get("val_loss")
+    rows = [
+        ("steps", f"{metrics['steps']} ({metrics['epochs']} epochs)"),
+        ("examples", _examples(metrics)),
+        ("validation loss", f"{_number(start)} -> {_number(end)}"),
+        ("train loss (last steps)", _number(metrics.get("train_loss"))),
+        ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
+        ("padding", f"{metrics['padding_fraction']:.1%}"),
+        ("peak memory", f"{metrics['peak_memory_bytes'] / 2**30:.2f} GiB"),
+        ("adapter", str(result.adapter_path)),
+        ("active", "yes" if result.activated else "no (`twin runs activate`)"),
+    ]
+    if result.parent_id is not None:
+        rows.insert(1, ("continued from", f"run {result.parent_id}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
+    from storage.runs import list_runs as stored_runs
+
+    context = app_context(ctx, data_dir)
+    table = Table(title="training runs")
+    for column in ("id", "status", "created", "base model", "dataset", "parent", "newest msg"):
+        table.add_column(column)
+    table.add_column("steps", justify="right")
+    table.add_column("val loss", justify="right")
+    table.add_column("eval: base -> tuned", justify="right")
+    with context.database().session() as session:
+        for run in stored_runs(session):
+            metrics = run.metrics or {}
+            evaluation = metrics.get("eval") or {}
+            table.add_row(
+                f"{'*' if run.active else ' '}{run.id}",
+                run.status,
+                _date(run.created_at),
+                Path(run.base_model).name or run.base_model,
+                (run.dataset_fingerprint or "-")[:10],
+                str(run.parent_id or "-"),
+                _date(run.newest_message_at),
+                str(metrics.get("steps", "-")),
+                _number(metrics.get("val_loss")),
+                f"{_number(evaluation.get('base_loss'))} -> {_number(evaluation.get('tuned_loss'))}"
+                if evaluation
+                else "-",
+            )
+    Console().print(table if table.row_count else "no training runs yet: `twin train`")
+
+
+def _run_table(run: Any) -> Table:
+    table = Table(title=f"run {run.id}{' (active)' if run.active else ''}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in (
+        ("status", run.status + (f": {run.error}" if run.error else "")),
+        ("base model", run.base_model),
+        ("dataset", run.dataset_fingerprint or "-"),
+        ("parent run", str(run.parent_id or "-")),
+        ("newest message used", _date(run.newest_message_at)),
+        ("created / finished", f"{_date(run.created_at)} / {_date(run.finished_at)}"),
+        ("adapter", run.adapter_path or "-"),
+    ):
+        table.add_row(name, value)
+    table.add_section()
+    for name, value in sorted((run.options or {}).items()):
+        table.add_row(f"option {name}", _value(value))
+    table.add_section()
+    metrics = dict(run.metrics or {})
+    evaluation = metrics.pop("eval", None)
+    for name, value in sorted(metrics.items()):
+        table.add_row(name, _value(value))
+    if evaluation:
+        table.add_section()
+        for name in ("base_loss", "tuned_loss", "base_perplexity", "tuned_perplexity"):
+            table.add_row(f"eval {name}", _number(evaluation.get(name)))
+        for who in ("base", "tuned"):
+            distance = (evaluation.get("style_distance") or {}).get(who, {}).get("mean")
+            table.add_row(f"eval style distance ({who})", _number(distance))
+    return table
+
+
+def _eval_table(report: EvalReport) -> Table:
+    table = Table(
+        title=f"run {report.run_id} on {report.validation_examples} held-out examples "
+        f"({report.owner_tokens:,} owner tokens)"
+    )
+    for column in ("measure", "owner", "base", "tuned"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for row in report.table_rows():
+        table.add_row(*row)
+    return table
+
+
+def _samples_table(report: EvalReport, count: int) -> Table:
+    table = Table(title="sample replies", show_lines=True)
+    for column in ("they wrote", "you wrote", "base", "tuned"):
+        table.add_column(column, overflow="fold")
+    for sample in report.samples[:count]:
+        table.add_row(sample["context"], sample["owner"], sample["base"], sample["tuned"])
+    return table
+
+
+def _modules(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(","))
+
+
+def _examples(metrics: dict[str, Any]) -> str:
+    text = f"{metrics['train_examples']} training, {metrics['validation_examples']} validation"
+    if metrics.get("replay_examples"):
+        text += f" ({metrics['new_examples']} new + {metrics['replay_examples']} replayed)"
+    return text
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)[:120]
+    return str(value)
+
+
+def _date(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"

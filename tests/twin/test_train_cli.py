@@ -1,0 +1,86 @@
+"""`twin train`, `twin eval`, `twin runs` end to end on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.training.test_trainer import TinySetup, tiny_setup
+from twin.cli import main
+
+FAST = ["--rank", "8", "--alpha", "16", "--dropout", "0", "--lr", "1e-2", "--batch-tokens", "256"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> TinySetup:
+    return tiny_setup(tmp_path)
+
+
+def twin(tiny: TinySetup, *args: str) -> int:
+    return main(["--data-dir", str(tiny.data_dir), *args])
+
+
+def test_train_then_list_show_plot_activate_and_eval(
+    tiny: TinySetup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert twin(tiny, "train", *FAST, "--epochs", "3", "--eval-every", "5") == 0
+    trained = capsys.readouterr().out
+    assert "run 1: succeeded" in trained and "validation loss" in trained
+
+    assert twin(tiny, "train", *FAST, "--max-steps", "2", "--no-activate") == 0
+    assert twin(tiny, "runs") == 0
+    listed = capsys.readouterr().out
+    assert "*1" in listed and " 2 " in listed and "succeeded" in listed
+
+    plot = tmp_path / "loss.png"
+    assert twin(tiny, "runs", "show", "1", "--plot", str(plot)) == 0
+    shown = capsys.readouterr().out
+    assert "option learning_rate" in shown and "val_loss" in shown
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert twin(tiny, "runs", "activate", "2") == 0
+    assert twin(tiny, "runs", "list") == 0
+    assert "*2" in capsys.readouterr().out
+
+    assert twin(tiny, "eval", "1", "--samples", "2", "--max-new-tokens", "4") == 0
+    evaluated = capsys.readouterr().out
+    assert "loss on owner tokens" in evaluated and "style distance" in evaluated
+    assert twin(tiny, "runs", "show", "1") == 0
+    assert "eval tuned_loss" in capsys.readouterr().out
+
+
+def test_continue_with_nothing_new_says_so_and_succeeds(
+    tiny: TinySetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert twin(tiny, "train", *FAST, "--max-steps", "2") == 0
+    capsys.readouterr()
+
+    assert twin(tiny, "train", "--continue") == 0
+
+    assert "nothing new since run 1" in capsys.readouterr().out
+
+
+def test_4bit_on_a_cpu_is_one_line_and_creates_no_run(
+    tiny: TinySetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert twin(tiny, "train", "--quant", "4bit") == 1
+    error = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "--quant none" in error and "Traceback" not in error
+
+    assert twin(tiny, "runs") == 0
+    assert "no training runs yet" in capsys.readouterr().out
+
+
+def test_unknown_run_is_a_readable_error(
+    tiny: TinySetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert twin(tiny, "runs", "activate", "7") == 1
+    assert "no training run has id 7" in " ".join(capsys.readouterr().err.split())
