@@ -1,0 +1,1179 @@
+"""`twin dataset build`: stored messages -> the instruction data the twin is tuned on.
+
+select -> scrub -> sessionize -> turns -> windows and template -> dedup -> cap -> split -> save,
+each step counted in `stats.json`. A build lives in `<data_dir>/datasets/<fingerprint>/`:
+the `DatasetDict` (`train`, `validation`), `stats.json`, `meta.json`, and a cache of every
+rendered session keyed by its content. The next build re-reads only chats whose messages
+changed and re-renders only sessions whose content changed, so a `/retrain` after a day of
+new messages costs seconds; the same messages and options give the same fingerprint and no work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from training.dedup import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_EMBEDDING_THRESHOLD,
+    DEFAULT_MINHASH_THRESHOLD,
+    NUM_PERM,
+    SHINGLE_CHARS,
+    embedding_duplicates,
+    lsh_duplicates,
+    minhash_signatures,
+    pair_features,
+    select_replies,
+)
+from training.errors import TrainingError
+from training.prompt import ChatTurn, fallback_template_needed, system_prompt
+from training.sessions import (
+    StoredMessage,
+    Turn,
+    has_owner_reply,
+    merge_turns,
+    select_message,
+    sessionize,
+)
+from training.windows import RenderedSession, render_sessions
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+    from datasets import DatasetDict
+
+    from storage import Database
+    from storage.messages import ChatDigest
+
+logger = logging.getLogger(__name__)
+
+# Bump when what a build writes, or how a session renders, changes: old caches stop matching.
+FORMAT_VERSION = 1
+DATASETS_DIR = "datasets"
+LATEST_FILE = "LATEST"
+CACHE_DIR = "cache"
+CACHES_KEPT = 3
+RENDER_BATCH = 2_000  # sessions tokenized per batch: bounds the memory tokenizers hold
+STEPS = (
+    "read",
+    "select",
+    "scrub",
+    "sessionize",
+    "turns",
+    "render",
+    "dedup",
+    "cap",
+    "split",
+    "save",
+)
+
+Progress = Callable[[str, int, int | None], None]
+DedupMethod = Literal["minhash", "embedding", "none"]
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """Everything a build depends on besides the messages; the CLI fills it from flags."""
+
+    base_model: str
+    session_gap: timedelta = timedelta(days=1)
+    max_tokens: int = 2048
+    validation_fraction: float = 0.05
+    dedup: DedupMethod = "minhash"
+    dedup_threshold: float | None = None  # None: 0.8 Jaccard (minhash), 0.95 cosine (embedding)
+    short_reply_cap: int = 50
+    short_reply_chars: int = 12
+    max_examples_per_chat: int | None = None
+    contact_names: bool = False
+    owner_name: str | None = None
+    system_prompt: bool = True
+    pii_extra: Path | None = None
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    seed: int = 0
+    reuse_cache: bool = True
+
+    @property
+    def threshold(self) -> float:
+        if self.dedup_threshold is not None:
+            return self.dedup_threshold
+        if self.dedup == "embedding":
+            return DEFAULT_EMBEDDING_THRESHOLD
+        return DEFAULT_MINHASH_THRESHOLD
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every bad value as (field, message), so a caller can report them all at once."""
+        found = []
+        if self.session_gap <= timedelta():
+            found.append(("session_gap", "must be a positive duration"))
+        if self.max_tokens < 16:
+            found.append(("max_tokens", f"{self.max_tokens} is too small (at least 16)"))
+        if not 0 <= self.validation_fraction < 1:
+            found.append(("validation_fraction", "must be at least 0 and below 1"))
+        if self.dedup not in ("minhash", "embedding", "none"):
+            found.append(("dedup", f"{self.dedup!r}: use minhash, embedding or none"))
+        if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
+            found.append(("dedup_threshold", "must be above 0 and at most 1"))
+        if self.short_reply_cap < 1:
+            found.append(("short_reply_cap", "must be at least 1"))
+        if self.short_reply_chars < 0:
+            found.append(("short_reply_chars", "must be 0 or more"))
+        if self.max_examples_per_chat is not None and self.max_examples_per_chat < 1:
+            found.append(("max_examples_per_chat", "must be at least 1"))
+        if self.pii_extra is not None and not self.pii_extra.is_file():
+            found.append(("pii_extra", f"{self.pii_extra} is not a file"))
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        """The options as JSON values, for meta.json and the fingerprint."""
+        values = asdict(self)
+        values["session_gap"] = self.session_gap.total_seconds()
+        values["pii_extra"] = str(self.pii_extra) if self.pii_extra else None
+        values["dedup_threshold"] = self.threshold
+        values.pop("reuse_cache")
+        return values
+
+
+@dataclass
+class BuildResult:
+    """What `build_dataset` made, or found already made (`skipped`)."""
+
+    fingerprint: str
+    path: Path
+    skipped: bool
+    stats: dict[str, Any]
+    train_examples: int
+    validation_examples: int
+    seconds: float
+
+
+# ---- the build ----------------------------------------------------------------------------
+
+
+def build_dataset(
+    database: Database,
+    options: DatasetOptions,
+    data_dir: Path,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build (or find) the dataset of the stored messages under `data_dir`/datasets."""
+    started = time.perf_counter()
+    problems = options.problems()
+    if problems:
+        raise TrainingError("bad dataset options: " + "; ".join(f"{k}: {m}" for k, m in problems))
+    report = progress or (lambda step, done, total: None)
+    root = data_dir / DATASETS_DIR
+    builder = _Builder(options, root, report)
+    with database.session() as session:
+        from storage.messages import training_chat_digests
+
+        digests = training_chat_digests(session)
+        fingerprint = builder.fingerprint(digests)
+        existing = root / fingerprint
+        if (existing / "meta.json").is_file():
+            _write_latest(root, fingerprint)
+            stats = json.loads((existing / "stats.json").read_text(encoding="utf-8"))
+            return BuildResult(
+                fingerprint,
+                existing,
+                True,
+                stats,
+                stats["split"]["train"],
+                stats["split"]["validation"],
+                time.perf_counter() - started,
+            )
+        builder.process(session, digests)
+    return builder.finish(fingerprint, digests, started)
+
+
+@dataclass
+class _Session:
+    """A session ready to render, or already rendered in the cache."""
+
+    key: str
+    chat_id: int
+    end: int
+    contact: str
+    system: str | None
+    turns: list[ChatTurn]
+    pairs: list[tuple[str, str, int]]  # context, reply, time of each trained owner turn
+
+
+@dataclass
+class _ChatResult:
+    signature: str
+    title: str
+    keys: list[str]
+    counts: dict[str, int]
+
+
+class _Builder:
+    """One build's state: options, tokenizer, the previous cache, rows made so far."""
+
+    def __init__(self, options: DatasetOptions, root: Path, progress: Progress) -> None:
+        from training.model import load_tokenizer
+        from training.pii import PiiOptions, PiiPatternError, Scrubber, load_extra
+
+        self.options = options
+        self.root = root
+        self.progress = progress
+        self.timings: Counter[str] = Counter()
+        patterns: tuple[str, ...] = ()
+        words: tuple[str, ...] = ()
+        if options.pii_extra is not None:
+            try:
+                patterns, words = load_extra(options.pii_extra)
+            except PiiPatternError as error:
+                raise TrainingError(f"--pii-extra: {error}") from error
+        self.pii_options = PiiOptions(extra_patterns=patterns, extra_words=words)
+        try:
+            self.scrubber = Scrubber(self.pii_options)
+        except PiiPatternError as error:
+            raise TrainingError(f"--pii-extra: {error}") from error
+        self.tokenizer = load_tokenizer(options.base_model)
+        self.pipeline = self._pipeline_hash()
+        self.cache = _Cache.find(root, self.pipeline) if options.reuse_cache else None
+        self.chats: dict[int, _ChatResult] = {}
+        self.pending: list[_Session] = []
+        self.new_tables: list[tuple[pa.Table, pa.Table, pa.Table]] = []
+        self.reused_keys: set[str] = set()
+        self.rendered_sessions = 0
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _pipeline_hash(self) -> str:
+        """What the rendering of one session depends on, besides its own content."""
+        options = self.options
+        pii = self.pii_options
+        parts = {
+            "format": FORMAT_VERSION,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "session_gap": options.session_gap.total_seconds(),
+            "max_tokens": options.max_tokens,
+            "contact_names": options.contact_names,
+            "owner_name": options.owner_name,
+            "system_prompt": options.system_prompt,
+            "pii": [sorted(pii.enabled_kinds), pii.extra_patterns, pii.extra_words],
+            "pii_entropy": pii.entropy_threshold,
+            "short_reply_chars": options.short_reply_chars,
+            "minhash": [NUM_PERM, SHINGLE_CHARS, options.seed],
+        }
+        return _digest(json.dumps(parts, sort_keys=True))
+
+    def fingerprint(self, digests: Sequence[ChatDigest]) -> str:
+        """Same messages (by their chat digests) and options -> same fingerprint."""
+        options = self.options.describe()
+        for name in ("pii_extra", "session_gap", "max_tokens"):
+            options.pop(name)
+        hasher = hashlib.blake2b(digest_size=16)
+        hasher.update(json.dumps([self.pipeline, options], sort_keys=True).encode())
+        for digest in digests:
+            hasher.update(f"{digest.chat_id}\x1f{digest.title}\x1f{digest.signature}\n".encode())
+        return hasher.hexdigest()
+
+    # -- per chat ------------------------------------------------------------------------
+
+    def process(self, session: Any, digests: Sequence[ChatDigest]) -> None:
+        """Reuse unchanged chats from the cache; read, scrub and sessionize the others."""
+        from storage.messages import training_message_rows
+
+        changed = []
+        for digest in digests:
+            cached = self.cache.chat(digest.chat_id) if self.cache else None
+            if cached and cached.signature == digest.signature and cached.title == digest.title:
+                self.chats[digest.chat_id] = cached
+                self.reused_keys.update(cached.keys)
+            else:
+                changed.append(digest)
+        total = sum(digest.messages for digest in changed)
+        titles = {digest.chat_id: digest for digest in changed}
+        done = 0
+        clock = time.perf_counter()
+        self.progress("read", 0, total)
+        ids = None if len(changed) == len(digests) else [d.chat_id for d in changed]
+        for chat_id, rows in _by_chat(training_message_rows(session, ids) if changed else ()):
+            self.timings["read"] += time.perf_counter() - clock
+            digest = titles[chat_id]
+            self._chat(digest, rows)
+            done += len(rows)
+            self.progress("read", done, total)
+            if len(self.pending) >= RENDER_BATCH:
+                self._render()
+            clock = time.perf_counter()
+        self.timings["read"] += time.perf_counter() - clock
+        self._render()
+
+    def _chat(self, digest: ChatDigest, rows: list[Sequence[Any]]) -> None:
+        options = self.options
+        timings = self.timings
+        counts: Counter[str] = Counter(messages=len(rows))
+        before = Counter(self.scrubber.counts())
+        scope = digest.chat_id
+
+        def scrub(text: str) -> str:
+            return self.scrubber.scrub(text, scope)
+
+        clock = time.perf_counter()
+        rows.sort(key=itemgetter(2, 1))
+        texts = [(row[4] or "").strip() if row[5] != "service" else "" for row in rows]
+        timings["select"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        texts = [scrub(text) if text else text for text in texts]
+        timings["scrub"] += time.perf_counter() - clock
+        pii = Counter(self.scrubber.counts())
+        pii.subtract(before)
+        counts.update({f"pii_{kind}": number for kind, number in pii.items() if number})
+
+        clock = time.perf_counter()
+        messages = [
+            StoredMessage(row[0], row[1], row[2], bool(row[3]), text, row[5], row[6], bool(row[7]))
+            for row, text in zip(rows, texts, strict=True)
+        ]
+        selected = []
+        for message in messages:
+            kept = select_message(message)
+            if kept is None:
+                counts["service" if message.kind == "service" else "empty"] += 1
+                continue
+            selected.append(kept)
+            if message.forwarded:
+                counts["forwarded"] += 1
+            if message.kind == "media" and not message.text:
+                counts["media_without_caption"] += 1
+            if message.from_owner and not kept.owner_words:
+                counts["owner_context_only"] += 1
+        counts["selected"] = len(selected)
+        counts["owner_words"] = sum(message.owner_words for message in selected)
+        timings["select"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        sessions = list(sessionize(selected, options.session_gap.total_seconds()))
+        timings["sessionize"] += time.perf_counter() - clock
+        counts["sessions"] = len(sessions)
+
+        clock = time.perf_counter()
+        contact = digest.title if options.contact_names else ""
+        system = None
+        if options.system_prompt:
+            system = system_prompt(options.owner_name, contact or None)
+        keys = []
+        for messages_of_session in sessions:
+            turns = merge_turns(messages_of_session)
+            counts["user_turns"] += sum(turn.role == "user" for turn in turns)
+            counts["owner_turns"] += sum(turn.role == "assistant" for turn in turns)
+            counts["owner_turns_context_only"] += sum(
+                turn.role == "assistant" and not turn.trained for turn in turns
+            )
+            if not has_owner_reply(turns):
+                counts["sessions_without_owner_reply"] += 1
+                continue
+            item = self._session(digest.chat_id, contact, system, turns)
+            keys.append(item.key)
+            if self.cache is not None and self.cache.has_session(item.key):
+                self.reused_keys.add(item.key)
+            else:
+                self.pending.append(item)
+        timings["turns"] += time.perf_counter() - clock
+        self.chats[digest.chat_id] = _ChatResult(digest.signature, digest.title, keys, dict(counts))
+
+    def _session(
+        self, chat_id: int, contact: str, system: str | None, turns: list[Turn]
+    ) -> _Session:
+        chat_turns = [ChatTurn(turn.role, turn.content, turn.trained) for turn in turns]
+        pairs = []
+        for index, turn in enumerate(turns):
+            if turn.role == "assistant" and turn.trained:
+                context = turns[index - 1].content if index else ""
+                pairs.append((context, turn.content, turn.start))
+        hasher = hashlib.blake2b(digest_size=16)
+        head = [self.pipeline, chat_id, contact, turns[0].first_message_id, turns[-1].end]
+        hasher.update(json.dumps(head).encode())
+        for turn in turns:
+            hasher.update(f"\x1e{turn.role}\x1f{int(turn.trained)}\x1f{turn.content}".encode())
+        return _Session(
+            hasher.hexdigest(), chat_id, turns[-1].end, contact, system, chat_turns, pairs
+        )
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def _render(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        clock = time.perf_counter()
+        rendered = render_sessions(
+            [(item.turns, item.system) for item in batch], self.tokenizer, self.options.max_tokens
+        )
+        self.timings["render"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        pairs = _pair_table(batch, rendered, self.options)
+        self.timings["dedup"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        self.new_tables.append(
+            (_example_table(batch, rendered), pairs, _session_table(batch, rendered))
+        )
+        self.timings["render"] += time.perf_counter() - clock
+        self.rendered_sessions += len(batch)
+        self.progress("render", self.rendered_sessions, None)
+
+    # -- the dataset ---------------------------------------------------------------------
+
+    def finish(
+        self, fingerprint: str, digests: Sequence[ChatDigest], started: float
+    ) -> BuildResult:
+        examples, pairs, sessions = self._tables()
+        if not len(examples):
+            raise TrainingError(
+                "no training examples: no stored private chat has a reply of yours. Import "
+                "or harvest chats first (`twin import`, `twin harvest`) and check `twin chats`"
+            )
+        self.progress("dedup", 0, 1)
+        clock = time.perf_counter()
+        dedup, keep_pair = self._dedup(pairs)
+        labels, examples_kept = _mask_labels(examples, pairs, keep_pair)
+        self.timings["dedup"] += time.perf_counter() - clock
+        self.progress("dedup", 1, 1)
+
+        clock = time.perf_counter()
+        capped = _cap_per_chat(examples, examples_kept, self.options.max_examples_per_chat)
+        self.timings["cap"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        train, validation = _split(examples, capped, self.options.validation_fraction)
+        self.timings["split"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        self.progress("save", 0, 1)
+        final = examples.set_column(examples.schema.get_field_index("labels"), "labels", labels)
+        stats = self._stats(
+            fingerprint,
+            examples,
+            pairs,
+            sessions,
+            dedup,
+            keep_pair,
+            examples_kept,
+            capped,
+            train,
+            validation,
+        )
+        path = self._save(
+            fingerprint, final, train, validation, stats, digests, (examples, pairs, sessions)
+        )
+        self.timings["save"] += time.perf_counter() - clock
+        stats["timings"] = {step: round(self.timings.get(step, 0.0), 4) for step in STEPS}
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        (path / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+        self.progress("save", 1, 1)
+        return BuildResult(
+            fingerprint, path, False, stats, len(train), len(validation), stats["seconds"]
+        )
+
+    def _tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """Reused cache rows and new rows, as one table each in a stable order."""
+        import pyarrow as pa
+
+        parts: list[list[pa.Table]] = [[], [], []]
+        if self.cache is not None and self.reused_keys:
+            for index, table in enumerate(self.cache.tables(self.reused_keys)):
+                parts[index].append(table)
+        for new in self.new_tables:
+            for index, table in enumerate(new):
+                parts[index].append(table)
+        schemas = (_example_schema(), _pair_schema(), _session_schema())
+        tables = []
+        for tables_of_kind, schema, sort in zip(
+            parts,
+            schemas,
+            (
+                [
+                    ("chat_id", "ascending"),
+                    ("session_end", "ascending"),
+                    ("session_key", "ascending"),
+                    ("window", "ascending"),
+                ],
+                [
+                    ("timestamp", "ascending"),
+                    ("chat_id", "ascending"),
+                    ("session_key", "ascending"),
+                    ("reply", "ascending"),
+                ],
+                [("session_key", "ascending")],
+            ),
+            strict=True,
+        ):
+            table = pa.concat_tables(tables_of_kind) if tables_of_kind else schema.empty_table()
+            tables.append(table.sort_by(sort).combine_chunks())
+        return tables[0], tables[1], tables[2]
+
+    def _dedup(self, pairs: pa.Table) -> tuple[Any, np.ndarray]:
+        import numpy as np
+
+        options = self.options
+        exact = pairs["exact_key"].to_numpy()
+        short = pairs["short_key"].to_numpy()
+        near: Callable[[np.ndarray], np.ndarray] | None = None
+        if options.dedup == "minhash":
+            flat = pairs["signature"].combine_chunks().flatten().to_numpy()
+            signatures = flat.reshape(len(pairs), NUM_PERM)
+
+            def near(indices: np.ndarray) -> np.ndarray:
+                return lsh_duplicates(signatures[indices], options.threshold)
+
+        elif options.dedup == "embedding":
+            texts = pairs["text"].to_pylist()
+
+            def near(indices: np.ndarray) -> np.ndarray:
+                return embedding_duplicates(
+                    [texts[i] for i in indices], options.threshold, options.embedding_model
+                )
+
+        if options.dedup == "none":
+            keep = np.ones(len(pairs), dtype=bool)
+            return None, keep
+        result = select_replies(exact, short, near, options.short_reply_cap)
+        return result, result.keep
+
+    # -- stats and files -----------------------------------------------------------------
+
+    def _stats(
+        self,
+        fingerprint: str,
+        examples: pa.Table,
+        pairs: pa.Table,
+        sessions: pa.Table,
+        dedup: Any,
+        keep_pair: np.ndarray,
+        examples_kept: np.ndarray,
+        capped: np.ndarray,
+        train: np.ndarray,
+        validation: np.ndarray,
+    ) -> dict[str, Any]:
+        import numpy as np
+
+        counts: Counter[str] = Counter()
+        for chat in self.chats.values():
+            counts.update(chat.counts)
+        window_counts = {
+            name: int(np.asarray(sessions[name].to_numpy()).sum())
+            for name in ("truncated_replies", "truncated_contexts", "turns_cut", "replies_dropped")
+        }
+        pii = {key[4:]: value for key, value in counts.items() if key.startswith("pii_")}
+        steps = [
+            {
+                "step": "select",
+                "in": counts["messages"],
+                "kept": counts["selected"],
+                "dropped": {"service": counts["service"], "empty": counts["empty"]},
+                "notes": {
+                    "owner_words": counts["owner_words"],
+                    "forwarded_as_context": counts["forwarded"],
+                    "media_without_caption_as_context": counts["media_without_caption"],
+                    "owner_messages_context_only": counts["owner_context_only"],
+                },
+            },
+            {
+                "step": "scrub",
+                "in": counts["selected"],
+                "kept": counts["selected"],
+                "dropped": {},
+                "notes": {
+                    f"redacted_{kind.lower()}": number for kind, number in sorted(pii.items())
+                },
+            },
+            {
+                "step": "sessionize",
+                "in": counts["selected"],
+                "kept": counts["sessions"] - counts["sessions_without_owner_reply"],
+                "dropped": {"without_owner_reply": counts["sessions_without_owner_reply"]},
+                "notes": {"sessions": counts["sessions"]},
+            },
+            {
+                "step": "turns",
+                "in": counts["selected"],
+                "kept": counts["user_turns"] + counts["owner_turns"],
+                "dropped": {},
+                "notes": {
+                    "user_turns": counts["user_turns"],
+                    "owner_turns": counts["owner_turns"],
+                    "owner_turns_context_only": counts["owner_turns_context_only"],
+                },
+            },
+            {
+                "step": "render",
+                "in": len(sessions),
+                "kept": len(examples),
+                "dropped": {"replies_too_long": window_counts["replies_dropped"]},
+                "notes": {
+                    "owner_replies": len(pairs),
+                    "truncated_replies": window_counts["truncated_replies"],
+                    "truncated_contexts": window_counts["truncated_contexts"],
+                    "context_turns_beyond_max_tokens": window_counts["turns_cut"],
+                },
+            },
+            {
+                "step": "dedup",
+                "in": len(pairs),
+                "kept": int(keep_pair.sum()),
+                "dropped": {
+                    "exact": dedup.exact if dedup else 0,
+                    "near": dedup.near if dedup else 0,
+                    "short_capped": dedup.short_capped if dedup else 0,
+                },
+                "notes": {
+                    "method": self.options.dedup,
+                    "threshold": self.options.threshold,
+                    "examples_left_without_reply": int(len(examples) - examples_kept.sum()),
+                },
+            },
+            {
+                "step": "cap",
+                "in": int(examples_kept.sum()),
+                "kept": int(capped.sum()),
+                "dropped": {"max_examples_per_chat": int(examples_kept.sum() - capped.sum())},
+                "notes": {},
+            },
+            {
+                "step": "split",
+                "in": int(capped.sum()),
+                "kept": int(len(train) + len(validation)),
+                "dropped": {},
+                "notes": {"train": len(train), "validation": len(validation)},
+            },
+        ]
+        lengths = examples["num_tokens"].to_numpy()[capped]
+        kept_pairs = keep_pair
+        return {
+            "fingerprint": fingerprint,
+            "format": FORMAT_VERSION,
+            "steps": steps,
+            "split": {"train": len(train), "validation": len(validation)},
+            "tokens": {
+                "context": _histogram(pairs["context_tokens"].to_numpy()[kept_pairs]),
+                "reply": _histogram(pairs["reply_tokens"].to_numpy()[kept_pairs]),
+                "example": _histogram(lengths),
+                "max_tokens": self.options.max_tokens,
+            },
+            "cache": {
+                "chats": len(self.chats),
+                "sessions_rendered": self.rendered_sessions,
+                "sessions_reused": len(self.reused_keys),
+            },
+        }
+
+    def _save(
+        self,
+        fingerprint: str,
+        final: pa.Table,
+        train: np.ndarray,
+        validation: np.ndarray,
+        stats: dict[str, Any],
+        digests: Sequence[ChatDigest],
+        cache_tables: tuple[pa.Table, pa.Table, pa.Table],
+    ) -> Path:
+        import datasets
+        from datasets.table import InMemoryTable
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        building = self.root / f".building-{fingerprint}-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        columns = list(_DATASET_COLUMNS)
+        splits = {
+            "train": datasets.Dataset(InMemoryTable(final.take(train).select(columns))),
+            "validation": datasets.Dataset(InMemoryTable(final.take(validation).select(columns))),
+        }
+        disabled = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            datasets.DatasetDict(splits).save_to_disk(
+                str(building), num_shards={"train": 1, "validation": 1}
+            )
+        finally:
+            if disabled:
+                datasets.enable_progress_bars()
+        _Cache.write(building / CACHE_DIR, self.pipeline, self.chats, cache_tables)
+        newest = max((d.newest for d in digests if d.newest is not None), default=None)
+        meta = {
+            "fingerprint": fingerprint,
+            "format": FORMAT_VERSION,
+            "pipeline": self.pipeline,
+            "base_model": self.options.base_model,
+            "tokenizer": self.options.base_model,
+            "chat_template": None if fallback_template_needed(self.tokenizer) else "tokenizer",
+            "owner_name": self.options.owner_name,
+            "options": self.options.describe(),
+            "newest_message_at": newest.astimezone(UTC).isoformat() if newest else None,
+            "created_at": datetime.now(UTC).isoformat(),
+            "train_examples": len(train),
+            "validation_examples": len(validation),
+        }
+        (building / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+        (building / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        target = self.root / fingerprint
+        if target.exists():  # another build of the same data finished first
+            shutil.rmtree(building, ignore_errors=True)
+        else:
+            os.replace(building, target)
+        _write_latest(self.root, fingerprint)
+        _Cache.prune(self.root, keep=CACHES_KEPT)
+        return target
+
+
+# ---- tables -------------------------------------------------------------------------------
+
+_DATASET_COLUMNS = (
+    "input_ids",
+    "labels",
+    "chat_id",
+    "session_key",
+    "session_end",
+    "num_tokens",
+    "messages",
+    "contact_name",
+    "system",
+)
+
+
+def _example_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("labels", pa.list_(pa.int32())),
+            ("chat_id", pa.int64()),
+            ("session_key", pa.string()),
+            ("session_end", pa.int64()),
+            ("num_tokens", pa.int32()),
+            ("messages", pa.string()),
+            ("contact_name", pa.string()),
+            ("system", pa.string()),
+            ("window", pa.int32()),
+            ("reply_numbers", pa.list_(pa.int32())),
+            ("reply_starts", pa.list_(pa.int32())),
+            ("reply_ends", pa.list_(pa.int32())),
+        ]
+    )
+
+
+def _pair_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("session_key", pa.string()),
+            ("reply", pa.int32()),
+            ("chat_id", pa.int64()),
+            ("timestamp", pa.int64()),
+            ("exact_key", pa.uint64()),
+            ("short_key", pa.uint64()),
+            ("signature", pa.list_(pa.uint32(), NUM_PERM)),
+            ("text", pa.string()),
+            ("context_tokens", pa.int32()),
+            ("reply_tokens", pa.int32()),
+        ]
+    )
+
+
+def _session_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("session_key", pa.string()),
+            ("chat_id", pa.int64()),
+            ("session_end", pa.int64()),
+            ("truncated_replies", pa.int32()),
+            ("truncated_contexts", pa.int32()),
+            ("turns_cut", pa.int32()),
+            ("replies_dropped", pa.int32()),
+        ]
+    )
+
+
+def _int_lists(lists: Sequence[Sequence[int]]) -> pa.Array:
+    """A list<int32> array from Python lists, built through one flat numpy array."""
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(values) for values in lists), dtype=np.int64, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _example_table(batch: Sequence[_Session], rendered: Sequence[RenderedSession]) -> pa.Table:
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for item, result in zip(batch, rendered, strict=True):
+        for number, window in enumerate(result.windows):
+            columns["input_ids"].append(window.input_ids)
+            columns["labels"].append(window.labels)
+            columns["chat_id"].append(item.chat_id)
+            columns["session_key"].append(item.key)
+            columns["session_end"].append(item.end)
+            columns["num_tokens"].append(len(window.input_ids))
+            columns["messages"].append(
+                json.dumps(
+                    [{"role": turn.role, "content": turn.content} for turn in window.turns],
+                    ensure_ascii=False,
+                )
+            )
+            columns["contact_name"].append(item.contact)
+            columns["system"].append(item.system or "")
+            columns["window"].append(number)
+            columns["reply_numbers"].append([span[0] for span in window.reply_spans])
+            columns["reply_starts"].append([span[1] for span in window.reply_spans])
+            columns["reply_ends"].append([span[2] for span in window.reply_spans])
+    schema = _example_schema()
+    arrays = []
+    for name in schema.names:
+        if schema.field(name).type == pa.list_(pa.int32()):
+            arrays.append(_int_lists(columns[name]))
+        else:
+            arrays.append(pa.array(columns[name], type=schema.field(name).type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _pair_table(
+    batch: Sequence[_Session], rendered: Sequence[RenderedSession], options: DatasetOptions
+) -> pa.Table:
+    import numpy as np
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for item, result in zip(batch, rendered, strict=True):
+        for number, (context, reply, timestamp) in enumerate(item.pairs):
+            features = pair_features(context, reply, options.short_reply_chars)
+            columns["session_key"].append(item.key)
+            columns["reply"].append(number)
+            columns["chat_id"].append(item.chat_id)
+            columns["timestamp"].append(timestamp)
+            columns["exact_key"].append(features.exact_key)
+            columns["short_key"].append(features.short_key)
+            columns["text"].append(features.text)
+            columns["context_tokens"].append(result.context_tokens[number])
+            columns["reply_tokens"].append(result.reply_tokens[number])
+    texts = columns["text"]
+    long_rows = [index for index, text in enumerate(texts) if text]
+    signatures = np.zeros((len(texts), NUM_PERM), dtype=np.uint32)
+    if long_rows:
+        signatures[long_rows] = minhash_signatures([texts[i] for i in long_rows], options.seed)
+    schema = _pair_schema()
+    arrays = []
+    for name in schema.names:
+        if name == "signature":
+            arrays.append(
+                pa.FixedSizeListArray.from_arrays(pa.array(signatures.reshape(-1)), NUM_PERM)
+            )
+        else:
+            arrays.append(pa.array(columns[name], type=schema.field(name).type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _session_table(batch: Sequence[_Session], rendered: Sequence[RenderedSession]) -> pa.Table:
+    import pyarrow as pa
+
+    schema = _session_schema()
+    rows = {
+        "session_key": [item.key for item in batch],
+        "chat_id": [item.chat_id for item in batch],
+        "session_end": [item.end for item in batch],
+        "truncated_replies": [result.truncated_replies for result in rendered],
+        "truncated_contexts": [result.truncated_contexts for result in rendered],
+        "turns_cut": [result.turns_cut for result in rendered],
+        "replies_dropped": [result.replies_dropped for result in rendered],
+    }
+    return pa.table(rows, schema=schema)
+
+
+# ---- dedup, cap, split over whole tables ---------------------------------------------------
+
+
+def _mask_labels(
+    examples: pa.Table, pairs: pa.Table, keep_pair: np.ndarray
+) -> tuple[pa.Array, np.ndarray]:
+    """Labels with dropped replies unlabelled, and which examples still teach something."""
+    import numpy as np
+    import pyarrow as pa
+
+    labels = examples["labels"].combine_chunks()
+    offsets = labels.offsets.to_numpy()
+    flat = labels.values.to_numpy().copy()
+    dropped = {
+        (key, number)
+        for key, number, keep in zip(
+            pairs["session_key"].to_pylist(), pairs["reply"].to_pylist(), keep_pair, strict=True
+        )
+        if not keep
+    }
+    kept = np.zeros(len(examples), dtype=bool)
+    keys = examples["session_key"].to_pylist()
+    numbers = examples["reply_numbers"].to_pylist()
+    starts = examples["reply_starts"].to_pylist()
+    ends = examples["reply_ends"].to_pylist()
+    for row, key in enumerate(keys):
+        for number, start, end in zip(numbers[row], starts[row], ends[row], strict=True):
+            if (key, number) in dropped:
+                flat[offsets[row] + start : offsets[row] + end] = -100
+            else:
+                kept[row] = True
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)), kept
+
+
+def _cap_per_chat(examples: pa.Table, kept: np.ndarray, cap: int | None) -> np.ndarray:
+    """Of each chat's kept examples, only the `cap` most recent stay."""
+    import numpy as np
+
+    if cap is None:
+        return kept.copy()
+    chat = examples["chat_id"].to_numpy()
+    end = examples["session_end"].to_numpy()
+    window = examples["window"].to_numpy()
+    index = np.flatnonzero(kept)
+    order = index[np.lexsort((-window[index], -end[index], chat[index]))]
+    ranks = np.zeros(len(order), dtype=np.int64)
+    chats_in_order = chat[order]
+    new_group = np.concatenate(([True], chats_in_order[1:] != chats_in_order[:-1]))
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
+    ranks = np.arange(len(order)) - group_start
+    result = np.zeros(len(kept), dtype=bool)
+    result[order[ranks < cap]] = True
+    return result
+
+
+def _split(examples: pa.Table, kept: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of train and validation: validation is the most recent whole sessions."""
+    import numpy as np
+
+    index = np.flatnonzero(kept)
+    if not len(index):
+        raise TrainingError("no training examples are left after dedup and the caps")
+    target = round(fraction * len(index))
+    if fraction > 0 and len(index) >= 2:
+        target = min(max(target, 1), len(index) - 1)
+    keys = np.asarray(examples["session_key"].to_pylist(), dtype=object)[index]
+    ends = examples["session_end"].to_numpy()[index]
+    unique_keys, inverse = np.unique(keys.astype(str), return_inverse=True)
+    session_end = np.zeros(len(unique_keys), dtype=np.int64)
+    np.maximum.at(session_end, inverse, ends)
+    sizes = np.bincount(inverse, minlength=len(unique_keys))
+    newest_first = np.lexsort((unique_keys, -session_end))
+    chosen = np.zeros(len(unique_keys), dtype=bool)
+    taken = 0
+    for session in newest_first:
+        if taken >= target:
+            break
+        chosen[session] = True
+        taken += sizes[session]
+    in_validation = chosen[inverse]
+    return index[~in_validation], index[in_validation]
+
+
+def _histogram(values: np.ndarray) -> dict[str, Any]:
+    """Counts in power-of-two token bins, and the percentiles a reader chooses a cap by."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.int64)
+    if not len(values):
+        return {"count": 0, "edges": [], "counts": [], "p50": 0, "p90": 0, "p99": 0, "max": 0}
+    top = max(1, int(values.max()))
+    edges = [0] + [2**power for power in range(int(np.ceil(np.log2(top + 1))) + 1)]
+    counts, _ = np.histogram(values, bins=edges)
+    return {
+        "count": len(values),
+        "edges": edges,
+        "counts": counts.tolist(),
+        "p50": int(np.percentile(values, 50)),
+        "p90": int(np.percentile(values, 90)),
+        "p99": int(np.percentile(values, 99)),
+        "max": int(values.max()),
+        "sample": values[:: max(1, len(values) // 5000)].tolist(),
+    }
+
+
+# ---- the cache ----------------------------------------------------------------------------
+
+
+class _Cache:
+    """A previous build's rendered sessions and chat digests, reused by the next build."""
+
+    def __init__(self, path: Path, chats: dict[int, _ChatResult]) -> None:
+        self.path = path
+        self._chats = chats
+        self._keys: set[str] | None = None
+
+    @classmethod
+    def find(cls, root: Path, pipeline: str) -> _Cache | None:
+        """The newest cache written with the same pipeline (tokenizer, options, format)."""
+        candidates = []
+        for meta_path in root.glob("*/meta.json"):
+            cache = meta_path.parent / CACHE_DIR
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if meta.get("pipeline") == pipeline and (cache / "chats.json").is_file():
+                candidates.append((meta.get("created_at", ""), cache))
+        for _, cache in sorted(candidates, reverse=True):
+            try:
+                index = json.loads((cache / "chats.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                logger.warning("ignoring an unreadable dataset cache at %s", cache)
+                continue
+            chats = {
+                int(chat_id): _ChatResult(**values) for chat_id, values in index["chats"].items()
+            }
+            return cls(cache, chats)
+        return None
+
+    def chat(self, chat_id: int) -> _ChatResult | None:
+        return self._chats.get(chat_id)
+
+    def has_session(self, key: str) -> bool:
+        if self._keys is None:
+            self._keys = {key for chat in self._chats.values() for key in chat.keys}
+        return key in self._keys
+
+    def tables(self, keys: Iterable[str]) -> Iterator[pa.Table]:
+        """Examples, pairs and sessions rows of `keys`, memory-mapped from the cache files."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted = pa.array(sorted(keys), type=pa.string())
+        for name in ("examples", "pairs", "sessions"):
+            with pa.memory_map(str(self.path / f"{name}.arrow")) as source:
+                table = pa.ipc.open_file(source).read_all()
+            yield table.filter(pc.is_in(table["session_key"], value_set=wanted))
+
+    @staticmethod
+    def write(
+        path: Path,
+        pipeline: str,
+        chats: dict[int, _ChatResult],
+        tables: tuple[pa.Table, pa.Table, pa.Table],
+    ) -> None:
+        import pyarrow as pa
+
+        path.mkdir(parents=True, exist_ok=True)
+        for name, table in zip(("examples", "pairs", "sessions"), tables, strict=True):
+            with (
+                pa.OSFile(str(path / f"{name}.arrow"), "wb") as sink,
+                pa.ipc.new_file(sink, table.schema) as writer,
+            ):
+                writer.write_table(table)
+        index = {
+            "pipeline": pipeline,
+            "chats": {str(chat_id): asdict(result) for chat_id, result in sorted(chats.items())},
+        }
+        (path / "chats.json").write_text(json.dumps(index), encoding="utf-8")
+
+    @staticmethod
+    def prune(root: Path, keep: int) -> None:
+        """Delete the caches of all but the `keep` newest builds (their datasets stay)."""
+        builds = []
+        for meta_path in root.glob("*/meta.json"):
+            if (meta_path.parent / CACHE_DIR).is_dir():
+                try:
+                    created = json.loads(meta_path.read_text(encoding="utf-8")).get("created_at")
+                except (OSError, ValueError):
+                    continue
+                builds.append((created or "", meta_path.parent))
+        for _, build in sorted(builds, reverse=True)[keep:]:
+            shutil.rmtree(build / CACHE_DIR, ignore_errors=True)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _by_chat(batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[tuple[int, list[Any]]]:
+    """Regroup row batches (ordered by chat) into one list of rows per chat."""
+    current: int | None = None
+    rows: list[Any] = []
+    for batch in batches:
+        for row in batch:
+            if row[0] != current:
+                if rows:
+                    yield current, rows  # type: ignore[misc]
+                current, rows = row[0], []
+            rows.append(row)
+    if rows:
+        yield current, rows  # type: ignore[misc]
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything in a tokenizer that changes the ids or the template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    )
+    template = getattr(tokenizer, "chat_template", None)
+    extra = json.dumps([template, sorted(tokenizer.special_tokens_map.items())], default=str)
+    return _digest(body + extra)
+
+
+def _write_latest(root: Path, fingerprint: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    temporary = root / f".{LATEST_FILE}.{os.getpid()}"
+    temporary.write_text(fingerprint + "\n", encoding="utf-8")
+    os.replace(temporary, root / LATEST_FILE)
+
+
+def latest_fingerprint(data_dir: Path) -> str | None:
+    """The fingerprint of the newest build under `data_dir`, if any."""
+    path = data_dir / DATASETS_DIR / LATEST_FILE
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
+
+
+def dataset_path(data_dir: Path, fingerprint: str | None = None) -> Path:
+    """The folder of a build (the newest by default); TrainingError if there is none."""
+    fingerprint = fingerprint or latest_fingerprint(data_dir)
+    if not fingerprint:
+        raise TrainingError(
+            f"no dataset has been built under {data_dir / DATASETS_DIR}: run `twin dataset build`"
+        )
+    path = data_dir / DATASETS_DIR / fingerprint
+    if not (path / "meta.json").is_file():
+        raise TrainingError(
+            f"no dataset {fingerprint} under {data_dir / DATASETS_DIR}: run `twin dataset build`"
+        )
+    return path
+
+
+def load_dataset_dir(
+    data_dir: Path, fingerprint: str | None = None
+) -> tuple[DatasetDict, dict[str, Any]]:
+    """A built dataset (the newest by default) and its meta.json, for the trainer and eval."""
+    from datasets import DatasetDict
+
+    path = dataset_path(data_dir, fingerprint)
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    return DatasetDict.load_from_disk(str(path)), meta
+
+
+def load_stats(data_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
+    """stats.json of a build (the newest by default)."""
+    path = dataset_path(data_dir, fingerprint)
+    return json.loads((path / "stats.json").read_text(encoding="utf-8"))
