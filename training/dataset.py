@@ -236,6 +236,8 @@ class _Builder:
                 patterns, words = load_extra(options.pii_extra)
             except PiiPatternError as error:
                 raise TrainingError(f"--pii-extra: {error}") from error
+            except (OSError, UnicodeDecodeError) as error:
+                raise TrainingError(f"--pii-extra {options.pii_extra}: {error}") from error
         self.pii_options = PiiOptions(extra_patterns=patterns, extra_words=words)
         try:
             self.scrubber = Scrubber(self.pii_options)
@@ -1177,3 +1179,50 @@ def load_stats(data_dir: Path, fingerprint: str | None = None) -> dict[str, Any]
     """stats.json of a build (the newest by default)."""
     path = dataset_path(data_dir, fingerprint)
     return json.loads((path / "stats.json").read_text(encoding="utf-8"))
+
+
+# ---- inspecting a build -------------------------------------------------------------------
+
+
+def trained_segments(
+    input_ids: Sequence[int], labels: Sequence[int], tokenizer: Any
+) -> list[tuple[str, bool]]:
+    """An example's text in runs of tokens that are trained (labelled) or context only."""
+    segments: list[tuple[str, bool]] = []
+    start = 0
+    for index in range(1, len(input_ids) + 1):
+        if index == len(input_ids) or (labels[index] != -100) != (labels[start] != -100):
+            text = tokenizer.decode(list(input_ids[start:index]), skip_special_tokens=False)
+            segments.append((text, labels[start] != -100))
+            start = index
+    return segments
+
+
+def plot_token_histograms(stats: dict[str, Any], path: Path) -> Path:
+    """Draw the token-length histograms of context and reply (and whole examples) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = stats["tokens"]
+    names = ("context", "reply", "example")
+    figure, axes = plt.subplots(1, len(names), figsize=(13, 4), dpi=100)
+    for axis, name in zip(axes, names, strict=True):
+        histogram = tokens[name]
+        if histogram["count"]:
+            edges = [max(edge, 0.5) for edge in histogram["edges"]]
+            axis.stairs(histogram["counts"], edges, fill=True, alpha=0.7)
+            axis.set_xscale("log", base=2)
+            for percentile in ("p50", "p90", "p99"):
+                axis.axvline(max(histogram[percentile], 0.5), linestyle=":", linewidth=1)
+        axis.axvline(tokens["max_tokens"], color="red", linewidth=1, label="--max-tokens")
+        axis.set_title(f"{name} tokens (n={histogram['count']:,}, p90={histogram['p90']})")
+        axis.set_xlabel("tokens (log scale; dotted: p50, p90, p99)")
+        axis.set_ylabel("count")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
