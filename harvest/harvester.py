@@ -164,7 +164,9 @@ async def harvest(
                 f"Telegram app (or wait {_duration(error.seconds)}), then run again; or harvest "
                 "without --takeout"
             ) from None
-    except errors.UnauthorizedError as error:  # AuthKeyUnregistered, SessionRevoked, ...
+    # AuthKeyUnregistered, SessionRevoked, SessionExpired, ...; a duplicated auth key is a
+    # session Telegram revoked because it was used from two places at once.
+    except (errors.UnauthorizedError, errors.AuthKeyDuplicatedError) as error:
         raise NotLoggedInError(
             f"Telegram no longer accepts this session ({type(error).__name__}): run `twin login`"
         ) from None
@@ -280,15 +282,14 @@ class _HarvestRun:
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], chat: ChatRecord | None) -> Any:
         """`call()`, waiting out flood waits and retrying connection errors with backoff."""
-        from telethon import errors
 
         attempts = 0
         while True:
             try:
                 return await call()
-            except errors.FloodWaitError as error:
+            except _flood_errors() as error:
                 await self.flood_wait(chat, error.seconds)
-            except OSError as error:  # ConnectionError, TimeoutError, ...
+            except _transient_errors() as error:
                 attempts += 1
                 await self.backoff(chat, attempts, error)
 
@@ -299,7 +300,7 @@ class _HarvestRun:
         self.reporter.waiting(chat, seconds, "Telegram's flood limit")
         await self.sleep(seconds)
 
-    async def backoff(self, chat: ChatRecord | None, attempts: int, error: OSError) -> None:
+    async def backoff(self, chat: ChatRecord | None, attempts: int, error: Exception) -> None:
         options = self.options
         if attempts >= options.max_attempts:
             raise TelegramConnectionError(
@@ -338,7 +339,6 @@ class _DialogWalk:
         self.seen_in_window: set[int] = set()
 
     async def run(self, **start: Any) -> None:
-        from telethon import errors
 
         harvest_run = self.harvest_run
         attempts = 0
@@ -351,10 +351,10 @@ class _DialogWalk:
                     self._take(message)
                     attempts = 0
                 break
-            except errors.FloodWaitError as error:
+            except _flood_errors() as error:
                 self._flush()
                 await harvest_run.flood_wait(self.chat, error.seconds)
-            except OSError as error:
+            except _transient_errors() as error:
                 self._flush()
                 attempts += 1
                 await harvest_run.backoff(self.chat, attempts, error)
@@ -383,6 +383,21 @@ class _DialogWalk:
     def _flush(self) -> None:
         self.harvest_run.write(self.chat, self.batch, self.highest_id)
         self.batch = []
+
+
+def _flood_errors() -> tuple[type[Exception], ...]:
+    """Telegram's "wait N seconds" answers (Telethon sleeps through the short ones itself)."""
+    from telethon import errors
+
+    return (errors.FloodWaitError, errors.FloodPremiumWaitError)
+
+
+def _transient_errors() -> tuple[type[Exception], ...]:
+    """Problems that go away: the network, and Telegram's internal errors and timeouts (RPC
+    500 and -503), which Telethon hands on after its own retries (`raise_last_call_error`)."""
+    from telethon import errors
+
+    return (OSError, errors.ServerError, errors.TimedOutError)
 
 
 def _duration(seconds: float) -> str:

@@ -69,6 +69,9 @@ def make_client(options: TelegramOptions) -> Any:
         connection_retries=options.connection_retries,
         retry_delay=1,
         auto_reconnect=True,
+        # Otherwise an internal error left after Telethon's retries surfaces as a bare
+        # ValueError("Request was unsuccessful"), which the harvester cannot tell apart.
+        raise_last_call_error=True,
     )
 
 

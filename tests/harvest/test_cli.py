@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from harvest import telegram
+from harvest.harvester import HarvestOptions, harvest
 from harvest.telegram import LoginPrompts, TelegramOptions, make_client
 from storage import open_database
 from storage.messages import count_messages
@@ -20,7 +24,7 @@ from tests.harvest.exports import (
     single_chat_export,
     write_export,
 )
-from tests.harvest.fake_telegram import FakeTelegram, busy_account
+from tests.harvest.fake_telegram import FakeTelegram, busy_account, flood_wait
 from twin.cli import main
 
 API_HASH = "0123456789abcdef0123456789abcdef"
@@ -201,6 +205,7 @@ def test_the_real_client_keeps_its_session_file_private(tmp_path: Path) -> None:
     try:
         assert stat.S_IMODE(options.session_path.stat().st_mode) == 0o600
         assert client.flood_sleep_threshold == 0  # every flood wait reaches the progress bar
+        assert client._raise_last_call_error  # Telegram's internal errors reach the backoff
     finally:
         client.session.close()
     assert API_HASH not in repr(options)
@@ -209,3 +214,39 @@ def test_the_real_client_keeps_its_session_file_private(tmp_path: Path) -> None:
 def test_login_prompts_are_plain_callables() -> None:
     prompts = LoginPrompts(phone=lambda: "+1", code=lambda: "2", password=lambda: "3")
     assert (prompts.phone(), prompts.code(), prompts.password()) == ("+1", "2", "3")
+
+
+def test_a_flood_wait_is_shown_on_the_progress_bar_until_messages_come_again(
+    sqlite_database,
+) -> None:
+    from twin.commands.harvest import _RichHarvestReporter
+
+    class WatchedReporter(_RichHarvestReporter):
+        """Notes what the bar says each time the harvester reports."""
+
+        def __init__(self) -> None:
+            super().__init__(Console(file=io.StringIO()))
+            self.bar: list[list[str]] = []
+
+        def waiting(self, chat, seconds, reason) -> None:
+            super().waiting(chat, seconds, reason)
+            self.bar.append([task.description for task in self.progress.tasks])
+
+        def messages_received(self, chat, count) -> None:
+            super().messages_received(chat, count)
+            self.bar.append([task.description for task in self.progress.tasks])
+
+    async def no_sleep(seconds: float) -> None:
+        pass
+
+    account = busy_account()
+    account.history_failures = {2: flood_wait(42)}
+    with WatchedReporter() as reporter:
+        asyncio.run(
+            harvest(account, sqlite_database, HarvestOptions(), reporter=reporter, sleep=no_sleep)
+        )
+    waits = [n for n, bar in enumerate(reporter.bar) if any("waiting" in d for d in bar)]
+    assert len(waits) == 1
+    shown = reporter.bar[waits[0]]
+    assert any(d.endswith(": waiting 42 s (Telegram's flood limit)") for d in shown), shown
+    assert not any("waiting" in d for d in reporter.bar[waits[0] + 1])  # cleared on new messages

@@ -188,10 +188,14 @@ def test_flood_wait_is_waited_out_and_the_harvest_resumes(sqlite_database, tmp_p
     clean = open_database(f"sqlite:///{tmp_path / 'clean.db'}")
     run(busy_account(), clean)
     account = busy_account()
-    account.history_failures = {2: flood_wait(42), 7: flood_wait(5)}
+    account.history_failures = {
+        2: flood_wait(42),
+        7: flood_wait(5),
+        9: errors.FloodPremiumWaitError(request=None, capture=3),
+    }
     summary, slept = run(account, sqlite_database, batch_size=30)
-    assert slept == [42, 5]
-    assert (summary.flood_waits, summary.waited_seconds) == (2, 47)
+    assert slept == [42, 5, 3]
+    assert (summary.flood_waits, summary.waited_seconds) == (3, 50)
     assert rows(sqlite_database) == rows(clean)
     clean.close()
 
@@ -221,9 +225,12 @@ def test_connection_errors_are_retried_with_exponential_backoff(sqlite_database,
         3: ConnectionError("reset by peer"),
         4: TimeoutError(),
         5: OSError("network unreachable"),
+        # Telegram's internal errors, as Telethon raises them after its own retries.
+        9: errors.RpcCallFailError(request=None),
+        10: errors.TimedOutError(request=None, message="Timeout", code=-503),
     }
     summary, slept = run(account, sqlite_database, batch_size=40)
-    assert slept == [1, 2, 4] and summary.retries == 3
+    assert slept == [1, 2, 4, 1, 2] and summary.retries == 5
     assert rows(sqlite_database) == rows(clean)
     clean.close()
 
@@ -238,7 +245,13 @@ def test_a_connection_that_never_comes_back_is_a_clear_error(sqlite_database) ->
 
 @pytest.mark.parametrize(
     "failure",
-    [errors.AuthKeyUnregisteredError(request=None), errors.SessionRevokedError(request=None)],
+    [
+        errors.AuthKeyUnregisteredError(request=None),
+        errors.SessionRevokedError(request=None),
+        errors.SessionExpiredError(request=None),
+        errors.AuthKeyDuplicatedError(request=None),
+    ],
+    ids=lambda error: type(error).__name__,
 )
 def test_an_expired_or_revoked_session_says_run_twin_login(sqlite_database, failure) -> None:
     account = busy_account()

@@ -300,26 +300,34 @@ class _RichHarvestReporter:
         self.progress.update(self.overall, total=count)
 
     def dialog_started(self, chat: ChatRecord) -> None:
-        task = self.progress.add_task(f"  {chat.title or chat.id}", total=None)
+        task = self.progress.add_task(_chat_label(chat), total=None)
         self.current[chat.id] = task
 
     def messages_received(self, chat: ChatRecord, count: int) -> None:
         task = self.current.get(chat.id)
-        if task is not None:
-            self.progress.update(task, completed=count)  # type: ignore[arg-type]
+        if task is not None:  # messages again: a wait shown on the bar is over
+            self.progress.update(
+                task,  # type: ignore[arg-type]
+                completed=count,
+                description=_chat_label(chat),
+            )
 
     def waiting(self, chat: ChatRecord | None, seconds: float, reason: str) -> None:
         label = f"waiting {seconds:.0f} s ({reason})"
         task = self.current.get(chat.id) if chat is not None else self.overall
         if task is not None:
-            name = chat.title if chat is not None else "chats"
-            self.progress.update(task, description=f"  {name}: {label}")  # type: ignore[arg-type]
+            name = _chat_label(chat) if chat is not None else "chats"
+            self.progress.update(task, description=f"{name}: {label}")  # type: ignore[arg-type]
 
     def dialog_finished(self, result: DialogResult) -> None:
-        self.progress.advance(self.overall)
+        self.progress.update(self.overall, advance=1, description="chats")
         task = self.current.pop(result.chat.id, None)
         if task is not None:
             self.progress.remove_task(task)  # type: ignore[arg-type]
+
+
+def _chat_label(chat: ChatRecord) -> str:
+    return f"  {chat.title or chat.id}"
 
 
 def _harvest_table(summary: HarvestSummary) -> Table:
