@@ -417,6 +417,12 @@ def retry_seconds(error: Any) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
+def load_sampling(database: Database) -> Sampling:
+    """The sampling settings the owner last chose with `/set` (defaults if none)."""
+    with database.session() as session:
+        return Sampling.from_state(bot_store.get_state(session, STATE_SAMPLING))
+
+
 def _load_state(session: Session) -> tuple[bool, Sampling, set[int], set[str], str | None]:
     paused = bool(bot_store.get_state(session, STATE_PAUSED, False))
     sampling = Sampling.from_state(bot_store.get_state(session, STATE_SAMPLING))

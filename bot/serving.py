@@ -1,0 +1,103 @@
+"""What `twin bot` and `twin chat` serve: the active run, through the chosen reply backend."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bot.backends import LocalBackend, OpenAIBackend, ReplyBackend, adapter_name
+from bot.errors import BotError
+from storage import Database
+from storage.runs import active_run
+
+logger = logging.getLogger(__name__)
+
+NO_ACTIVE_RUN = (
+    "no trained run is active: train one with `twin train` (after `twin import` or "
+    "`twin harvest`, and `twin dataset build`), or pick one with `twin runs activate RUN`"
+)
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    """The active run: its id, base model and adapter folder."""
+
+    id: int
+    base_model: str
+    adapter_path: Path
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which backend answers and how it loads the model; built by the CLI from settings."""
+
+    kind: Literal["local", "openai"] = "local"
+    quant: str = "auto"
+    dtype: str = "auto"
+    max_batch: int = 8
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.kind not in ("local", "openai"):
+            found.append(f"TWIN_BOT_BACKEND {self.kind!r}: use local or openai")
+        if self.kind == "openai" and not self.openai_base_url:
+            found.append(
+                "TWIN_OPENAI_BASE_URL is not set: the OpenAI-compatible server's URL, "
+                "e.g. http://127.0.0.1:8000/v1"
+            )
+        if self.max_batch < 1:
+            found.append(f"--max-batch {self.max_batch}: must be at least 1")
+        return found
+
+
+def served_run(database: Database) -> ServedRun:
+    """The active run, or a BotError saying which command makes one."""
+    with database.session() as session:
+        run = active_run(session)
+        if run is None or not run.adapter_path:
+            raise BotError(NO_ACTIVE_RUN)
+        served = ServedRun(run.id, run.base_model, Path(run.adapter_path))
+    if not served.adapter_path.is_dir():
+        raise BotError(
+            f"the adapter of the active run {served.id} is missing ({served.adapter_path}): "
+            "retrain with `twin train` or activate another run with `twin runs activate RUN`"
+        )
+    return served
+
+
+def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
+    """Load the run's model and adapter in process, or connect to the OpenAI-style server."""
+    if problems := options.problems():
+        raise BotError("; ".join(problems))
+    if options.kind == "openai":
+        assert options.openai_base_url is not None  # noqa: S101 - checked in problems()
+        return OpenAIBackend(
+            options.openai_base_url,
+            options.openai_model or adapter_name(run.id),
+            api_key=options.openai_api_key,
+            tokenizer=_tokenizer_if_local(run.base_model),
+        )
+    from training.model import ModelOptions
+
+    model = ModelOptions(run.base_model, quant=options.quant, dtype=options.dtype)
+    if problems := model.problems():
+        raise BotError("; ".join(problems))
+    logger.info("loading %s with the adapter of run %s", run.base_model, run.id)
+    return LocalBackend.load(model, run.adapter_path, run_id=run.id, max_batch=options.max_batch)
+
+
+def _tokenizer_if_local(base_model: str) -> object | None:
+    """The base model's tokenizer when it is on disk (exact training prompt ids), else None."""
+    from training.errors import ModelLoadError
+    from training.model import load_tokenizer
+
+    try:
+        return load_tokenizer(base_model)
+    except ModelLoadError as error:
+        logger.info("no tokenizer for %s (%s): sending chat messages", base_model, error)
+        return None

@@ -1,0 +1,255 @@
+"""`twin bot` and `twin chat` from the command line: startup errors, the REPL, a real bot."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.bot.conftest import TINY_TEXTS, save_adapter
+from tests.bot.fake_bot_api import FAKE_TOKEN, FakeBotApi
+from twin.cli import main
+
+OWNER = 1001
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 12}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.tiny import build_tiny_model, train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=300)
+    return build_tiny_model(tokenizer, tmp_path_factory.mktemp("tiny") / "base", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_adapter(tiny_model, tmp_path_factory.mktemp("adapter") / "a", seed=11)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeBotApi]:
+    api = FakeBotApi().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "twin-data"
+
+
+def serve_run(data_dir: Path, model: Path, adapter: Path) -> int:
+    """An active run of the tiny model and adapter in the data dir's default database."""
+    from storage import bot as bot_store
+    from storage import open_database, runs
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(f"sqlite:///{data_dir / 'twin.db'}")
+    try:
+        with database.session() as session:
+            run = runs.create_run(session, base_model=str(model), options={})
+            runs.finish_run(session, run.id, status="succeeded", adapter_path=str(adapter))
+            runs.activate_run(session, run.id)
+            bot_store.set_state(session, "sampling", GREEDY)
+            return run.id
+    finally:
+        database.close()
+
+
+def memory(data_dir: Path, chat_id: int) -> list[tuple[str, str]]:
+    from storage import bot as bot_store
+    from storage import open_database
+
+    database = open_database(f"sqlite:///{data_dir / 'twin.db'}")
+    try:
+        with database.session() as session:
+            return [(t.role, t.text) for t in bot_store.recent_turns(session, chat_id)]
+    finally:
+        database.close()
+
+
+def expected_reply(model: Path, adapter: Path, text: str, scope: int) -> str:
+    """What the served model says to `text`, greedy and scrubbed, generated in this process."""
+    from bot.backends import LocalBackend
+    from bot.options import Sampling
+    from training.model import ModelOptions
+    from training.pii import Scrubber
+    from training.prompt import ChatTurn
+
+    backend = LocalBackend.load(ModelOptions(str(model), quant="none"), adapter)
+    try:
+        raw = backend.generate([ChatTurn("user", text)], None, Sampling(**GREEDY))
+    finally:
+        backend.close()
+    return Scrubber().scrub(raw, scope=scope).strip()
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
+
+
+def test_bot_without_token_owner_or_run_names_every_missing_piece(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--data-dir", str(data_dir), "bot"]) == 1
+
+    error = one_line(capsys.readouterr().err)
+    assert "TWIN_BOT_TOKEN is not set" in error
+    assert "TWIN_OWNER_ID is not set" in error
+    assert "no trained run is active" in error and "`twin train`" in error
+    assert "Traceback" not in error
+
+
+def test_bot_with_settings_but_no_trained_run_says_which_command_makes_one(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWIN_BOT_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
+
+    assert main(["--data-dir", str(data_dir), "bot"]) == 1
+
+    captured = capsys.readouterr()
+    error = one_line(captured.err)
+    assert "no trained run is active" in error and "`twin train`" in error
+    assert "TWIN_BOT_TOKEN" not in error and "TWIN_OWNER_ID" not in error
+    assert FAKE_TOKEN not in captured.err + captured.out
+
+
+def test_bot_refuses_an_openai_backend_without_its_url(
+    data_dir: Path,
+    tiny_model: Path,
+    tiny_adapter: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    serve_run(data_dir, tiny_model, tiny_adapter)
+    monkeypatch.setenv("TWIN_BOT_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
+    monkeypatch.setenv("TWIN_BOT_BACKEND", "openai")
+
+    assert main(["--data-dir", str(data_dir), "bot"]) == 1
+
+    assert "TWIN_OPENAI_BASE_URL is not set" in one_line(capsys.readouterr().err)
+
+
+def test_chat_without_a_trained_run_says_which_command_makes_one(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--data-dir", str(data_dir), "chat"]) == 1
+
+    error = one_line(capsys.readouterr().err)
+    assert "no trained run is active" in error and "`twin runs activate RUN`" in error
+
+
+@pytest.mark.parametrize("data_dir_first", [True, False], ids=["global-option", "command-option"])
+def test_chat_answers_remembers_sets_and_forgets_without_a_telegram_token(
+    data_dir: Path,
+    tiny_model: Path,
+    tiny_adapter: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    data_dir_first: bool,
+) -> None:
+    from bot.options import TERMINAL_CHAT_ID
+
+    serve_run(data_dir, tiny_model, tiny_adapter)
+    reply = expected_reply(tiny_model, tiny_adapter, "hi, how are you?", TERMINAL_CHAT_ID)
+    assert reply, "the tiny model must say something for this test to mean anything"
+    lines = [
+        "hi, how are you?",
+        "/set temperature 9",
+        "/set top_p 0.5",
+        "/forget",
+        "/quit",
+        "never read",
+    ]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    args = ["--data-dir", str(data_dir), "chat"]
+    if not data_dir_first:
+        args = ["chat", "--data-dir", str(data_dir)]
+
+    assert main(args) == 0
+
+    out = capsys.readouterr().out
+    shown = out.split("twin> ", 1)[1].split("\nyou> ", 1)[0]
+    assert flat(shown) == flat(reply)
+    assert "Not changed: temperature 9.0" in out
+    assert "top_p 0.5" in out
+    assert "Forgotten: 2 remembered messages" in out
+    assert memory(data_dir, TERMINAL_CHAT_ID) == []
+
+
+def test_chat_keeps_its_memory_between_sessions(
+    data_dir: Path,
+    tiny_model: Path,
+    tiny_adapter: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.options import TERMINAL_CHAT_ID
+
+    serve_run(data_dir, tiny_model, tiny_adapter)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first words\n"))  # ends without /quit
+    assert main(["--data-dir", str(data_dir), "chat"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("second words\n/quit\n"))
+    assert main(["--data-dir", str(data_dir), "chat"]) == 0
+
+    said = [text for role, text in memory(data_dir, TERMINAL_CHAT_ID) if role == "user"]
+    assert said == ["first words", "second words"]
+
+
+@pytest.mark.slow
+def test_twin_bot_serves_telegram_and_stops_cleanly_on_ctrl_c(
+    data_dir: Path, tiny_model: Path, tiny_adapter: Path, fake_api: FakeBotApi
+) -> None:
+    run_id = serve_run(data_dir, tiny_model, tiny_adapter)
+    reply = expected_reply(tiny_model, tiny_adapter, "hi, how are you?", OWNER)
+    assert reply, "the tiny model must say something for this test to mean anything"
+    environment = {
+        **os.environ,
+        "TWIN_BOT_TOKEN": FAKE_TOKEN,
+        "TWIN_OWNER_ID": str(OWNER),
+        "TWIN_BOT_API_URL": fake_api.base_url,
+        "OMP_NUM_THREADS": "1",
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "twin", "--data-dir", str(data_dir), "bot", "--workers", "2"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not fake_api.calls_of("setMyCommands") and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()[0]
+            time.sleep(0.1)
+        fake_api.push_text(OWNER, "/status")
+        fake_api.push_text(OWNER, "hi, how are you?")
+        while sent_reply(fake_api) != flat(reply) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGINT)
+        output, _ = child.communicate(timeout=60)
+
+    assert child.returncode == 0, output
+    assert any(f"Serving: run #{run_id}" in text for text in fake_api.texts_to(OWNER))
+    assert sent_reply(fake_api) == flat(reply)
+    assert FAKE_TOKEN not in output
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def sent_reply(fake_api: FakeBotApi) -> str:
+    """What the bot sent the owner, besides the status, as one line."""
+    return flat(" ".join(t for t in fake_api.texts_to(OWNER) if not t.startswith("Serving:")))
