@@ -9,6 +9,7 @@ process so its peak memory is its own:
 - ours: `harvest.importer.import_export` (streaming, idempotent upserts, cursors).
 
     python bench/bench_import.py                    # 1,000,000 messages
+    python bench/bench_import.py --messages 250000 1000000    # memory stays flat
     python bench/bench_import.py --messages 200000 --keep /tmp/export.json
 """
 
@@ -234,8 +235,14 @@ def measure(which: str, export: Path, directory: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--keep", type=Path, help="write the export here and keep it")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        nargs="+",
+        default=[1_000_000],
+        help="export sizes to measure, e.g. 250000 1000000 to see memory stay flat",
+    )
+    parser.add_argument("--keep", type=Path, help="write the (last) export here and keep it")
     parser.add_argument(
         "--child", nargs=3, metavar=("WHICH", "EXPORT", "URL"), help=argparse.SUPPRESS
     )
@@ -243,20 +250,29 @@ def main() -> None:
     if args.child:
         child(args.child[0], Path(args.child[1]), args.child[2])
         return
+    from harvest import export as export_module
+
+    scanner = "C" if isinstance(export_module._scan, json.scanner.c_make_scanner) else "Python"
+    print(f"JSON scanner used by the export reader: {scanner}")
+    for messages in args.messages:
+        measure_size(messages, args.keep if messages == args.messages[-1] else None)
+
+
+def measure_size(messages: int, keep: Path | None) -> None:
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        export = args.keep or directory / "result.json"
+        export = keep or directory / "result.json"
         started = time.perf_counter()
-        generate(export, args.messages)
+        generate(export, messages)
         size = export.stat().st_size
         print(
-            f"export: {args.messages:,} messages, {size / 2**20:,.0f} MiB, generated in "
+            f"\nexport: {messages:,} messages, {size / 2**20:,.0f} MiB, generated in "
             f"{time.perf_counter() - started:.1f} s; load average {os.getloadavg()[0]:.1f} "
             f"on {os.cpu_count()} CPUs"
         )
         results = {name: measure(name, export, directory) for name in ("baseline", "ours")}
     base, ours = results["baseline"], results["ours"]
-    print(f"\n{'':28s}{'messages/s':>12s}{'seconds':>10s}{'CPU s':>8s}{'peak RSS':>11s}")
+    print(f"{'':28s}{'messages/s':>12s}{'seconds':>10s}{'CPU s':>8s}{'peak RSS':>11s}")
     for name, label in (
         ("baseline", "json.load + plain INSERT"),
         ("ours", "twin import (streaming)"),
@@ -267,11 +283,12 @@ def main() -> None:
             f"{row['cpu_seconds']:>8.1f}{row['peak_rss_mb']:>8,.0f} MB"
         )
     print(
-        f"\nours vs baseline: {base['seconds'] / ours['seconds']:.2f}x faster, "
+        f"ours vs baseline: {base['seconds'] / ours['seconds']:.2f}x faster, "
+        f"{base['cpu_seconds'] / ours['cpu_seconds']:.2f}x less CPU, "
         f"{base['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x less memory; "
         f"both stored {ours['messages']:,} messages"
         if ours["messages"] == base["messages"]
-        else f"\nMISMATCH: baseline stored {base['messages']:,}, ours {ours['messages']:,}"
+        else f"MISMATCH: baseline stored {base['messages']:,}, ours {ours['messages']:,}"
     )
 
 
