@@ -251,6 +251,10 @@ class AdminCommands:
         await self.start_retrain(update.effective_chat.id)
 
     async def scheduled_retrain(self, context: Any) -> None:
+        """The job queue's retrain: reported in the owner's chat; skipped while one runs."""
+        if self.retraining:
+            logger.info("scheduled retrain skipped: a retrain is still running")
+            return
         logger.info("scheduled retrain")
         await self.start_retrain(self.twin.options.owner_id)
 
