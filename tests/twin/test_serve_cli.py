@@ -253,3 +253,34 @@ def flat(text: str) -> str:
 def sent_reply(fake_api: FakeBotApi) -> str:
     """What the bot sent the owner, besides the status, as one line."""
     return flat(" ".join(t for t in fake_api.texts_to(OWNER) if not t.startswith("Serving:")))
+
+
+def test_bot_options_come_from_the_settings(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from twin.commands.serve import bot_options
+    from twin.context import AppContext
+    from twin.settings import load_settings
+
+    monkeypatch.setenv("TWIN_BOT_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
+    monkeypatch.setenv("TWIN_RETRAIN_EVERY", "7d")
+    monkeypatch.setenv("TWIN_SESSION_GAP", "6h")
+    monkeypatch.setenv("TWIN_API_ID", "12345")
+    monkeypatch.setenv("TWIN_API_HASH", "0123456789abcdef")
+    context = AppContext(settings=load_settings(data_dir=data_dir))
+
+    options = bot_options(context, silent=True)
+
+    assert (options.token, options.owner_id) == (FAKE_TOKEN, OWNER)
+    assert options.retrain_every == timedelta(days=7)
+    assert options.conversation.session_gap == timedelta(hours=6)
+    assert options.refusal is None
+    assert options.retrain_command[1:] == ("-m", "twin", "--data-dir", str(data_dir))
+    assert not options.harvest_configured  # no `twin login` session yet
+    assert FAKE_TOKEN not in repr(options)
+    (data_dir / "telegram.session").parent.mkdir(parents=True)
+    (data_dir / "telegram.session").touch()
+    assert bot_options(context).harvest_configured
