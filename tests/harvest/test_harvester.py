@@ -354,6 +354,19 @@ def test_harvest_after_importing_an_export_of_the_same_chats_adds_no_doubles(
     harvested_only.close()
 
 
+def test_importing_an_export_after_a_harvest_adds_and_changes_nothing(
+    sqlite_database, tmp_path: Path
+) -> None:
+    account = busy_account()
+    run(account, sqlite_database)
+    before = rows(sqlite_database), chats_and_cursors(sqlite_database)
+    path = write_export(tmp_path / "result.json", export_of(account))
+    summary = import_export(sqlite_database, ImportOptions(path))
+    assert summary.new_messages == 0 and summary.messages == len(before[0])
+    # Same rows, and the usernames only a harvest knows are kept.
+    assert (rows(sqlite_database), chats_and_cursors(sqlite_database)) == before
+
+
 def test_only_regular_messages_become_records() -> None:
     account = FakeTelegram()
     account.add_user(7, "Someone")
