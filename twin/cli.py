@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from harvest.errors import HarvestError
 from storage import StorageError
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
     return 0
 

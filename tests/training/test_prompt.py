@@ -1,4 +1,4 @@
-"""Prompt rendering: labels cover exactly the owner's words, with Mistral's and the fallback template."""
+"""Prompt rendering: labels cover exactly the owner's words, Mistral's and the fallback template."""
 
 from __future__ import annotations
 

@@ -282,7 +282,7 @@ def _summary_table(result: BuildResult, options: DatasetOptions) -> Table:
     title = "dataset unchanged: nothing to do" if result.skipped else "dataset built"
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     rows = [
         ("fingerprint", result.fingerprint),
         ("folder", str(result.path)),
@@ -310,8 +310,8 @@ def steps_table(built: dict[str, Any]) -> Table:
     table.add_column("step")
     table.add_column("in", justify="right")
     table.add_column("kept", justify="right")
-    table.add_column("dropped")
-    table.add_column("notes")
+    table.add_column("dropped", overflow="fold")
+    table.add_column("notes", overflow="fold")
     table.add_column("seconds", justify="right")
     timings = built.get("timings", {})
     for step in built["steps"]:
