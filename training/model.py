@@ -110,6 +110,7 @@ def load_tokenizer(
             str(name_or_path), trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as error:
+        _raise_for_remote_code(name_or_path, error, trust_remote_code)
         raise ModelLoadError(
             f"cannot load the tokenizer of {name_or_path!r}: {error}. Set TWIN_BASE_MODEL "
             "(or --base-model) to a hub name you can download or a local folder"
@@ -222,6 +223,7 @@ def load_base_model(
             attn_implementation=attention,
         )
     except (OSError, ValueError, ImportError) as error:
+        _raise_for_remote_code(options.base_model, error, options.trust_remote_code)
         raise ModelLoadError(
             f"cannot load the base model {options.base_model!r}: {error}. Set TWIN_BASE_MODEL "
             "(or --base-model) to a hub name you can download or a local folder"
@@ -351,6 +353,15 @@ def linear_layer_names(model: Any) -> list[str]:
         if isinstance(module, torch.nn.Linear) or type(module).__name__.startswith("Linear")
     }
     return sorted(names)
+
+
+def _raise_for_remote_code(name: str, error: Exception, trusted: bool) -> None:
+    """A model that needs its own code is refused until the user says to run it."""
+    if not trusted and "trust_remote_code" in str(error):
+        raise ModelLoadError(
+            f"{name!r} needs its own Python code to load, and tgtwin does not run a model "
+            "repository's code unless asked: read that code, then pass --trust-remote-code"
+        ) from error
 
 
 def _check_adapter(path: Path) -> None:

@@ -570,6 +570,8 @@ def _fit(
     )
     metrics = _metrics(state, plan, selection, peft_model, accelerator, started)
     metrics["row_tokens"] = row_tokens
+    metrics["quant"] = resolve_quant(model_options, device)
+    metrics["optimizer"] = type(optimizer).__name__
     metrics["padding_fraction"] = round(padding_fraction(plan, selection.train, pad_multiple), 4)
     if accelerator.is_main_process:
         _save_adapter(data_dir, setup, peft_model, tokenizer, meta, state, metrics, selection)
@@ -601,12 +603,15 @@ class _Loop:
         session_first_step = state.step
         while state.step < total:
             step = self.plan[state.step]
+            learning_rate = float(self.scheduler.get_last_lr()[0])
             began = time.perf_counter()
             loss = self._step(step)
             state.train_seconds += time.perf_counter() - began
             state.tokens_seen += step.tokens
             state.step += 1
-            state.history.append({"step": state.step, "epoch": step.epoch, "loss": loss})
+            state.history.append(
+                {"step": state.step, "epoch": step.epoch, "loss": loss, "lr": learning_rate}
+            )
             if self.progress is not None:
                 per_step = (state.train_seconds - session_start) / (state.step - session_first_step)
                 self.progress(

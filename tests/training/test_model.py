@@ -123,6 +123,54 @@ def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
         load_base_model(ModelOptions(str(tmp_path / "nowhere")))
 
 
+CUSTOM_CODE = """
+from pathlib import Path
+
+Path({marker!r}).write_text("the repository's code ran")
+
+from transformers import MistralConfig, MistralForCausalLM
+
+
+class CustomConfig(MistralConfig):
+    model_type = "twin_custom"
+
+
+class CustomForCausalLM(MistralForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def test_a_model_with_its_own_code_loads_only_with_trust_remote_code(
+    model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import shutil
+
+    import transformers.dynamic_module_utils
+
+    monkeypatch.setattr(
+        transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules")
+    )
+    model_dir = Path(shutil.copytree(model_dirs["mistral"], tmp_path / "custom"))
+    marker = tmp_path / "code-ran"
+    (model_dir / "custom_model.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    config = json.loads((model_dir / "config.json").read_text())
+    config["model_type"] = "twin_custom"
+    config["architectures"] = ["CustomForCausalLM"]
+    config["auto_map"] = {
+        "AutoConfig": "custom_model.CustomConfig",
+        "AutoModelForCausalLM": "custom_model.CustomForCausalLM",
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
+        load_base_model(ModelOptions(str(model_dir)))
+    assert not marker.exists()
+
+    model = load_base_model(ModelOptions(str(model_dir), trust_remote_code=True))
+    assert type(model).__name__ == "CustomForCausalLM" and marker.exists()
+
+
 def saved_adapter(model_dir: Path, path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = load_for_training(

@@ -8,17 +8,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from training.trainer import NothingNewError, TrainOptions, select_examples, train
 
 REPO = Path(__file__).resolve().parents[2]
+CUDA = torch.cuda.is_available()
 START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
 
 # Each contact asks the same things; the owner always answers the same way.
@@ -148,7 +149,6 @@ def sharpen_output_layer(model_dir: Path, factor: float = 10.0) -> None:
     With 0.02-std weights and 64 hidden units the logits stay near uniform whatever the
     hidden state, so no adapter could make the model confident; a pretrained head can.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -175,8 +175,6 @@ def tiny_options(**overrides: Any) -> TrainOptions:
 
 @pytest.fixture(autouse=True)
 def one_thread() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -195,7 +193,6 @@ def lora_tensors(adapter: Path) -> dict[str, Any]:
 def test_training_lowers_validation_loss_and_changes_only_the_adapter(
     tmp_path: Path, sqlite_database: Any, architecture: str
 ) -> None:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from storage.runs import get_run
@@ -208,6 +205,7 @@ def test_training_lowers_validation_loss_and_changes_only_the_adapter(
     metrics = result.metrics
     assert metrics["val_loss"] < 0.6 * metrics["val_loss_start"]
     assert metrics["padding_fraction"] == 0.0
+    assert (metrics["quant"], metrics["optimizer"], metrics["device"]) == ("none", "AdamW", "cpu")
     with sqlite_database.session() as session:
         run = get_run(session, result.run_id)
         assert (run.status, run.active, run.base_model) == ("succeeded", True, str(setup.model_dir))
@@ -244,65 +242,138 @@ def test_bad_options_are_reported_together(tmp_path: Path, sqlite_database: Any)
     assert all(flag in str(raised.value) for flag in ("--rank", "--lr", "--quant"))
 
 
-KILLABLE_CHILD = textwrap.dedent(
+def test_progress_reports_loss_speed_eta_and_validation_every_n_steps(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    from training.trainer import TrainProgress
+
+    events: list[TrainProgress] = []
+    options = tiny_options(max_steps=12, eval_every=4, warmup_ratio=0.25)
+
+    result = train(sqlite_database, options, mistral.data_dir, progress=events.append)
+
+    steps = [event for event in events if event.phase == "train"]
+    assert [event.step for event in steps] == list(range(1, 13))
+    assert all(event.total_steps == 12 and event.loss is not None for event in steps)
+    assert all(event.tokens_per_second > 0 and event.eta_seconds >= 0 for event in steps)
+    assert steps[-1].eta_seconds == 0 and steps[0].eta_seconds > 0
+    validations = [event for event in events if event.phase == "validation"]
+    assert [event.step for event in validations] == [0, 4, 8, 12]
+    history = json.loads((result.adapter_path / "history.json").read_text())
+    assert [entry["step"] for entry in history if "val_loss" in entry] == [0, 4, 8, 12]
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_zero(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    import math
+
+    peak = 1e-2
+    options = tiny_options(max_steps=12, warmup_ratio=0.25, learning_rate=peak, eval_every=0)
+
+    result = train(sqlite_database, options, mistral.data_dir)
+
+    history = json.loads((result.adapter_path / "history.json").read_text())
+    rates = [entry["lr"] for entry in history if "lr" in entry]
+    warmup = 3  # a quarter of 12 steps
+    expected = [peak * step / warmup for step in range(warmup)] + [
+        peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (12 - warmup)))
+        for step in range(warmup, 12)
+    ]
+    assert rates == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_the_optimizer_is_adamw_on_a_cpu_and_paged_8bit_needs_a_gpu() -> None:
+    from training.errors import TrainingError
+    from training.trainer import _make_optimizer
+
+    parameters = [torch.nn.Parameter(torch.zeros(4))]
+    cpu = torch.device("cpu")
+
+    assert type(_make_optimizer(TrainOptions(), parameters, cpu)) is torch.optim.AdamW
+    with pytest.raises(TrainingError, match="paged_adamw_8bit needs a CUDA GPU: use adamw"):
+        _make_optimizer(TrainOptions(optimizer="paged_adamw_8bit"), parameters, cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_qlora_on_a_gpu_uses_4bit_and_paged_8bit_adamw(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (pip install tgtwin[gpu])")
+
+    result = train(sqlite_database, tiny_options(), mistral.data_dir)
+
+    metrics = result.metrics
+    assert (metrics["device"], metrics["quant"], metrics["optimizer"]) == (
+        "cuda",
+        "4bit",
+        "PagedAdamW8bit",
+    )
+    assert metrics["val_loss"] < 0.6 * metrics["val_loss_start"]
+
+
+KILLED_CHILD = textwrap.dedent(
     """
-    import sys, time
+    import os, signal, sys
     import torch
     torch.set_num_threads(1)
     from storage import open_database
+    from training.runs import checkpoint_root
     from training.trainer import TrainOptions, train
 
-    url, data_dir, options = sys.argv[1], sys.argv[2], TrainOptions.from_dict(eval(sys.argv[3]))
-    # Slow each step down so the parent can kill this process between checkpoints.
-    train(open_database(url), options, data_dir, progress=lambda event: time.sleep(0.3))
+    url, data_dir, run_id = sys.argv[1], sys.argv[2], int(sys.argv[4])
+    options = TrainOptions.from_dict(eval(sys.argv[3]))
+    checkpoints = checkpoint_root(data_dir, run_id)
+
+    def kill_after_the_first_checkpoint(event):
+        saved = [int(p.name[5:]) for p in checkpoints.glob("step-*") if p.suffix != ".tmp"]
+        if saved and event.step > max(saved):  # trained past the checkpoint, not saved again
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(open_database(url), options, data_dir, progress=kill_after_the_first_checkpoint)
     """
 )
 
 
-def test_resume_after_kill_finishes_with_the_same_steps(
+def test_resume_after_kill_finishes_with_the_same_steps_and_weights(
     tmp_path: Path, mistral: TinySetup, sqlite_url: str
 ) -> None:
     from storage import open_database
     from storage.runs import get_run, list_runs
-    from training.runs import checkpoint_root
+    from training.runs import checkpoint_dir, checkpoint_root
 
     options = tiny_options(checkpoint_every=3, eval_every=0, epochs=4)
     database = open_database(sqlite_url)
     reference = train(database, replace(options, activate=False), mistral.data_dir)
+    killed_run = reference.run_id + 1
 
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            KILLABLE_CHILD,
-            sqlite_url,
-            str(mistral.data_dir),
-            repr(options.to_dict()),
-        ],
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CHILD, sqlite_url, str(mistral.data_dir)]
+        + [repr(options.to_dict()), str(killed_run)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+        timeout=120,
     )
-    try:
-        checkpoints = checkpoint_root(mistral.data_dir, reference.run_id + 1)
-        deadline = time.monotonic() + 120
-        while not any(p.suffix != ".tmp" for p in checkpoints.glob("step-*")):
-            assert child.poll() is None, "the child finished before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait()
+    assert child.returncode == -signal.SIGKILL
     with database.session() as session:
-        assert get_run(session, reference.run_id + 1).status == "running"
+        assert get_run(session, killed_run).status == "running"
+    # A checkpoint the kill interrupted mid-write is left half done; resume must ignore it.
+    half_written = checkpoint_dir(mistral.data_dir, killed_run, 99).with_suffix(".tmp")
+    half_written.mkdir()
 
     resumed = train(database, TrainOptions(resume=True), mistral.data_dir)
 
-    assert resumed.run_id == reference.run_id + 1
+    assert resumed.run_id == killed_run
     assert resumed.metrics["steps"] == reference.metrics["steps"]
     history = json.loads((resumed.adapter_path / "history.json").read_text())
     assert [e["step"] for e in history if "loss" in e] == list(
         range(1, resumed.metrics["steps"] + 1)
     )
+    reference_weights = lora_tensors(reference.adapter_path)
+    for name, tensor in lora_tensors(resumed.adapter_path).items():
+        assert (tensor - reference_weights[name]).abs().max() < 1e-5, name
     assert not checkpoint_root(mistral.data_dir, resumed.run_id).exists()
     with database.session() as session:
         assert [run.status for run in list_runs(session)] == ["succeeded", "succeeded"]
