@@ -58,24 +58,34 @@ def harvest(
     ctx: typer.Context,
     chat: Annotated[
         list[str] | None,
-        typer.Option("--chat", help="Only this chat: a user id or @username (repeatable)."),
+        typer.Option(
+            "--chat",
+            metavar="ID|@NAME",
+            help="Only this chat: a user id or @username (repeatable).",
+        ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", help="Skip this chat: a user id or @username (repeatable)."),
+        typer.Option(
+            "--exclude",
+            metavar="ID|@NAME",
+            help="Skip this chat: a user id or @username (repeatable).",
+        ),
     ] = None,
     since: Annotated[
         datetime | None,
         typer.Option(
             "--since",
+            metavar="DATE",
             formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
-            help="Only messages sent on or after this date (UTC).",
+            help="Only messages sent on or after this date (UTC): 2024-01-31 or 2024-01-31T18:00:00.",
         ),
     ] = None,
     refresh_days: Annotated[
         int | None,
         typer.Option(
             "--refresh-days",
+            metavar="N",
             min=1,
             help="Also re-read the last N days: picks up edits and deletions.",
         ),
@@ -125,6 +135,7 @@ def import_export(
         int | None,
         typer.Option(
             "--owner-id",
+            metavar="ID",
             help="Your Telegram user id, needed for a single-chat export (default: TWIN_OWNER_ID).",
         ),
     ] = None,
