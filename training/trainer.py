@@ -48,7 +48,9 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZER_CHOICES = ("auto", "adamw", "paged_adamw_8bit")
 # Packed row length when --row-tokens is not given (an example longer than this gets its own).
-DEFAULT_ROW_TOKENS = {"cuda": 4096, "cpu": 1024}
+# FlashAttention's variable-length kernel costs sum(length²) over a row's examples whatever
+# the row; a block mask (SDPA, eager) costs row length² per row, so those rows stay short.
+DEFAULT_ROW_TOKENS = {"flash_attention_2": 4096, "cuda": 2048, "cpu": 512}
 RESUMABLE_STATUSES = ("running", "failed")
 
 
@@ -519,7 +521,8 @@ def _fit(
         device=device,
         activation_checkpointing=options.activation_checkpointing,
     )
-    row_tokens = _row_tokens(options, selection, device, world)
+    attention = peft_model.get_base_model().config._attn_implementation
+    row_tokens = _row_tokens(options, attention, device, world)
     pad_multiple = 8 if device.type == "cuda" else 1
     plan = plan_steps(
         selection.train,
@@ -720,17 +723,13 @@ def held_out_loss(
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
 
-def _row_tokens(
-    options: TrainOptions, selection: _Selection, device: torch.device, world: int
-) -> int:
-    """Packed row length: the option, or a device default within the per-process budget."""
-    longest = max(int(selection.train.lengths.max()), 1)
-    if len(selection.validation):
-        longest = max(longest, int(selection.validation.lengths.max()))
+def _row_tokens(options: TrainOptions, attention: str, device: torch.device, world: int) -> int:
+    """Packed row length: the option, or a default for the attention kernel and device."""
     if options.row_tokens is not None:
-        return max(options.row_tokens, longest)
-    default = DEFAULT_ROW_TOKENS.get(device.type, DEFAULT_ROW_TOKENS["cpu"])
-    return max(longest, min(default, options.batch_tokens // world))
+        return options.row_tokens
+    kind = "flash_attention_2" if attention == "flash_attention_2" else device.type
+    default = DEFAULT_ROW_TOKENS.get(kind, DEFAULT_ROW_TOKENS["cpu"])
+    return max(1, min(default, options.batch_tokens // world))
 
 
 def _make_optimizer(options: TrainOptions, parameters: list[Any], device: torch.device) -> Any:

@@ -229,3 +229,22 @@ def test_max_steps_cuts_the_plan_and_crosses_epochs() -> None:
 
     assert len(plan) == 7
     assert [step.epoch for step in plan] == [0, 0, 0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(("batch_tokens", "world_size"), [(2048, 1), (4096, 2), (8192, 2)])
+def test_steps_accumulate_rows_up_to_the_token_budget(batch_tokens: int, world_size: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(200), 0.75, size=400), 24, 2048).astype(int)
+    examples = [[5] * int(n) for n in lengths]
+    table = TokenTable.from_lists(examples, examples)
+
+    plan = plan_steps(
+        table, row_tokens=512, batch_tokens=batch_tokens, world_size=world_size, epochs=2
+    )
+
+    per_step = [step.tokens for step in plan]
+    assert 0.8 * batch_tokens <= sum(per_step) / len(per_step) <= 1.25 * batch_tokens
+    assert max(per_step) <= 2 * batch_tokens
+    assert sum(per_step) == 2 * int(lengths.sum())
