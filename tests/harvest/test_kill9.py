@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from harvest.harvester import HarvestOptions, harvest
 from storage import open_database
 from tests.harvest import harvest_child
@@ -30,6 +32,7 @@ def start_child(url: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow  # six child processes, each importing Telethon and SQLAlchemy
 def test_harvest_killed_at_random_points_ends_with_the_rows_of_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
