@@ -78,7 +78,9 @@ def harvest(
             "--since",
             metavar="DATE",
             formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
-            help="Only messages sent on or after this date (UTC): 2024-01-31 or 2024-01-31T18:00:00.",
+            help="Only messages sent on or after this date (UTC): 2024-01-31 or "
+            "2024-01-31T18:00:00. Later harvests go on from the newest message, so older "
+            "ones come in only through `twin import` of an export.",
         ),
     ] = None,
     refresh_days: Annotated[
