@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import resource
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_pii import EMOJI, NUMBERS, WORDS, planted  # noqa: E402
+from bench.bench_pii import EMOJI, NUMBERS, WORDS, planted
 
 START = datetime(2020, 1, 1, tzinfo=UTC)
 OWNER_SHARE = 0.45
@@ -195,6 +197,24 @@ def _naive_chat(rows: list, tokenizer: object) -> None:
                 tokenizer.apply_chat_template(turns[:end], tokenize=True)  # type: ignore[attr-defined]
 
 
+def cli_build(database_path: Path, tokenizer_path: Path, data_dir: Path) -> float:
+    """Wall seconds of `twin dataset build` with no flags, settings from the environment."""
+    environment = {
+        **os.environ,
+        "TWIN_DATABASE_URL": f"sqlite:///{database_path}",
+        "TWIN_BASE_MODEL": str(tokenizer_path),
+        "TWIN_DATA_DIR": str(data_dir),
+    }
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "twin", "dataset", "build"],
+        env=environment,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -225,7 +245,9 @@ def main() -> None:
         if not database_path.exists():
             clock = time.perf_counter()
             generate(database_path, arguments.messages, arguments.chats, arguments.seed)
-            print(f"generated {arguments.messages:,} messages in {time.perf_counter() - clock:.1f} s")
+            print(
+                f"generated {arguments.messages:,} messages in {time.perf_counter() - clock:.1f} s"
+            )
         tokenizer_path = make_tokenizer(workdir / "tokenizer", arguments.seed)
         gc.collect()
         rss_before = peak_rss_mib()
@@ -279,6 +301,15 @@ def run(
         f"rendered, {cache['sessions_reused']:,} reused); goal < 5 s"
     )
     database.close()
+
+    # What the bot's /retrain pays: a fresh `twin dataset build` process, imports included.
+    unchanged_cli = cli_build(database_path, tokenizer_path, data_dir)
+    add_new_messages(database_path, arguments.new_messages, 20, arguments.seed + 2)
+    incremental_cli = cli_build(database_path, tokenizer_path, data_dir)
+    print(
+        f"`twin dataset build` as a new process (imports included): no change {unchanged_cli:.2f} s"
+        f", after {arguments.new_messages:,} more new messages {incremental_cli:.2f} s"
+    )
 
     naive, sampled = naive_seconds_per_message(
         database_path, tokenizer_path, arguments.baseline_chats

@@ -123,13 +123,19 @@ def test_every_owner_turn_is_learned_once_from_the_stored_messages(
 
 
 def test_same_messages_and_options_give_the_same_fingerprint_and_skip_the_work(
-    sqlite_database: Any, tokenizer_path: Path, tmp_path: Path
+    sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store(sqlite_database, *generated_store(chats=2, sessions=4))
     opts = options(tokenizer_path)
 
     first = build(sqlite_database, opts, tmp_path)
+
+    def no_model_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a build with nothing new must not load the tokenizer")
+
+    monkeypatch.setattr("training.model.load_tokenizer", no_model_loading)
     again = build(sqlite_database, opts, tmp_path)
+    monkeypatch.undo()
     other = build(sqlite_database, replace(opts, max_tokens=512), tmp_path / "other")
 
     assert not first.skipped and again.skipped
