@@ -132,11 +132,29 @@ class TwinBot:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def run(self) -> None:
-        """Poll Telegram until interrupted (Ctrl-C, SIGTERM); the CLI's `twin bot`."""
+        """Poll Telegram until interrupted (Ctrl-C, SIGTERM); the CLI's `twin bot`.
+
+        A token the server rejects, or a server that cannot be reached at startup, is a
+        BotError whose text never holds the token (python-telegram-bot's own message does).
+        """
+        from telegram.error import InvalidToken, NetworkError
+
+        from bot.errors import BotError
+
         try:
             self.application.run_polling(
                 timeout=self.options.poll_timeout, allowed_updates=["message"]
             )
+        except InvalidToken:
+            raise BotError(
+                "the Bot API server rejected TWIN_BOT_TOKEN: set the token @BotFather gave you"
+            ) from None
+        except NetworkError as error:
+            reason = str(error).replace(self.options.token, "[secret]")
+            raise BotError(
+                f"cannot reach the Bot API server (TWIN_BOT_API_URL {self.options.api_url}): "
+                f"{reason}"
+            ) from None
         finally:
             self.close()
 

@@ -284,3 +284,25 @@ def test_bot_options_come_from_the_settings(
     (data_dir / "telegram.session").parent.mkdir(parents=True)
     (data_dir / "telegram.session").touch()
     assert bot_options(context).harvest_configured
+
+
+def test_a_token_the_server_rejects_is_one_line_without_the_token(
+    data_dir: Path,
+    tiny_model: Path,
+    tiny_adapter: Path,
+    fake_api: FakeBotApi,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wrong = "999999:WRONG-TOKEN-not-real-bbbbbbbbbbbbbbbbbbbbb"
+    serve_run(data_dir, tiny_model, tiny_adapter)
+    monkeypatch.setenv("TWIN_BOT_TOKEN", wrong)
+    monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
+    monkeypatch.setenv("TWIN_BOT_API_URL", fake_api.base_url)
+
+    assert main(["--verbose", "--data-dir", str(data_dir), "bot"]) == 1
+
+    captured = capsys.readouterr()
+    assert "rejected TWIN_BOT_TOKEN" in one_line(captured.err)
+    assert wrong not in captured.out + captured.err
+    assert "getMe" in captured.err  # --verbose logged the requests, redacted
