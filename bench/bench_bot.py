@@ -161,6 +161,7 @@ class _FirstToken:
         if not self._prompt_seen:
             self._prompt_seen = True
         elif self.first is None:
+            value.tolist()  # wait for the GPU, as the backend's streamer does when it decodes
             self.first = time.perf_counter()
 
     def end(self) -> None:
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quant == "4bit" and device != "cuda":
+        sys.exit("--quant 4bit needs a CUDA GPU: training.model loads 4-bit models only there")
     rows = run(args)
     report(rows, args, device)
 
