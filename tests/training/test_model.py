@@ -19,6 +19,7 @@ from training.model import (
     load_for_inference,
     load_for_training,
     remove_adapter,
+    resolve_dtype,
     resolve_quant,
     set_active_adapter,
 )
@@ -96,10 +97,13 @@ def test_unknown_target_modules_name_the_layers_there_are(model_dirs: dict[str, 
         load_for_training(options, LoraOptions(rank=4))
 
 
-def test_4bit_without_cuda_says_which_flag_to_use(model_dirs: dict[str, Path]) -> None:
-    options = ModelOptions(str(model_dirs["mistral"]), quant="4bit")
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_quantization_without_cuda_says_which_flag_to_use(
+    model_dirs: dict[str, Path], quant: str
+) -> None:
+    options = ModelOptions(str(model_dirs["mistral"]), quant=quant)
 
-    with pytest.raises(ModelLoadError, match="CUDA GPU.*--quant none"):
+    with pytest.raises(ModelLoadError, match=f"--quant {quant} needs a CUDA GPU.*--quant none"):
         load_base_model(options, device=torch.device("cpu"))
 
 
@@ -228,3 +232,13 @@ def test_4bit_loads_quantized_with_bf16_compute(model_dirs: dict[str, Path]) -> 
     assert base.is_loaded_in_4bit
     assert base.config.quantization_config.bnb_4bit_quant_type == "nf4"
     assert base.config.quantization_config.bnb_4bit_use_double_quant
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_gpu_trains_in_bf16_where_supported_else_fp16() -> None:
+    pytest.importorskip("bitsandbytes", reason="4-bit needs bitsandbytes (pip install tgtwin[gpu])")
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    assert resolve_dtype(ModelOptions("any"), torch.device("cuda", 0)) == expected
+    assert resolve_quant(ModelOptions("any"), torch.device("cuda", 0)) == "4bit"
