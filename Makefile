@@ -27,4 +27,4 @@ demo: $(STAMP)
 	$(BIN)/twin demo
 
 clean:
-	rm -rf $(VENV) twin-data .pytest_cache
+	rm -rf $(VENV) twin-data twin-demo .pytest_cache

@@ -18,6 +18,8 @@ QUIET_LIBRARIES = (
     "filelock",
     "datasets",
 )
+# Libraries whose warnings are noise to a user (bitsandbytes on a CPU without `kernels`).
+SILENT_LIBRARIES = ("bitsandbytes",)
 REDACTED = "[secret]"
 
 
@@ -57,3 +59,5 @@ def setup_logging(verbose: bool = False, secrets: Iterable[str] = ()) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in SILENT_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
