@@ -23,6 +23,7 @@ download); its tokenizer is a small BPE padded to 32000 tokens so every id decod
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -211,18 +212,26 @@ def stream_one(stream: Callable[[], Any], tokens: int) -> Timing:
     return Timing(first if first is not None else full, full, tokens)
 
 
-def measure(name: str, rounds: int, once: Callable[[int], list[Timing]], sync: Callable) -> Row:
+Once = Callable[[], list[Timing]]
+
+
+def measure(variants: list[tuple[str, int, Once]], sync: Callable[[], None]) -> list[Row]:
+    """Time every variant, interleaving their rounds so a busy machine slows them all alike."""
     import torch
 
     torch.manual_seed(0)
-    once(0)  # warm-up
+    for _name, _rounds, once in variants:  # warm-up
+        once()
     sync()
-    timings: list[Timing] = []
-    started = time.perf_counter()
-    for number in range(rounds):
-        timings += once(number)
-    sync()
-    return Row(name, timings, time.perf_counter() - started)
+    rows = [Row(name, [], 0.0) for name, _rounds, _once in variants]
+    for number in range(max(rounds for _name, rounds, _once in variants)):
+        for row, (_name, rounds, once) in zip(rows, variants, strict=True):
+            if number < rounds:
+                started = time.perf_counter()
+                row.timings += once()
+                sync()
+                row.wall += time.perf_counter() - started
+    return rows
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -267,14 +276,16 @@ def run(args: argparse.Namespace) -> list[Row]:
         database = open_database(f"sqlite:///{root / 'twin.db'}")
         responder = Responder(database, backend)
 
-        def responder_once(number: int) -> list[Timing]:
-            chat_id = 1000 + number
+        chat_ids = itertools.count(1000)
+
+        def responder_once() -> list[Timing]:
+            chat_id = next(chat_ids)
             with database.session() as session:
                 for turn in histories[0]:
                     bot_store.append_turn(session, chat_id, turn.role, turn.content, utcnow())
             return [stream_one(lambda: responder.stream(chat_id, sampling), tokens)]
 
-        def concurrent_once(number: int) -> list[Timing]:
+        def concurrent_once() -> list[Timing]:
             barrier = threading.Barrier(len(histories))
 
             def chat(history: list[ChatTurn]) -> Timing:
@@ -284,7 +295,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             with ThreadPoolExecutor(len(histories)) as pool:
                 return list(pool.map(chat, histories))
 
-        def sequential_once(number: int) -> list[Timing]:
+        def sequential_once() -> list[Timing]:
             started = time.perf_counter()
             timings = []
             for prompt in prompts:  # a chat waits for every chat queued before it
@@ -295,31 +306,31 @@ def run(args: argparse.Namespace) -> list[Row]:
 
         chats = len(histories)
         rounds, group_rounds = args.replies, args.rounds
-        rows = [
-            measure(
-                "plain generate, 1 chat",
-                rounds,
-                lambda n: plain_generate(backend, [one], sampling),
-                sync,
-            ),
-            measure(
-                "local backend, 1 chat",
-                rounds,
-                lambda n: [
-                    stream_one(lambda: backend.stream(histories[0], None, sampling), tokens)
-                ],
-                sync,
-            ),
-            measure("responder (memory+scrub), 1 chat", rounds, responder_once, sync),
-            measure(f"local backend, {chats} chats at once", group_rounds, concurrent_once, sync),
-            measure(f"plain generate, {chats} chats in turn", group_rounds, sequential_once, sync),
-            measure(
-                f"plain generate, {chats} chats one batch",
-                group_rounds,
-                lambda n: plain_generate(backend, prompts, sampling),
-                sync,
-            ),
-        ]
+        rows = measure(
+            [
+                (
+                    "plain generate, 1 chat",
+                    rounds,
+                    lambda: plain_generate(backend, [one], sampling),
+                ),
+                (
+                    "local backend, 1 chat",
+                    rounds,
+                    lambda: [
+                        stream_one(lambda: backend.stream(histories[0], None, sampling), tokens)
+                    ],
+                ),
+                ("responder (memory+scrub), 1 chat", rounds, responder_once),
+                (f"local backend, {chats} chats at once", group_rounds, concurrent_once),
+                (f"plain generate, {chats} chats in turn", group_rounds, sequential_once),
+                (
+                    f"plain generate, {chats} chats one batch",
+                    group_rounds,
+                    lambda: plain_generate(backend, prompts, sampling),
+                ),
+            ],
+            sync,
+        )
         backend.close()
         database.close()
     return rows
