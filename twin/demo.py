@@ -273,7 +273,9 @@ def _dataset(
     )
     result.train_examples = built.train_examples
     result.validation_examples = built.validation_examples
-    reporter.table(_stats_table(built.stats))
+    from twin.commands.dataset import steps_table
+
+    reporter.table(steps_table(built.stats))
     reporter.done(
         f"{built.train_examples} training and {built.validation_examples} validation examples"
     )
@@ -366,19 +368,6 @@ def _chat(database: Database, options: DemoOptions, reporter: Reporter, result: 
         close = getattr(backend, "close", None)
         if close is not None:
             close()
-
-
-def _stats_table(stats: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(title="dataset build", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    counts = stats.get("counts", stats)
-    for name, value in counts.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            table.add_row(name.replace("_", " "), f"{value:,}")
-    return table
 
 
 def _number(value: float | None) -> str:
