@@ -578,40 +578,36 @@ class _Builder:
         )
 
     def _tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
-        """Reused cache rows and new rows, as one table each in a stable order."""
-        import pyarrow as pa
+        """Reused cache rows and new rows, as one table each in a stable order.
 
-        parts: list[list[pa.Table]] = [[], [], []]
+        Rows are chosen and ordered by index over the small key columns, then copied once:
+        the cached tables are memory-mapped and most of their bytes are token lists.
+        """
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        parts: list[list[tuple[pa.Table, np.ndarray | None]]] = [[], [], []]
         if self.cache is not None and self.reused_keys:
-            for index, table in enumerate(self.cache.tables(self.reused_keys)):
-                parts[index].append(table)
+            for index, cached in enumerate(self.cache.tables(self.reused_keys)):
+                parts[index].append(cached)
         for new in self.new_tables:
             for index, table in enumerate(new):
-                parts[index].append(table)
+                parts[index].append((table, None))
         schemas = (_example_schema(), _pair_schema(), _session_schema())
         tables = []
-        for tables_of_kind, schema, sort in zip(
-            parts,
-            schemas,
-            (
-                [
-                    ("chat_id", "ascending"),
-                    ("session_end", "ascending"),
-                    ("session_key", "ascending"),
-                    ("window", "ascending"),
-                ],
-                [
-                    ("timestamp", "ascending"),
-                    ("chat_id", "ascending"),
-                    ("session_key", "ascending"),
-                    ("reply", "ascending"),
-                ],
-                [("session_key", "ascending")],
-            ),
-            strict=True,
-        ):
-            table = pa.concat_tables(tables_of_kind) if tables_of_kind else schema.empty_table()
-            tables.append(table.sort_by(sort).combine_chunks())
+        for tables_of_kind, schema, sort in zip(parts, schemas, _TABLE_ORDER, strict=True):
+            if not tables_of_kind:
+                tables.append(schema.empty_table())
+                continue
+            table = pa.concat_tables([table for table, _ in tables_of_kind])
+            keep = np.concatenate(
+                [np.ones(t.num_rows, bool) if m is None else m for t, m in tables_of_kind]
+            )
+            rows = np.flatnonzero(keep)
+            keys = table.select([name for name, _ in sort]).take(rows)
+            order = rows[pc.sort_indices(keys, sort_keys=sort).to_numpy()]
+            tables.append(table.take(order).combine_chunks())
         return tables[0], tables[1], tables[2]
 
     def _dedup(self, pairs: pa.Table) -> tuple[Any, np.ndarray]:
@@ -787,8 +783,12 @@ class _Builder:
         shutil.rmtree(building, ignore_errors=True)
         columns = list(_DATASET_COLUMNS)
         splits = {
-            "train": datasets.Dataset(InMemoryTable(final.take(train).select(columns))),
-            "validation": datasets.Dataset(InMemoryTable(final.take(validation).select(columns))),
+            # An explicit fingerprint spares datasets from hashing the whole table.
+            split: datasets.Dataset(
+                InMemoryTable(final.take(rows).select(columns)),
+                fingerprint=f"{fingerprint}-{split}",
+            )
+            for split, rows in (("train", train), ("validation", validation))
         }
         disabled = datasets.utils.logging.is_progress_bar_enabled()
         datasets.disable_progress_bars()
@@ -829,6 +829,23 @@ class _Builder:
 
 
 # ---- tables -------------------------------------------------------------------------------
+
+# The order of the examples, pairs and sessions tables: the same for a full or incremental build.
+_TABLE_ORDER = (
+    [
+        ("chat_id", "ascending"),
+        ("session_end", "ascending"),
+        ("session_key", "ascending"),
+        ("window", "ascending"),
+    ],
+    [
+        ("timestamp", "ascending"),
+        ("chat_id", "ascending"),
+        ("session_key", "ascending"),
+        ("reply", "ascending"),
+    ],
+    [("session_key", "ascending")],
+)
 
 _DATASET_COLUMNS = (
     "input_ids",
@@ -1146,8 +1163,8 @@ class _Cache:
             self._keys = {key for chat in self._chats.values() for key in chat.keys}
         return key in self._keys
 
-    def tables(self, keys: Iterable[str]) -> Iterator[pa.Table]:
-        """Examples, pairs and sessions rows of `keys`, memory-mapped from the cache files."""
+    def tables(self, keys: Iterable[str]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """Examples, pairs and sessions tables, memory-mapped, and which rows hold `keys`."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -1155,7 +1172,8 @@ class _Cache:
         for name in ("examples", "pairs", "sessions"):
             with pa.memory_map(str(self.path / f"{name}.arrow")) as source:
                 table = pa.ipc.open_file(source).read_all()
-            yield table.filter(pc.is_in(table["session_key"], value_set=wanted))
+            keep = pc.is_in(table["session_key"], value_set=wanted)
+            yield table, keep.to_numpy(zero_copy_only=False)
 
     @staticmethod
     def write(
@@ -1175,7 +1193,15 @@ class _Cache:
                 writer.write_table(table)
         index = {
             "pipeline": pipeline,
-            "chats": {str(chat_id): asdict(result) for chat_id, result in sorted(chats.items())},
+            "chats": {
+                str(chat_id): {
+                    "signature": result.signature,
+                    "title": result.title,
+                    "keys": result.keys,
+                    "counts": result.counts,
+                }
+                for chat_id, result in sorted(chats.items())
+            },
         }
         (path / "chats.json").write_text(json.dumps(index), encoding="utf-8")
 
