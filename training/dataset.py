@@ -278,7 +278,7 @@ def _collector_paused() -> Iterator[None]:
 
     A build allocates millions of small acyclic objects (rows, turns, token lists); the
     collector's generation scans over them took a third of a million-message build.
-    Reference counting still frees them; the collector runs once at the end.
+    Reference counting still frees them.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -287,7 +287,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-            gc.collect()
 
 
 @dataclass

@@ -216,14 +216,13 @@ def lsh_duplicates(signatures: np.ndarray, threshold: float) -> np.ndarray:
     if count < 2:
         return duplicate
     bands, rows = lsh_bands(threshold, signatures.shape[1])
-    order = np.arange(count)
     for band in range(bands):
         block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
         key = np.zeros(count, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for column in range(rows):
                 key = (key ^ block[:, column]) * np.uint64(0x100000001B3)
-        sort = np.lexsort((order, key))
+        sort = np.argsort(key, kind="stable")  # ties stay in time order
         sorted_keys = key[sort]
         first_of_group = np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1]))
         group_start = np.maximum.accumulate(np.where(first_of_group, np.arange(count), 0))
