@@ -23,6 +23,7 @@ TERMINAL_HELP = (
     "/quit – leave (Ctrl-D too); Ctrl-C stops a reply"
 )
 APOLOGY = "(no reply: generating failed, see the log)"
+NO_REPLY = "(no reply)"
 
 
 @dataclass
@@ -91,9 +92,15 @@ class TerminalChat:
         self.responder.hear(self.chat_id, text)
         self.say(self.twin)
         pieces = self.responder.stream(self.chat_id, self.sampling)
+        shown = False
         try:
             for piece in pieces:
-                self.say(piece.replace("\n", "\n" + " " * len(self.twin)))
+                text = piece if shown else piece.lstrip()  # the reply starts at its first word
+                if text:
+                    shown = True
+                    self.say(text.replace("\n", "\n" + " " * len(self.twin)))
+            if not shown:
+                self.say(NO_REPLY)
         except KeyboardInterrupt:
             self.say(" [stopped]")
         except Exception:

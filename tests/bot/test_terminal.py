@@ -11,7 +11,7 @@ import pytest
 
 from bot.options import TERMINAL_CHAT_ID, Sampling
 from bot.responder import Responder
-from bot.terminal import APOLOGY, TerminalChat
+from bot.terminal import APOLOGY, NO_REPLY, TerminalChat
 from storage import bot as bot_store
 from storage.models import utcnow
 from tests.bot.fakes import ScriptedBackend
@@ -165,3 +165,12 @@ def test_ctrl_c_stops_a_reply_and_ctrl_c_at_the_prompt_does_not_quit(
     assert out.getvalue().count("twin> so far I would  [stopped]\n") == 2
     said = [text for role, text in remembered(sqlite_database) if role == "user"]
     assert said == ["hi", "again"]
+
+
+def test_a_model_with_nothing_to_say_shows_that_and_remembers_no_reply(
+    sqlite_database: Any,
+) -> None:
+    out = run_chat(sqlite_database, ScriptedBackend(script=lambda turns: " \n "), ["hello?"])
+
+    assert f"twin> {NO_REPLY}\n" in out.getvalue()
+    assert remembered(sqlite_database) == [("user", "hello?")]
