@@ -210,3 +210,33 @@ def test_a_scheduled_retrain_runs_the_same_flow_in_the_owners_chat(
     assert "`twin dataset build` failed" in texts[-1]
     assert not any("already running" in text for text in texts)  # ticks during it are skipped
     assert still_active == first
+
+
+@pytest.mark.slow
+def test_a_second_retrain_while_one_runs_is_refused(
+    tmp_path: Path, fake_api: FakeBotApi, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    from storage import open_database
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    database = open_database(f"sqlite:///{data_dir / 'twin.db'}")
+    make_run(database, data_dir)
+    monkeypatch.setenv("TWIN_BASE_MODEL", str(data_dir / "no-such-model"))
+    twin = build_twin(database, ScriptedBackend(), fake_api, data_dir=data_dir)
+
+    async def scenario() -> None:
+        fake_api.push_text(OWNER, "/retrain")
+        await wait_for_progress(fake_api, "Retraining")
+        fake_api.push_text(OWNER, "/retrain")
+        await fake_api.wait_for_text(OWNER, "A retrain is already running.")
+        await wait_for_progress(fake_api, "Retrain failed")
+
+    try:
+        serve(twin, scenario)
+    finally:
+        twin.close()
+        database.close()
+
+    started = [text for text in fake_api.texts_to(OWNER) if text.startswith("🔄 Retraining")]
+    assert len(started) == 1
