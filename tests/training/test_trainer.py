@@ -336,6 +336,7 @@ KILLED_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_resume_after_kill_finishes_with_the_same_steps_and_weights(
     tmp_path: Path, mistral: TinySetup, sqlite_url: str
 ) -> None:
@@ -452,6 +453,7 @@ def test_replay_sample_comes_only_from_older_sessions(mistral: TinySetup) -> Non
     assert selection.newest_session_end == START + 3600 * 57
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_train_one_run(
     mistral: TinySetup, sqlite_url: str, tmp_path: Path
 ) -> None:
