@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import torch
 from tests.training.test_trainer import (
     CONTACTS,
     EXCHANGES,
+    built_tiny_model,
     lora_tensors,
-    sharpen_output_layer,
     tiny_options,
 )
 from training.trainer import NothingNewError, train
@@ -70,11 +71,8 @@ def test_training_on_built_datasets_then_continuing_on_new_messages_only(
 ) -> None:
     from storage.runs import active_run, get_run
     from training.dataset import DatasetOptions, build_dataset, load_dataset_dir
-    from training.tiny import build_tiny_model, train_tokenizer
 
-    tokenizer = train_tokenizer([text for pair in EXCHANGES for text in pair] * 4, 400)
-    model_dir = build_tiny_model(tokenizer, tmp_path / "tiny-mistral")
-    sharpen_output_layer(model_dir)
+    model_dir = Path(shutil.copytree(built_tiny_model("mistral")[0], tmp_path / "tiny-mistral"))
     data_dir = tmp_path / "data"
     dataset_options = DatasetOptions(
         base_model=str(model_dir), dedup="none", validation_fraction=0.15, short_reply_chars=0

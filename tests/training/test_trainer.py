@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -129,18 +133,28 @@ def write_dataset(
 
 def tiny_setup(root: Path, architecture: str = "mistral", *, sessions: int = 48) -> TinySetup:
     """A tiny model of `architecture` and a memorable dataset: `sessions` for training, then 8."""
-    from training.tiny import build_tiny_model, train_tokenizer
-
-    texts = [m["content"] for row in conversation_rows(64) for m in row["messages"]]
-    tokenizer = train_tokenizer(texts, vocab_size=400)
-    model_dir = build_tiny_model(tokenizer, root / f"tiny-{architecture}", architecture)
-    sharpen_output_layer(model_dir)
+    built, tokenizer = built_tiny_model(architecture)
+    model_dir = Path(shutil.copytree(built, root / f"tiny-{architecture}"))
     data_dir = root / "data"
     rows = conversation_rows(sessions + 8)
     fingerprint = write_dataset(
         data_dir, tokenizer, str(model_dir), rows[:sessions], rows[sessions:], "fp-first"
     )
     return TinySetup(data_dir, model_dir, tokenizer, fingerprint)
+
+
+@functools.cache
+def built_tiny_model(architecture: str) -> tuple[Path, Any]:
+    """Built once per test session, then copied: every test gets its own folder."""
+    from training.tiny import build_tiny_model, train_tokenizer
+
+    root = Path(tempfile.mkdtemp(prefix="tgtwin-tiny-"))
+    atexit.register(shutil.rmtree, root, True)
+    texts = [m["content"] for row in conversation_rows(64) for m in row["messages"]]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    model_dir = build_tiny_model(tokenizer, root / architecture, architecture)
+    sharpen_output_layer(model_dir)
+    return model_dir, tokenizer
 
 
 def sharpen_output_layer(model_dir: Path, factor: float = 10.0) -> None:
