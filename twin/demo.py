@@ -44,7 +44,7 @@ class DemoOptions:
     vocab_size: int = 1024
     hidden_size: int = 128
     num_layers: int = 2
-    pretrain_steps: int = 500
+    pretrain_steps: int = 400
     max_tokens: int = 384
     epochs: float = 40.0
     batch_tokens: int = 2048
@@ -192,8 +192,7 @@ def _model(database: Database, options: DemoOptions, reporter: Reporter) -> Path
 
     reporter.step("2/6 make a tiny Mistral-architecture base model (stands in for a 7B one)")
     with database.session() as session:
-        rows = [(row.text, row.from_owner) for row in training_messages(session) if row.text]
-    texts = [text for text, _ in rows]
+        texts = [row.text for row in training_messages(session) if row.text]
     tokenizer = train_tokenizer(texts, vocab_size=options.vocab_size)
     path = (options.directory / "model").resolve()  # runs record it: absolute, for `twin chat`
     build_tiny_model(
@@ -203,14 +202,13 @@ def _model(database: Database, options: DemoOptions, reporter: Reporter) -> Path
         hidden_size=options.hidden_size,
         num_layers=options.num_layers,
     )
-    # A real base model knows the language but not the owner: teach the random one the
-    # contacts' side of the chats only, so what the owner's style adds shows in `twin eval`.
-    others = [text for text, from_owner in rows if not from_owner]
-    loss = pretrain(path, others, steps=options.pretrain_steps)
+    # A real base model knows the language but not how the owner answers whom: teach the
+    # random one the export's words as plain text (no roles, no chat template); the LoRA tune
+    # then learns who says what, and how, from the owner's replies in their conversations.
+    loss = pretrain(path, texts, steps=options.pretrain_steps)
     reporter.done(
-        f"tokenizer of {len(tokenizer):,} tokens; base model pre-trained on the "
-        f"{len(others):,} messages of the contacts (never the owner's) to loss {loss:.2f}; "
-        f"saved to {path}"
+        f"tokenizer of {len(tokenizer):,} tokens; base model pre-trained on the messages as "
+        f"plain text (no roles, no template) to loss {loss:.2f}; saved to {path}"
     )
     return path
 
