@@ -318,6 +318,7 @@ def child(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace, arm: str, model_dir: Path, root: Path) -> dict[str, Any]:
     work = root / f"{arm}-{model_dir.name}"
     work.mkdir(parents=True)
+    print(f"  {arm} on {model_dir.name}...", file=sys.stderr, flush=True)
     command = [sys.executable, __file__, "--arm", arm, "--model-dir", str(model_dir)]
     command += ["--work", str(work), *sys.argv[1:]]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -349,6 +350,7 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
     parser.add_argument("--model-cache", type=Path, default=None, help="keeps the 7B models")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per arm; median shown")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arm", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -386,8 +388,21 @@ def main() -> None:
                 model_dir = seven_b_model(cache, architecture)
             else:
                 model_dir = tiny_model(cache, architecture, args.hidden_size, args.layers)
-            results = {arm: measure(args, arm, model_dir, root) for arm in ("baseline", "ours")}
+            results = compare(args, model_dir, root)
             report(architecture, model_dir, results, args, cuda)
+
+
+def compare(args: argparse.Namespace, model_dir: Path, root: Path) -> dict[str, dict[str, Any]]:
+    """Both arms `--repeats` times, in alternating order (so machine load hits both alike)."""
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
+    for repeat in range(args.repeats):
+        order = ("baseline", "ours") if repeat % 2 == 0 else ("ours", "baseline")
+        for arm in order:
+            runs[arm].append(measure(args, arm, model_dir, root / f"{repeat}"))
+    return {
+        arm: sorted(results, key=lambda result: result["tokens_per_second"])[len(results) // 2]
+        for arm, results in runs.items()
+    }
 
 
 def report(
