@@ -300,7 +300,7 @@ def run(
     timings = stats["timings"]
     print(f"{'step':<12}{'seconds':>10}{'share':>9}{'messages/s':>14}")
     for step, seconds in timings.items():
-        rate = f"{messages / seconds:,.0f}" if seconds > 0 else "-"
+        rate = f"{messages / seconds:,.0f}" if seconds >= 0.001 else "-"
         print(f"{step:<12}{seconds:>10.2f}{seconds / total:>9.1%}{rate:>14}")
     unaccounted = total - sum(timings.values())
     print(f"{'(other)':<12}{unaccounted:>10.2f}{unaccounted / total:>9.1%}")

@@ -606,36 +606,41 @@ class _Builder:
             rows = np.flatnonzero(keep)
             keys = table.select([name for name, _ in sort]).take(rows)
             order = rows[pc.sort_indices(keys, sort_keys=sort).to_numpy()]
-            tables.append(table.take(order).combine_chunks())
+            tables.append(_take(table, order))
         return tables[0], tables[1], tables[2]
 
     def _dedup(self, pairs: pa.Table) -> tuple[Any, np.ndarray]:
         import numpy as np
+        import pyarrow.compute as pc
 
         options = self.options
-        exact = pairs["exact_key"].to_numpy()
-        short = pairs["short_key"].to_numpy()
+        if options.dedup == "none":
+            return None, np.ones(len(pairs), dtype=bool)
+        # Pairs are stored by chat; dedup decides in the order the replies were written.
+        written = pc.sort_indices(pairs.select([n for n, _ in _PAIR_TIME_ORDER]), _PAIR_TIME_ORDER)
+        order = written.to_numpy()
+        exact = pairs["exact_key"].to_numpy()[order]
+        short = pairs["short_key"].to_numpy()[order]
         near: Callable[[np.ndarray], np.ndarray] | None = None
         if options.dedup == "minhash":
             flat = pairs["signature"].combine_chunks().flatten().to_numpy()
             signatures = flat.reshape(len(pairs), NUM_PERM)
 
             def near(indices: np.ndarray) -> np.ndarray:
-                return lsh_duplicates(signatures[indices], options.threshold)
+                return lsh_duplicates(signatures[order[indices]], options.threshold)
 
-        elif options.dedup == "embedding":
+        else:
             texts = pairs["text"].to_pylist()
 
             def near(indices: np.ndarray) -> np.ndarray:
                 return embedding_duplicates(
-                    [texts[i] for i in indices], options.threshold, options.embedding_model
+                    [texts[order[i]] for i in indices], options.threshold, options.embedding_model
                 )
 
-        if options.dedup == "none":
-            keep = np.ones(len(pairs), dtype=bool)
-            return None, keep
         result = select_replies(exact, short, near, options.short_reply_cap)
-        return result, result.keep
+        keep = np.empty(len(pairs), dtype=bool)
+        keep[order] = result.keep
+        return result, keep
 
     # -- stats and files -----------------------------------------------------------------
 
@@ -838,13 +843,46 @@ _TABLE_ORDER = (
         ("window", "ascending"),
     ],
     [
-        ("timestamp", "ascending"),
         ("chat_id", "ascending"),
+        ("timestamp", "ascending"),
         ("session_key", "ascending"),
         ("reply", "ascending"),
     ],
     [("session_key", "ascending")],
 )
+# The order owner replies were written in: dedup keeps the first of duplicates in it.
+_PAIR_TIME_ORDER = [
+    ("timestamp", "ascending"),
+    ("chat_id", "ascending"),
+    ("session_key", "ascending"),
+    ("reply", "ascending"),
+]
+MAX_CHUNKS = 64  # tables with more chunks are combined before they are written
+
+
+def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """`table.take(rows)`, as zero-copy slices where `rows` run consecutively.
+
+    Cached rows come back in order with a few new sessions between them, so a rebuild
+    mostly slices instead of copying hundreds of megabytes of token lists.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    if not len(rows):
+        return table.slice(0, 0)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if len(breaks) >= MAX_CHUNKS:
+        return table.take(rows).combine_chunks()
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(rows)]))
+    return pa.concat_tables(
+        [
+            table.slice(int(rows[start]), int(end - start))
+            for start, end in zip(starts, ends, strict=True)
+        ]
+    )
+
 
 _DATASET_COLUMNS = (
     "input_ids",
@@ -1185,6 +1223,8 @@ class _Cache:
 
         path.mkdir(parents=True, exist_ok=True)
         for name, table in zip(("examples", "pairs", "sessions"), tables, strict=True):
+            if table.num_columns and table.column(0).num_chunks > MAX_CHUNKS:
+                table = table.combine_chunks()
             with (
                 pa.OSFile(str(path / f"{name}.arrow"), "wb") as sink,
                 pa.ipc.new_file(sink, table.schema) as writer,
