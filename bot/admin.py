@@ -277,6 +277,9 @@ class AdminCommands:
             step_timeout=twin.options.retrain_step_timeout.total_seconds(),
         )
         still = f"still serving run #{serving}" if serving else "nothing was serving"
+        # Once a new run has been trained, a cancel (the bot stopping) must not undo it: the
+        # next start serves the run the database marks active.
+        trained: int | None = None
         try:
             result = await run_pipeline(options, progress, message.update)
             if not result.ok:
@@ -285,28 +288,30 @@ class AdminCommands:
                     f"{progress.render('❌ Retrain failed')}\n{result.error}\n{still}"
                 )
                 return
-            new = await twin.in_session(_newest_succeeded_after, newest_before)
-            if new is None:
+            trained = await twin.in_session(_newest_succeeded_after, newest_before)
+            if trained is None:
                 await twin.in_session(_reactivate, serving)
                 await message.show(f"{progress.render('✅ Nothing new to learn')}\n{still}")
                 return
             try:
-                await self.switch_to(new)
+                await self.switch_to(trained)
             except (BotError, StorageError) as error:
                 await twin.in_session(_reactivate, serving)
                 await message.show(
-                    f"{progress.render('❌ Retrain failed')}\nrun #{new} cannot serve: {error}\n"
-                    f"{still}"
+                    f"{progress.render('❌ Retrain failed')}\nrun #{trained} cannot serve: "
+                    f"{error}\n{still}"
                 )
                 return
-            await message.show(f"{progress.render('✅ Retrained')}\nnow serving run #{new}")
         except asyncio.CancelledError:
-            await twin.in_session(_reactivate, serving)
+            if trained is None:
+                await twin.in_session(_reactivate, serving)
             raise
         except Exception as error:
             logger.exception("retrain failed")
             await twin.in_session(_reactivate, serving)
             await message.show(f"{progress.render('❌ Retrain failed')}\n{error}\n{still}")
+            return
+        await message.show(f"{progress.render('✅ Retrained')}\nnow serving run #{trained}")
 
     # ---- /pause, /resume, /allow, /deny, /users, /set --------------------------------------
 

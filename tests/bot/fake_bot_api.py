@@ -62,6 +62,7 @@ class FakeBotApi:
         self.calls: list[Call] = []
         self.raw_requests: list[str] = []
         self.errors: dict[str, list[dict[str, Any]]] = {}
+        self.delays: dict[str, float] = {}
         self._updates: list[dict[str, Any]] = []
         self._condition = threading.Condition()
         self._update_ids = itertools.count(1)
@@ -81,14 +82,14 @@ class FakeBotApi:
                 body = self.rfile.read(length)
                 status, answer = fake.handle(self.path, self.headers.get("Content-Type", ""), body)
                 payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
                 try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the bot hung up on a long poll while stopping
+                    pass  # the bot hung up (a long poll, a slow answer) while stopping
 
             def log_message(self, format: str, *args: Any) -> None:
                 fake.raw_requests.append(format % args)
@@ -146,6 +147,10 @@ class FakeBotApi:
             self._condition.notify_all()
         return update_id
 
+    def slow(self, method: str, seconds: float) -> None:
+        """Answer every later call of `method` only after `seconds` (recorded at once)."""
+        self.delays[method] = seconds
+
     def fail_next(self, method: str, error: dict[str, Any]) -> None:
         """Answer the next call of `method` with `error` (error_code, description, ...)."""
         self.errors.setdefault(method, []).append(error)
@@ -196,6 +201,8 @@ class FakeBotApi:
         params = _decode(content_type, body)
         if method != "getUpdates":
             self.calls.append(Call(method, params))
+        if self.delays.get(method):
+            time.sleep(self.delays[method])
         if self.errors.get(method):
             return 400, {"ok": False, **self.errors[method].pop(0)}
         return 200, {"ok": True, "result": self._result(method, params)}

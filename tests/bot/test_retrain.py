@@ -134,6 +134,8 @@ def test_retrain_fails_keeping_the_old_adapter_then_succeeds_and_swaps(
         await twin.scheduler.idle()
 
         monkeypatch.setenv("TWIN_BASE_MODEL", str(model))
+        # The bot stops while its last progress edit is in flight: the switch must stand.
+        fake_api.slow("editMessageText", 1.0)
         fake_api.push_text(OWNER, "/retrain")
         await wait_for_progress(fake_api, "Retrained")
 
@@ -152,7 +154,7 @@ def test_retrain_fails_keeping_the_old_adapter_then_succeeds_and_swaps(
         active = active_run(session)
         new, parent = active.id, active.parent_id
         new_adapter = Path(active.adapter_path)
-    assert new != first and parent == first
+    assert new != first and parent == first, texts
     assert f"now serving run #{new}" in success
     assert "harvest: skipped" in success and "train: done" in success
     # One progress message per retrain, edited in place.
