@@ -350,7 +350,12 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
     parser.add_argument("--model-cache", type=Path, default=None, help="keeps the 7B models")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per arm; median shown")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per arm; the median (upper one for an even count) is shown",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arm", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
