@@ -579,8 +579,8 @@ class _Builder:
     def _tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
         """Reused cache rows and new rows, as one table each in a stable order.
 
-        Rows are chosen and ordered by index over the small key columns, then copied once:
-        the cached tables are memory-mapped and most of their bytes are token lists.
+        Rows are chosen and ordered by index over the small key columns, then sliced out of
+        the memory-mapped cache (most of whose bytes are token lists) rather than copied.
         """
         import numpy as np
         import pyarrow as pa
