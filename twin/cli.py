@@ -12,11 +12,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bot.errors import BotError
 from harvest.errors import HarvestError
 from storage import StorageError
 from training.errors import TrainingError
 from twin.commands import config, dataset, db, demo, harvest, serve, train
-from twin.context import AppContext, NotBuiltError
+from twin.context import AppContext
+from twin.demo import DemoError
 from twin.logging_setup import setup_logging
 from twin.settings import SettingsError, load_settings
 
@@ -39,7 +41,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     HarvestError,
     TrainingError,
     SettingsError,
-    NotBuiltError,
+    BotError,
+    DemoError,
     FileNotFoundError,
     PermissionError,
 )

@@ -12,13 +12,6 @@ from storage import Database, open_database
 from twin.settings import Settings
 
 
-class NotBuiltError(Exception):
-    """A command whose stage is not built yet says so instead of pretending to work."""
-
-    def __init__(self, command: str, issue: int) -> None:
-        super().__init__(f"`twin {command}` is not built yet (tracked in issue #{issue})")
-
-
 @dataclass
 class AppContext:
     settings: Settings

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.rule import Rule
 
-from twin.demo import DEFAULT_DIR, DemoError, DemoOptions, Reporter, run_demo
+from twin.demo import DEFAULT_DIR, DemoOptions, Reporter, run_demo
 
 
 class _RichReporter(Reporter):
@@ -58,11 +58,7 @@ def demo(
     console = Console()
     options = DemoOptions.quick(directory) if quick else DemoOptions(directory=directory)
     started = time.perf_counter()
-    try:
-        result = run_demo(options, _RichReporter(console))
-    except DemoError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    result = run_demo(options, _RichReporter(console))
     seconds = time.perf_counter() - started
     steps = ", ".join(f"{name} {value:.0f} s" for name, value in result.seconds.items())
     console.print(Rule("done", align="left", style="green"))
