@@ -408,3 +408,25 @@ def test_bad_options_are_reported_all_at_once(tokenizer_path: Path) -> None:
     fields = [name for name, _ in bad.problems()]
 
     assert fields == ["session_gap", "max_tokens", "validation_fraction", "dedup"]
+
+
+def test_a_base_model_without_chat_template_builds_with_the_fallback_template(
+    sqlite_database: Any, tmp_path: Path
+) -> None:
+    from training.model import load_tokenizer
+
+    path = save_tokenizer(tmp_path / "base-tokenizer", chat_template=None)
+    store(sqlite_database, *generated_store(chats=2, sessions=3))
+
+    build(sqlite_database, options(path, owner_name="Sam"), tmp_path / "data")
+
+    tokenizer = load_tokenizer(str(path))
+    rows = all_rows(tmp_path / "data")
+    _, meta = load_dataset_dir(tmp_path / "data")
+    assert meta["chat_template"] is None
+    for row in rows:
+        text = tokenizer.decode(row["input_ids"])
+        assert text.startswith("<s><|system|>\nYou are Sam, chatting on Telegram.")
+        trained = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab >= 0]
+        owner = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"]
+        assert tokenizer.decode(trained) == "".join(f"{content}</s>" for content in owner)
