@@ -501,3 +501,61 @@ def test_two_processes_under_torchrun_train_one_run(
         assert (run.status, run.metrics["world_size"]) == ("succeeded", 2)
         assert run.metrics["val_loss"] < run.metrics["val_loss_start"]
     database.close()
+
+
+def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
+    mistral: TinySetup,
+) -> None:
+    import copy
+
+    from accelerate import Accelerator
+
+    from training.model import LoraOptions, ModelOptions, load_for_training
+    from training.packing import IGNORE_INDEX, PackedCausalLM, TokenTable, collate_row, plan_steps
+    from training.trainer import _Loop, _Selection
+
+    torch.manual_seed(0)
+    model = load_for_training(
+        ModelOptions(str(mistral.model_dir)),
+        LoraOptions(rank=4, dropout=0.0),
+        activation_checkpointing=False,
+    )
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.1)
+    reference = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    examples = [torch.randint(10, 300, (n,), generator=generator).tolist() for n in (12, 9, 14)]
+    labels = [[IGNORE_INDEX] * (len(ids) // 2) + ids[len(ids) // 2 :] for ids in examples]
+    table = TokenTable.from_lists(examples, labels)
+    (step,) = plan_steps(table, row_tokens=24, batch_tokens=10_000, max_steps=1)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in parameters]
+    optimizer = torch.optim.SGD(parameters, lr=1.0)  # the update is minus the gradient
+    loop = _Loop(
+        accelerator=Accelerator(cpu=True),
+        module=PackedCausalLM(model),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        parameters=parameters,
+        plan=[step],
+        selection=_Selection(table, table, None, {}),
+        options=TrainOptions(max_grad_norm=0),
+        row_tokens=24,
+        pad_token_id=mistral.tokenizer.pad_token_id,
+        pad_multiple=1,
+        progress=None,
+    )
+
+    loss = loop._step(step)
+
+    rows = step.rows_by_rank[0]
+    assert len(rows) > 1  # the step really accumulates
+    whole = PackedCausalLM(reference)
+    total = sum(whole(**collate_row(table, row, pad_token_id=0))[0] for row in rows)
+    mean = total / int(table.target_counts().sum())
+    mean.backward()
+    expected = [p.grad for p in reference.parameters() if p.requires_grad]
+    assert loss == pytest.approx(float(mean.detach()), rel=1e-5)
+    for old, new, gradient in zip(before, parameters, expected, strict=True):
+        torch.testing.assert_close(old - new.detach(), gradient, atol=1e-6, rtol=1e-4)
