@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 
 from rich.console import Console
@@ -61,3 +62,8 @@ def setup_logging(verbose: bool = False, secrets: Iterable[str] = ()) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     for name in SILENT_LIBRARIES:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        # peft reads transformers' deprecated alias on every adapter load: not the user's concern.
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
