@@ -34,6 +34,8 @@ DEFAULT_MINHASH_THRESHOLD = 0.8
 DEFAULT_EMBEDDING_THRESHOLD = 0.95
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
 EMBEDDING_NEIGHBOURS = 10
+# faiss gives identical unit vectors an inner product of 0.99999994, not 1.
+SCORE_TOLERANCE = 1e-5
 FALSE_CANDIDATE_WEIGHT = 0.25
 EMBEDDING_EXTRA_HINT = "pip install 'tgtwin[embedding]'"
 
@@ -269,9 +271,32 @@ def embedding_duplicates(
     scores, neighbours = search(vectors, min(EMBEDDING_NEIGHBOURS + 1, count))
     scores, neighbours = np.asarray(scores), np.asarray(neighbours)
     rows = np.arange(count)[:, None]
+    close = scores >= threshold - SCORE_TOLERANCE
     earlier = (neighbours >= 0) & (neighbours < rows)
-    duplicate = ((scores >= threshold) & earlier).any(axis=1)
+    duplicate = (close & earlier).any(axis=1)
+    if scores.shape[1] < count:
+        # Later texts can fill a row's whole neighbour list and push a close earlier one out;
+        # such rows are compared with every earlier text directly.
+        unsure = np.flatnonzero(~duplicate & close.all(axis=1))
+        duplicate[unsure] = _close_to_earlier(vectors, unsure, threshold)
     return duplicate
+
+
+def _close_to_earlier(vectors: np.ndarray, rows: np.ndarray, threshold: float) -> np.ndarray:
+    """For each of `rows`: whether an earlier vector's inner product reaches `threshold`."""
+    import numpy as np
+
+    found = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows), _ROWS_PER_PRODUCT):
+        chunk = rows[start : start + _ROWS_PER_PRODUCT]
+        scores = vectors[chunk] @ vectors[: chunk.max()].T
+        close = scores >= threshold - SCORE_TOLERANCE
+        earlier = np.arange(chunk.max()) < chunk[:, None]
+        found[start : start + len(chunk)] = (close & earlier).any(axis=1)
+    return found
+
+
+_ROWS_PER_PRODUCT = 64  # rows compared at once: 64 x 100k pairs is 25 MB of scores
 
 
 def _missing_extra(package: str) -> TrainingError:
@@ -289,7 +314,14 @@ def _sentence_transformer(model: str) -> Encoder:
         import faiss  # noqa: F401 - checked before the slow model load
     except ImportError as error:
         raise _missing_extra("faiss") from error
-    encoder = SentenceTransformer(model)
+    try:
+        encoder = SentenceTransformer(model)
+    except (OSError, ValueError) as error:
+        raise TrainingError(
+            f"cannot load the embedding model {model!r} for --dedup embedding: {error}. Use a "
+            "sentence-transformers model name you can download or a folder saved by "
+            "SentenceTransformer.save"
+        ) from error
     return lambda texts: encoder.encode(texts, batch_size=256, normalize_embeddings=True)
 
 
