@@ -177,25 +177,59 @@ def test_a_missing_embedding_model_is_a_clear_error(tmp_path: Path) -> None:
         embedding_duplicates([MEET, COFFEE], 0.95, str(missing))
 
 
+PAIRS = [
+    ("when do we meet?", MEET_ANNA),
+    ("what about coffee?", COFFEE),
+    ("and later?", CALL),
+    ("when do we meet?", MEET_OLGA),
+    ("how do you get home?", TRAIN),
+]
+
+
+def store_pairs(database: Any) -> None:
+    rows = []
+    for number, (theirs, reply) in enumerate(PAIRS):
+        when = START + timedelta(days=2 * number)
+        rows.append(message(1, 10 * number + 1, when, False, theirs))
+        rows.append(message(1, 10 * number + 2, when + timedelta(minutes=1), True, reply))
+    store(database, [{"id": 1, "kind": "personal_chat", "title": "Chat 1"}], rows)
+
+
+def test_twin_dataset_build_takes_the_embedding_model_from_its_flag(
+    model_path: Path, faiss_calls: list[tuple[int, int]], tmp_path: Path
+) -> None:
+    from storage import open_database
+    from twin.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    database = open_database(f"sqlite:///{data / 'twin.db'}")
+    store_pairs(database)
+    database.close()
+    tokenizer = save_tokenizer(tmp_path / "tokenizer")
+
+    code = main(
+        [
+            *("--data-dir", str(data), "dataset", "build", "--base-model", str(tokenizer)),
+            *("--dedup", "embedding", "--embedding-model", str(model_path), "--validation", "0"),
+        ]
+    )
+
+    assert code == 0
+    assert faiss_calls == [(HIDDEN_SIZE, len(PAIRS))]
+    stats = json.loads(next((data / "datasets").glob("*/stats.json")).read_text())
+    dedup = next(item for item in stats["steps"] if item["step"] == "dedup")
+    assert dedup["dropped"] == {"exact": 0, "near": 1, "short_capped": 0}
+    assert dedup["notes"]["method"] == "embedding"
+
+
 def test_build_dataset_with_embedding_dedup_drops_the_later_near_duplicate_reply(
     sqlite_database: Any,
     model_path: Path,
     faiss_calls: list[tuple[int, int]],
     tmp_path: Path,
 ) -> None:
-    pairs = [
-        ("when do we meet?", MEET_ANNA),
-        ("what about coffee?", COFFEE),
-        ("and later?", CALL),
-        ("when do we meet?", MEET_OLGA),
-        ("how do you get home?", TRAIN),
-    ]
-    rows = []
-    for number, (theirs, reply) in enumerate(pairs):
-        when = START + timedelta(days=2 * number)
-        rows.append(message(1, 10 * number + 1, when, False, theirs))
-        rows.append(message(1, 10 * number + 2, when + timedelta(minutes=1), True, reply))
-    store(sqlite_database, [{"id": 1, "kind": "personal_chat", "title": "Chat 1"}], rows)
+    store_pairs(sqlite_database)
     options = DatasetOptions(
         base_model=str(save_tokenizer(tmp_path / "tokenizer")),
         dedup="embedding",
@@ -207,7 +241,7 @@ def test_build_dataset_with_embedding_dedup_drops_the_later_near_duplicate_reply
 
     dedup = next(item for item in result.stats["steps"] if item["step"] == "dedup")
     assert dedup["dropped"] == {"exact": 0, "near": 1, "short_capped": 0}
-    assert faiss_calls == [(HIDDEN_SIZE, len(pairs))]
+    assert faiss_calls == [(HIDDEN_SIZE, len(PAIRS))]
     built, _ = load_dataset_dir(tmp_path / "data")
     learned = [
         turn["content"]

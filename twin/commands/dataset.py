@@ -78,6 +78,13 @@ def build(
             help="Similarity that counts as a duplicate (default 0.8 Jaccard, 0.95 cosine).",
         ),
     ] = None,
+    embedding_model: Annotated[
+        str | None,
+        typer.Option(
+            "--embedding-model",
+            help="sentence-transformers model (hub name or folder) for --dedup embedding.",
+        ),
+    ] = None,
     short_reply_cap: Annotated[
         int,
         typer.Option(
@@ -136,6 +143,7 @@ def build(
         validation_fraction=validation,
         dedup=dedup,
         dedup_threshold=dedup_threshold,
+        **({"embedding_model": embedding_model} if embedding_model else {}),
         short_reply_cap=short_reply_cap,
         max_examples_per_chat=max_examples_per_chat,
         contact_names=contact_names,
