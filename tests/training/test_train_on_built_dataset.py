@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.training.chat_data import message
 from tests.training.test_trainer import (
     CONTACTS,
     EXCHANGES,
@@ -36,20 +37,10 @@ def stored_messages(first: int, count: int) -> list[dict[str, Any]]:
         chat_id = 100 + number % len(CONTACTS)
         asked = START + timedelta(days=2 * number)
         for offset, (from_owner, text) in enumerate(((False, question), (True, answer))):
+            sender = OWNER_ID if from_owner else chat_id
+            when = asked + timedelta(minutes=offset)
             rows.append(
-                {
-                    "chat_id": chat_id,
-                    "message_id": 10 * number + offset,
-                    "date": asked + timedelta(minutes=offset),
-                    "from_owner": from_owner,
-                    "sender_id": OWNER_ID if from_owner else chat_id,
-                    "text": text,
-                    "reply_to_id": None,
-                    "kind": "text",
-                    "media_type": None,
-                    "forwarded": False,
-                    "edited_at": None,
-                }
+                message(chat_id, 10 * number + offset, when, from_owner, text, sender_id=sender)
             )
     return rows
 

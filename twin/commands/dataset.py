@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from training.errors import TrainingError
+from twin.commands import LiveProgress
 from twin.context import DataDirOption, app_context
 from twin.durations import format_duration, parse_duration
 
@@ -258,7 +259,7 @@ def _options(*, session_gap: str | None, default_gap: timedelta, **values: Any) 
 # --- printing ------------------------------------------------------------------------------
 
 
-class _BuildBar:
+class _BuildBar(LiveProgress):
     """One rich progress bar per step of the build, fed by `build_dataset`'s progress calls."""
 
     def __init__(self, console: Console) -> None:
@@ -271,13 +272,6 @@ class _BuildBar:
             transient=True,
         )
         self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> Self:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def __call__(self, step: str, done: int, total: int | None) -> None:
         if step not in self.tasks:

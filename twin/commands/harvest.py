@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Self
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from twin.commands import LiveProgress
 from twin.context import app_context
 from twin.settings import Settings
 
@@ -286,7 +287,7 @@ def _telegram_options(settings: Settings) -> TelegramOptions:
     )
 
 
-class _RichHarvestReporter:
+class _RichHarvestReporter(LiveProgress):
     """A bar over the chats and a line per chat being read, with Telegram's waits on it."""
 
     def __init__(self, console: Console) -> None:
@@ -301,13 +302,6 @@ class _RichHarvestReporter:
         )
         self.overall = self.progress.add_task("chats", total=None)
         self.current: dict[int, object] = {}
-
-    def __enter__(self) -> Self:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def dialogs_found(self, count: int) -> None:
         self.progress.update(self.overall, total=count)

@@ -6,13 +6,14 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from twin.commands import LiveProgress
 from twin.context import DataDirOption, app_context
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def register(app: typer.Typer) -> None:
 # --- printing ------------------------------------------------------------------------------
 
 
-class _TrainingBar:
+class _TrainingBar(LiveProgress):
     """A rich progress bar fed by the trainer: step, loss, validation loss, tokens/s, ETA."""
 
     def __init__(self, console: Console) -> None:
@@ -301,13 +302,6 @@ class _TrainingBar:
         self.task = self.progress.add_task(
             "training", total=None, loss="-", val="-", speed="-", eta="-"
         )
-
-    def __enter__(self) -> Self:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def __call__(self, event: TrainProgress) -> None:
         fields: dict[str, Any] = {"speed": f"{event.tokens_per_second:,.0f}"}
