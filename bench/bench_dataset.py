@@ -297,13 +297,24 @@ def run(
         f"({messages / total:,.0f} messages/s); peak RSS {peak_rss_mib():,.0f} MiB "
         f"(before the build: {rss_before:,.0f} MiB)"
     )
+    if stats.get("workers", 1) > 1:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"largest worker process's peak RSS: {children:,.0f} MiB (much of it shared)")
     timings = stats["timings"]
+    workers = stats.get("workers", 1)
+    if workers > 1:
+        print(
+            f"{workers} worker processes: read, cap, split and save are this process's seconds, "
+            "the other steps the workers' seconds summed (shares of their sum)"
+        )
+    spent = sum(timings.values()) if workers > 1 else total
     print(f"{'step':<12}{'seconds':>10}{'share':>9}{'messages/s':>14}")
     for step, seconds in timings.items():
         rate = f"{messages / seconds:,.0f}" if seconds >= 0.001 else "-"
-        print(f"{step:<12}{seconds:>10.2f}{seconds / total:>9.1%}{rate:>14}")
-    unaccounted = total - sum(timings.values())
-    print(f"{'(other)':<12}{unaccounted:>10.2f}{unaccounted / total:>9.1%}")
+        print(f"{step:<12}{seconds:>10.2f}{seconds / spent:>9.1%}{rate:>14}")
+    if workers == 1:
+        unaccounted = total - sum(timings.values())
+        print(f"{'(other)':<12}{unaccounted:>10.2f}{unaccounted / total:>9.1%}")
 
     # The machine may be shared: each rebuild is timed three times, the median reported.
     unchanged = [build(database, options, data_dir)[1] for _ in range(3)]

@@ -343,6 +343,7 @@ class _Builder:
         self.new_tables: list[tuple[pa.Table, pa.Table, pa.Table]] = []
         self.reused_keys: set[str] = set()
         self.rendered_sessions = 0
+        self.workers = 1  # processes that rendered: step seconds are summed over them
         self.quick_key: str | None = None
 
     # -- keys ----------------------------------------------------------------------------
@@ -393,11 +394,17 @@ class _Builder:
                 changed.append(digest)
         total = sum(digest.messages for digest in changed)
         titles = {digest.chat_id: digest for digest in changed}
-        done = 0
-        clock = time.perf_counter()
         self.progress("read", 0, total)
         ids = None if len(changed) == len(digests) else [d.chat_id for d in changed]
-        for chat_id, rows in _by_chat(training_message_rows(session, ids) if changed else ()):
+        chats = _by_chat(training_message_rows(session, ids) if changed else ())
+        workers = _worker_count(total)
+        if workers > 1:
+            self.workers = workers
+            self._process_in_pool(chats, titles, total, workers)
+            return
+        done = 0
+        clock = time.perf_counter()
+        for chat_id, rows in chats:
             self.timings["read"] += time.perf_counter() - clock
             digest = titles[chat_id]
             self._chat(digest, rows)
@@ -408,6 +415,63 @@ class _Builder:
             clock = time.perf_counter()
         self.timings["read"] += time.perf_counter() - clock
         self._render()
+
+    def _process_in_pool(
+        self,
+        chats: Iterator[tuple[int, list[Any]]],
+        titles: dict[int, ChatDigest],
+        total: int,
+        workers: int,
+    ) -> None:
+        """Select, scrub, sessionize and render chats in forked worker processes.
+
+        This process reads the rows (in its own transaction, so the workers see exactly the
+        messages the digests describe) and hands runs of whole chats to the workers; chats are
+        independent (the scrubber's placeholders are per chat) and each session renders the
+        same in any batch, so the results, merged in reading order, are the sequential build's.
+        Step timings are then the workers' seconds summed.
+        """
+        import multiprocessing
+
+        global _POOL_BUILDER  # what the forked workers inherit
+        _POOL_BUILDER = self
+        context = multiprocessing.get_context("fork")
+        done = 0
+        waiting: list[Any] = []
+
+        def merge(result: Any) -> None:
+            nonlocal done
+            part = result.get()
+            self.chats.update(part.chats)
+            self.reused_keys.update(part.reused_keys)
+            self.new_tables.extend(part.new_tables)
+            self.timings.update(part.timings)
+            self.rendered_sessions += part.rendered_sessions
+            done += part.messages
+            self.progress("read", done, total)
+
+        try:
+            with context.Pool(workers, initializer=_pool_worker_start) as pool:
+                chunk: list[tuple[ChatDigest, list[Any]]] = []
+                size = 0
+                clock = time.perf_counter()
+                for chat_id, rows in chats:
+                    self.timings["read"] += time.perf_counter() - clock
+                    chunk.append((titles[chat_id], rows))
+                    size += len(rows)
+                    if size >= POOL_CHUNK_MESSAGES:
+                        waiting.append(pool.apply_async(_pool_work, (chunk,)))
+                        chunk, size = [], 0
+                        while len(waiting) > 2 * workers:
+                            merge(waiting.pop(0))
+                    clock = time.perf_counter()
+                self.timings["read"] += time.perf_counter() - clock
+                if chunk:
+                    waiting.append(pool.apply_async(_pool_work, (chunk,)))
+                while waiting:
+                    merge(waiting.pop(0))
+        finally:
+            _POOL_BUILDER = None
 
     def _chat(self, digest: ChatDigest, rows: list[Sequence[Any]]) -> None:
         options = self.options
@@ -429,7 +493,7 @@ class _Builder:
         timings["scrub"] += time.perf_counter() - clock
         pii = Counter(self.scrubber.counts())
         pii.subtract(before)
-        counts.update({f"pii_{kind}": number for kind, number in pii.items() if number})
+        counts.update({f"pii_{kind}": number for kind, number in sorted(pii.items()) if number})
 
         clock = time.perf_counter()
         messages = [
@@ -569,6 +633,7 @@ class _Builder:
         )
         self.timings["save"] += time.perf_counter() - clock
         stats["timings"] = {step: round(self.timings.get(step, 0.0), 4) for step in STEPS}
+        stats["workers"] = self.workers
         stats["seconds"] = round(time.perf_counter() - started, 4)
         (path / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
         self.progress("save", 1, 1)
@@ -1260,6 +1325,66 @@ class _Cache:
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+# Builds of at least this many changed messages run in worker processes, one per core.
+POOL_MIN_MESSAGES = 100_000
+POOL_MAX_WORKERS = 8
+POOL_CHUNK_MESSAGES = 20_000  # messages (whole chats) per task handed to a worker
+_POOL_BUILDER: _Builder | None = None
+
+
+@dataclass
+class _PoolPart:
+    chats: dict[int, _ChatResult]
+    reused_keys: set[str]
+    new_tables: list[tuple[pa.Table, pa.Table, pa.Table]]
+    timings: Counter[str]
+    rendered_sessions: int
+    messages: int
+
+
+def _worker_count(messages: int) -> int:
+    """Worker processes for `messages` changed messages: 1 (no pool) for small builds."""
+    import multiprocessing
+
+    if messages < POOL_MIN_MESSAGES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, POOL_MAX_WORKERS, messages // POOL_CHUNK_MESSAGES))
+
+
+def _pool_worker_start() -> None:
+    # One single-threaded tokenizer per worker: the workers already fill the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _pool_work(chunk: list[tuple[ChatDigest, list[Any]]]) -> _PoolPart:
+    """In a forked worker: a run of chats through select .. render, as tables to merge."""
+    builder = _POOL_BUILDER
+    if builder is None:  # set before the pool forks
+        raise TrainingError("dataset worker started without its build")
+    builder.progress = lambda step, done, total: None
+    builder.chats, builder.reused_keys, builder.new_tables = {}, set(), []
+    builder.pending, builder.timings, builder.rendered_sessions = [], Counter(), 0
+    messages = 0
+    for digest, rows in chunk:
+        builder._chat(digest, rows)
+        messages += len(rows)
+        if len(builder.pending) >= RENDER_BATCH:
+            builder._render()
+    builder._render()
+    return _PoolPart(
+        builder.chats,
+        builder.reused_keys,
+        builder.new_tables,
+        builder.timings,
+        builder.rendered_sessions,
+        messages,
+    )
 
 
 def _by_chat(batches: Iterable[Sequence[Sequence[Any]]]) -> Iterator[tuple[int, list[Any]]]:
