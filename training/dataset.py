@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
@@ -432,16 +433,17 @@ class _Builder:
         Step timings are then the workers' seconds summed.
         """
         import multiprocessing
+        from concurrent.futures import Future, ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         global _POOL_BUILDER  # what the forked workers inherit
         _POOL_BUILDER = self
-        context = multiprocessing.get_context("fork")
         done = 0
-        waiting: list[Any] = []
+        waiting: list[Future[_PoolPart]] = []
 
-        def merge(result: Any) -> None:
+        def merge(future: Future[_PoolPart]) -> None:
             nonlocal done
-            part = result.get()
+            part = future.result()
             self.chats.update(part.chats)
             self.reused_keys.update(part.reused_keys)
             self.new_tables.extend(part.new_tables)
@@ -450,8 +452,10 @@ class _Builder:
             done += part.messages
             self.progress("read", done, total)
 
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
         try:
-            with context.Pool(workers, initializer=_pool_worker_start) as pool:
+            with _tokenizers_single_threaded():  # inherited by the workers, forked on first use
+                submit = partial(pool.submit, _pool_work)
                 chunk: list[tuple[ChatDigest, list[Any]]] = []
                 size = 0
                 clock = time.perf_counter()
@@ -460,17 +464,23 @@ class _Builder:
                     chunk.append((titles[chat_id], rows))
                     size += len(rows)
                     if size >= POOL_CHUNK_MESSAGES:
-                        waiting.append(pool.apply_async(_pool_work, (chunk,)))
+                        waiting.append(submit(chunk))
                         chunk, size = [], 0
                         while len(waiting) > 2 * workers:
                             merge(waiting.pop(0))
                     clock = time.perf_counter()
                 self.timings["read"] += time.perf_counter() - clock
                 if chunk:
-                    waiting.append(pool.apply_async(_pool_work, (chunk,)))
+                    waiting.append(submit(chunk))
                 while waiting:
                     merge(waiting.pop(0))
+        except BrokenProcessPool as error:
+            raise TrainingError(
+                f"a dataset worker process died ({error}); out of memory? Set "
+                f"{WORKERS_VARIABLE}=1 to build in one process"
+            ) from error
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             _POOL_BUILDER = None
 
     def _chat(self, digest: ChatDigest, rows: list[Sequence[Any]]) -> None:
@@ -1330,6 +1340,7 @@ class _Cache:
 # Builds of at least this many changed messages run in worker processes, one per core.
 POOL_MIN_MESSAGES = 100_000
 POOL_MAX_WORKERS = 8
+WORKERS_VARIABLE = "TWIN_DATASET_WORKERS"
 POOL_CHUNK_MESSAGES = 20_000  # messages (whole chats) per task handed to a worker
 _POOL_BUILDER: _Builder | None = None
 
@@ -1345,11 +1356,20 @@ class _PoolPart:
 
 
 def _worker_count(messages: int) -> int:
-    """Worker processes for `messages` changed messages: 1 (no pool) for small builds."""
+    """Worker processes for `messages` changed messages: 1 (no pool) for small builds.
+
+    One per core by default; the environment variable TWIN_DATASET_WORKERS sets the number
+    (1: build in this process).
+    """
     import multiprocessing
 
     if messages < POOL_MIN_MESSAGES or "fork" not in multiprocessing.get_all_start_methods():
         return 1
+    setting = os.environ.get(WORKERS_VARIABLE, "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise TrainingError(f"{WORKERS_VARIABLE}={setting!r}: expected a whole number >= 1")
+        return int(setting)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -1357,9 +1377,22 @@ def _worker_count(messages: int) -> int:
     return max(1, min(cores, POOL_MAX_WORKERS, messages // POOL_CHUNK_MESSAGES))
 
 
-def _pool_worker_start() -> None:
-    # One single-threaded tokenizer per worker: the workers already fill the cores.
+@contextmanager
+def _tokenizers_single_threaded() -> Iterator[None]:
+    """Fork workers with one-threaded tokenizers: the workers already fill the cores.
+
+    Configured this way, tokenizers also forks without its "parallelism has already been used"
+    warning.
+    """
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 def _pool_work(chunk: list[tuple[ChatDigest, list[Any]]]) -> _PoolPart:

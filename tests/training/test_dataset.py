@@ -294,6 +294,40 @@ def test_long_sessions_are_cut_into_windows_and_a_too_long_reply_is_counted(
     assert trained[-1] == tokenizer.eos_token_id
 
 
+def test_a_build_in_worker_processes_equals_the_one_in_process(
+    sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.dataset
+
+    chats, messages = generated_store(chats=5, sessions=6, seed=11)
+    pairs = [("mail ana.r@example.org", "ok, ana.r@example.org"), ("or bob@example.com?", "no")]
+    store(sqlite_database, [*chats, chat(1)], [*messages, *conversation(1, pairs, 0)])
+    monkeypatch.setattr(training.dataset, "POOL_MIN_MESSAGES", 0)
+    monkeypatch.setattr(training.dataset, "POOL_CHUNK_MESSAGES", 40)  # a few chats per task
+    opts = options(tokenizer_path)
+
+    monkeypatch.setenv("TWIN_DATASET_WORKERS", "2")
+    pooled = build(sqlite_database, opts, tmp_path / "pooled")
+    monkeypatch.setenv("TWIN_DATASET_WORKERS", "1")
+    single = build(sqlite_database, opts, tmp_path / "single")
+
+    assert (pooled.stats["workers"], single.stats["workers"]) == (2, 1)
+    assert pooled.fingerprint == single.fingerprint
+    assert all_rows(tmp_path / "pooled") == all_rows(tmp_path / "single")
+    for name in ("steps", "split", "tokens", "cache"):
+        assert pooled.stats[name] == single.stats[name]
+    texts = [
+        m["content"] for row in all_rows(tmp_path / "pooled") for m in json.loads(row["messages"])
+    ]
+    assert "ok, <EMAIL_1>" in texts and "or <EMAIL_2>?" in texts
+    cache = f"datasets/{pooled.fingerprint}/cache/chats.json"
+    assert (tmp_path / "pooled" / cache).read_bytes() == (tmp_path / "single" / cache).read_bytes()
+
+    monkeypatch.setenv("TWIN_DATASET_WORKERS", "none")
+    with pytest.raises(TrainingError, match="TWIN_DATASET_WORKERS='none'"):
+        build(sqlite_database, replace(opts, seed=1), tmp_path / "bad")
+
+
 def test_private_data_is_scrubbed_with_consistent_placeholders(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path
 ) -> None:
