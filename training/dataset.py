@@ -451,6 +451,7 @@ class _Builder:
             self.rendered_sessions += part.rendered_sessions
             done += part.messages
             self.progress("read", done, total)
+            self.progress("render", self.rendered_sessions, None)
 
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
         try:
@@ -1363,17 +1364,18 @@ def _worker_count(messages: int) -> int:
     """
     import multiprocessing
 
-    if messages < POOL_MIN_MESSAGES or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
     setting = os.environ.get(WORKERS_VARIABLE, "").strip()
+    if setting and (not setting.isdigit() or int(setting) < 1):
+        raise TrainingError(f"{WORKERS_VARIABLE}={setting!r}: expected a whole number >= 1")
+    if (
+        messages < POOL_MIN_MESSAGES
+        or not hasattr(os, "sched_getaffinity")  # forking is safe on Linux, not on macOS
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
+        return 1
     if setting:
-        if not setting.isdigit() or int(setting) < 1:
-            raise TrainingError(f"{WORKERS_VARIABLE}={setting!r}: expected a whole number >= 1")
         return int(setting)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     return max(1, min(cores, POOL_MAX_WORKERS, messages // POOL_CHUNK_MESSAGES))
 
 
