@@ -436,8 +436,6 @@ class _Builder:
         from concurrent.futures import Future, ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        global _POOL_BUILDER  # what the forked workers inherit
-        _POOL_BUILDER = self
         done = 0
         waiting: list[Future[_PoolPart]] = []
 
@@ -453,7 +451,12 @@ class _Builder:
             self.progress("read", done, total)
             self.progress("render", self.rendered_sessions, None)
 
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_pool_worker_start,
+            initargs=(self,),  # inherited through the fork, not pickled
+        )
         try:
             with _tokenizers_single_threaded():  # inherited by the workers, forked on first use
                 submit = partial(pool.submit, _pool_work)
@@ -482,7 +485,6 @@ class _Builder:
             ) from error
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            _POOL_BUILDER = None
 
     def _chat(self, digest: ChatDigest, rows: list[Sequence[Any]]) -> None:
         options = self.options
@@ -1343,7 +1345,7 @@ POOL_MIN_MESSAGES = 100_000
 POOL_MAX_WORKERS = 8
 WORKERS_VARIABLE = "TWIN_DATASET_WORKERS"
 POOL_CHUNK_MESSAGES = 20_000  # messages (whole chats) per task handed to a worker
-_POOL_BUILDER: _Builder | None = None
+_POOL_BUILDER: _Builder | None = None  # in a worker process: the build it works for
 
 
 @dataclass
@@ -1377,6 +1379,11 @@ def _worker_count(messages: int) -> int:
         return int(setting)
     cores = len(os.sched_getaffinity(0))
     return max(1, min(cores, POOL_MAX_WORKERS, messages // POOL_CHUNK_MESSAGES))
+
+
+def _pool_worker_start(builder: _Builder) -> None:
+    global _POOL_BUILDER
+    _POOL_BUILDER = builder
 
 
 @contextmanager
