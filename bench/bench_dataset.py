@@ -6,7 +6,9 @@ Usage: `.venv/bin/python bench/bench_dataset.py [--messages 1000000] [--chats 20
 sessions hours to days apart), trains a small byte-level BPE tokenizer with Mistral's
 template, and reports:
 
-- the full build: total time, each step's seconds, share and messages per second, peak RSS;
+- the full build: total time, each step's seconds, share and messages per second, peak RSS
+  (built in worker processes, one per core: then the steps the workers run are their
+  seconds summed, and the largest worker's peak RSS is shown too);
 - the rebuild after 1,000 new messages arrive (goal < 5 s) and the rebuild with no change;
 - a baseline measured in the same run on a sample of sessions: the naive builder that
   renders and tokenizes a fresh window per owner reply (`apply_chat_template(tokenize=True)`
