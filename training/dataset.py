@@ -106,6 +106,7 @@ class DatasetOptions:
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     seed: int = 0
     reuse_cache: bool = True
+    workers: int | None = None  # processes of a big build; None: one per core
 
     @property
     def threshold(self) -> float:
@@ -134,6 +135,8 @@ class DatasetOptions:
             found.append(("short_reply_chars", "must be 0 or more"))
         if self.max_examples_per_chat is not None and self.max_examples_per_chat < 1:
             found.append(("max_examples_per_chat", "must be at least 1"))
+        if self.workers is not None and self.workers < 1:
+            found.append(("workers", f"{self.workers}: must be at least 1"))
         if self.pii_extra is not None and not self.pii_extra.is_file():
             found.append(("pii_extra", f"{self.pii_extra} is not a file"))
         return found
@@ -145,6 +148,7 @@ class DatasetOptions:
         values["pii_extra"] = str(self.pii_extra) if self.pii_extra else None
         values["dedup_threshold"] = self.threshold
         values.pop("reuse_cache")
+        values.pop("workers")  # how a build runs, not what it makes
         return values
 
 
@@ -398,7 +402,7 @@ class _Builder:
         self.progress("read", 0, total)
         ids = None if len(changed) == len(digests) else [d.chat_id for d in changed]
         chats = _by_chat(training_message_rows(session, ids) if changed else ())
-        workers = _worker_count(total)
+        workers = _worker_count(total, self.options.workers)
         if workers > 1:
             self.workers = workers
             self._process_in_pool(chats, titles, total, workers)
@@ -480,8 +484,8 @@ class _Builder:
                     merge(waiting.pop(0))
         except BrokenProcessPool as error:
             raise TrainingError(
-                f"a dataset worker process died ({error}); out of memory? Set "
-                f"{WORKERS_VARIABLE}=1 to build in one process"
+                f"a dataset worker process died ({error}); out of memory? Build in one "
+                "process with `twin dataset build --workers 1` (or TWIN_DATASET_WORKERS=1)"
             ) from error
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -1343,7 +1347,6 @@ class _Cache:
 # Builds of at least this many changed messages run in worker processes, one per core.
 POOL_MIN_MESSAGES = 100_000
 POOL_MAX_WORKERS = 8
-WORKERS_VARIABLE = "TWIN_DATASET_WORKERS"
 POOL_CHUNK_MESSAGES = 20_000  # messages (whole chats) per task handed to a worker
 _POOL_BUILDER: _Builder | None = None  # in a worker process: the build it works for
 
@@ -1358,25 +1361,22 @@ class _PoolPart:
     messages: int
 
 
-def _worker_count(messages: int) -> int:
+def _worker_count(messages: int, asked: int | None) -> int:
     """Worker processes for `messages` changed messages: 1 (no pool) for small builds.
 
-    One per core by default; the environment variable TWIN_DATASET_WORKERS sets the number
+    One per core by default; `asked` (`--workers`, TWIN_DATASET_WORKERS) sets the number
     (1: build in this process).
     """
     import multiprocessing
 
-    setting = os.environ.get(WORKERS_VARIABLE, "").strip()
-    if setting and (not setting.isdigit() or int(setting) < 1):
-        raise TrainingError(f"{WORKERS_VARIABLE}={setting!r}: expected a whole number >= 1")
     if (
         messages < POOL_MIN_MESSAGES
         or not hasattr(os, "sched_getaffinity")  # forking is safe on Linux, not on macOS
         or "fork" not in multiprocessing.get_all_start_methods()
     ):
         return 1
-    if setting:
-        return int(setting)
+    if asked:
+        return asked
     cores = len(os.sched_getaffinity(0))
     return max(1, min(cores, POOL_MAX_WORKERS, messages // POOL_CHUNK_MESSAGES))
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     bot_api_url: str = Field(TELEGRAM_BOT_API_URL, description="Bot API server")
     session_gap: timedelta = Field(timedelta(days=1), description="gap that starts a new chat")
     retrain_every: timedelta | None = Field(None, description="scheduled retrain, off if empty")
+    dataset_workers: int | None = Field(
+        None, ge=1, description="processes of a big dataset build; one per core if empty"
+    )
     bot_backend: Literal["local", "openai"] = Field("local", description="reply backend")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible endpoint")
     openai_api_key: SecretStr | None = Field(None, description="key for that endpoint")
@@ -51,7 +54,9 @@ class Settings(BaseSettings):
             return parse_duration(value) if value.strip() else None
         return value
 
-    @field_validator("database_url", "openai_base_url", "openai_model", mode="before")
+    @field_validator(
+        "database_url", "openai_base_url", "openai_model", "dataset_workers", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -306,10 +306,8 @@ def test_a_build_in_worker_processes_equals_the_one_in_process(
     monkeypatch.setattr(training.dataset, "POOL_CHUNK_MESSAGES", 40)  # a few chats per task
     opts = options(tokenizer_path)
 
-    monkeypatch.setenv("TWIN_DATASET_WORKERS", "2")
-    pooled = build(sqlite_database, opts, tmp_path / "pooled")
-    monkeypatch.setenv("TWIN_DATASET_WORKERS", "1")
-    single = build(sqlite_database, opts, tmp_path / "single")
+    pooled = build(sqlite_database, replace(opts, workers=2), tmp_path / "pooled")
+    single = build(sqlite_database, replace(opts, workers=1), tmp_path / "single")
 
     assert (pooled.stats["workers"], single.stats["workers"]) == (2, 1)
     assert pooled.fingerprint == single.fingerprint
@@ -323,9 +321,8 @@ def test_a_build_in_worker_processes_equals_the_one_in_process(
     cache = f"datasets/{pooled.fingerprint}/cache/chats.json"
     assert (tmp_path / "pooled" / cache).read_bytes() == (tmp_path / "single" / cache).read_bytes()
 
-    monkeypatch.setenv("TWIN_DATASET_WORKERS", "none")
-    with pytest.raises(TrainingError, match="TWIN_DATASET_WORKERS='none'"):
-        build(sqlite_database, replace(opts, seed=1), tmp_path / "bad")
+    with pytest.raises(TrainingError, match="workers: 0: must be at least 1"):
+        build(sqlite_database, replace(opts, workers=0), tmp_path / "bad")
 
 
 def test_private_data_is_scrubbed_with_consistent_placeholders(

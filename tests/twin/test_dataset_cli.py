@@ -112,11 +112,13 @@ def test_bad_flags_are_one_line_naming_each_flag(
         "--dedup", "fuzzy",
         "--max-tokens", "8",
         "--pii-extra", "missing.txt",
+        "--workers", "0",
     )  # fmt: skip
 
     assert code == 1
     error = one_line(capsys.readouterr().err)
-    for flag in ("--session-gap", "--validation", "--dedup:", "--max-tokens", "--pii-extra"):
+    flags = ("--session-gap", "--validation", "--dedup:", "--max-tokens", "--pii-extra")
+    for flag in (*flags, "--workers: 0"):
         assert flag in error
     assert "Traceback" not in error
     assert not (data_dir / "datasets").exists()
@@ -153,3 +155,15 @@ def test_stats_and_show_before_any_build_say_what_to_run(data_dir: Path, capsys)
     assert twin(data_dir, "dataset", "stats") == 1
     assert twin(data_dir, "dataset", "show") == 1
     assert one_line(capsys.readouterr().err).count("run `twin dataset build`") == 2
+
+
+def test_the_worker_count_comes_from_settings_and_is_checked(
+    data_dir: Path, tokenizer_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("TWIN_DATASET_WORKERS", "none")
+
+    assert twin(data_dir, "dataset", "build", "--base-model", str(tokenizer_path)) == 1
+    assert "TWIN_DATASET_WORKERS" in one_line(capsys.readouterr().err)
+
+    monkeypatch.setenv("TWIN_DATASET_WORKERS", "1")
+    assert twin(data_dir, "dataset", "build", "--base-model", str(tokenizer_path)) == 0

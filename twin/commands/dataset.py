@@ -37,6 +37,7 @@ FLAGS = {
     "short_reply_cap": "--short-reply-cap",
     "max_examples_per_chat": "--max-examples-per-chat",
     "pii_extra": "--pii-extra",
+    "workers": "--workers",
 }
 STEP_LABELS = {
     "read": "reading, scrubbing, sessionizing",
@@ -117,6 +118,14 @@ def build(
             help="Your own PII rules: lines 're:PATTERN' (regular expressions) or words to mask.",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Processes of a big build (1: this one only; TWIN_DATASET_WORKERS; "
+            "default one per core).",
+        ),
+    ] = None,
     no_cache: Annotated[
         bool,
         typer.Option("--no-cache", help="Render every session anew instead of reusing the last."),
@@ -152,6 +161,7 @@ def build(
         system_prompt=not no_system_prompt,
         pii_extra=pii_extra,
         reuse_cache=not no_cache,
+        workers=workers if workers is not None else settings.dataset_workers,
     )
     console = Console()
     with _BuildBar(console) as bar:
@@ -316,6 +326,10 @@ def steps_table(built: dict[str, Any]) -> Table:
     table.add_column("notes", overflow="fold")
     table.add_column("seconds", justify="right")
     timings = built.get("timings", {})
+    if built.get("workers", 1) > 1:
+        table.caption = (
+            f"built by {built['workers']} worker processes: a step's seconds are summed over them"
+        )
     for step in built["steps"]:
         dropped = ", ".join(f"{k} {v:,}" for k, v in step["dropped"].items() if v) or "-"
         notes = ", ".join(f"{k} {_value(v)}" for k, v in step["notes"].items() if v) or "-"
