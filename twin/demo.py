@@ -305,11 +305,9 @@ def _train(
     result.run_id = run.run_id
     result.val_loss_start = run.metrics.get("val_loss_start")
     result.val_loss_end = run.metrics.get("val_loss")
-    reporter.done(
-        f"run {run.run_id}: validation loss {_number(result.val_loss_start)} -> "
-        f"{_number(result.val_loss_end)} in {run.metrics['steps']} steps; adapter at "
-        f"{run.adapter_path}"
-    )
+    from twin.commands.train import _result_table
+
+    reporter.table(_result_table(run))  # what `twin train` prints
 
 
 def _evaluate(
@@ -332,26 +330,14 @@ def _evaluate(
 
 
 def _chat(database: Database, options: DemoOptions, reporter: Reporter, result: DemoResult) -> None:
-    from bot.backends import LocalBackend
     from bot.options import ConversationOptions, Sampling
     from bot.responder import Responder
-    from storage.runs import active_run
-    from training.model import ModelOptions
+    from bot.serving import BackendOptions, open_backend, served_run
 
     reporter.step("6/6 a short chat with the twin (what `twin chat` and `twin bot` do)")
-    with database.session() as session:
-        run = active_run(session)
-        if run is None:  # pragma: no cover - train() activates its run
-            raise DemoError("training finished without an active run")
-        base_model, adapter = run.base_model, run.adapter_path
-    backend = LocalBackend.load(
-        ModelOptions(base_model=base_model, quant="none", dtype="float32"),
-        Path(adapter) if adapter else None,
-        run_id=run.id,
-    )
-    responder = Responder(
-        database, backend, ConversationOptions(context_tokens=options.max_tokens).for_run(adapter)
-    )
+    run = served_run(database)  # the run `twin chat` would serve, loaded the way it loads it
+    backend = open_backend(BackendOptions(quant="none", dtype="float32"), run)
+    responder = Responder(database, backend, ConversationOptions().for_run(run.adapter_path))
     sampling = Sampling(temperature=0.3, top_p=0.9, max_new_tokens=options.reply_tokens)
     chat_id = 1  # the demo's own conversation
     try:
@@ -363,10 +349,4 @@ def _chat(database: Database, options: DemoOptions, reporter: Reporter, result: 
                 reporter.said("twin", part)
             result.conversation.append((line, reply.text))
     finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+        backend.close()
