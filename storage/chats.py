@@ -36,27 +36,27 @@ class ChatSummary:
 
 def upsert_chats(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
     """Insert chats or refresh their names; the owner's `excluded` choice is never touched."""
-    batch = [{name: row.get(name) for name in CHAT_COLUMNS} for row in rows]
-    for row in batch:
-        row["title"] = row["title"] or ""
-        row["kind"] = row["kind"] or "personal_chat"
-        row["source"] = row["source"] or "telethon"
-    if batch:
-        statement = on_conflict_insert(
-            session, Chat.__table__, ("id",), update=("kind", "title", "username")
-        )
-        session.execute(statement, batch)
+    _upsert_chats(session, rows, "telethon", ("kind", "title", "username"))
 
 
 def upsert_chats_keeping_usernames(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
     """Like `upsert_chats`, for a source that knows no usernames (an export): stored ones stay."""
+    _upsert_chats(session, rows, "export", ("kind", "title"))
+
+
+def _upsert_chats(
+    session: Session,
+    rows: Iterable[Mapping[str, Any]],
+    default_source: str,
+    update: tuple[str, ...],
+) -> None:
     batch = [{name: row.get(name) for name in CHAT_COLUMNS} for row in rows]
     for row in batch:
         row["title"] = row["title"] or ""
         row["kind"] = row["kind"] or "personal_chat"
-        row["source"] = row["source"] or "export"
+        row["source"] = row["source"] or default_source
     if batch:
-        statement = on_conflict_insert(session, Chat.__table__, ("id",), update=("kind", "title"))
+        statement = on_conflict_insert(session, Chat.__table__, ("id",), update=update)
         session.execute(statement, batch)
 
 
