@@ -119,9 +119,6 @@ class _BatchStreamer:
                 request.pieces.put(error)
                 self.finished[row] = True
 
-    def all_finished(self) -> bool:
-        return all(self.finished)
-
     def _flush(self, row: int, final: bool) -> None:
         text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
         if not final and text.endswith("\ufffd"):  # half of a multi-byte character

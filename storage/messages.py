@@ -104,10 +104,6 @@ def count_messages(session: Session, chat_id: int | None = None) -> int:
     return session.scalar(query) or 0
 
 
-def newest_message_date(session: Session) -> datetime | None:
-    return session.scalar(select(func.max(Message.date)))
-
-
 def last_message_dates(session: Session) -> dict[int, datetime]:
     """Per chat, the date of its newest stored message."""
     query = select(Message.chat_id, func.max(Message.date)).group_by(Message.chat_id)

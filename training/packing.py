@@ -59,12 +59,6 @@ class TokenTable:
         trained[self.offsets[:-1]] = False  # the first token has nothing before it
         return np.add.reduceat(trained, self.offsets[:-1]) if len(self) else np.zeros(0, int)
 
-    def subset(self, indices: Sequence[int]) -> TokenTable:
-        return TokenTable.from_lists(
-            [self.example(i)[0].tolist() for i in indices],
-            [self.example(i)[1].tolist() for i in indices],
-        )
-
 
 @dataclass(frozen=True)
 class PackedRow:
