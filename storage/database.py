@@ -8,16 +8,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import DatabaseTooNewError, StorageError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +45,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The newest migration's revision (tests/storage/test_migrations.py holds it to the
+# migrations): a database already at it opens without importing alembic, which would cost every
+# command half a second.
+SCHEMA_HEAD = "0001"
+
+
 def alembic_config(engine: Engine | None = None) -> Config:
     """Alembic's configuration pointing at the migrations shipped in this package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(resources.files("storage") / "migrations"))
     if engine is not None:
@@ -56,18 +63,27 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None  # noqa: S101 - the package ships at least one migration
     return head
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def upgrade(engine: Engine) -> None:
     """Migrate the database to the newest schema; refuse one migrated by a newer tgtwin."""
+    if _stored_revisions(engine) == [SCHEMA_HEAD]:
+        return
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     current = current_revision(engine)
     if current is not None:
@@ -87,6 +103,15 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _stored_revisions(engine: Engine) -> list[str]:
+    """The revisions in alembic's version table, read with plain SQL (none: a new database)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return []
+        rows = connection.execute(text("SELECT version_num FROM alembic_version"))
+        return [row[0] for row in rows]
 
 
 @dataclass

@@ -319,8 +319,8 @@ class _Builder:
     """One build's state: options, tokenizer, the previous cache, rows made so far."""
 
     def __init__(self, options: DatasetOptions, root: Path, progress: Progress) -> None:
-        from training.model import load_tokenizer
         from training.pii import PiiOptions, PiiPatternError, Scrubber, load_extra
+        from training.tokenizer_snapshot import load_dataset_tokenizer
 
         self.options = options
         self.root = root
@@ -340,7 +340,9 @@ class _Builder:
             self.scrubber = Scrubber(self.pii_options)
         except PiiPatternError as error:
             raise TrainingError(f"--pii-extra: {error}") from error
-        self.tokenizer = load_tokenizer(options.base_model)
+        self.tokenizer = load_dataset_tokenizer(
+            options.base_model, _tokenizer_files(options.base_model), root
+        )
         self.pipeline = self._pipeline_hash()
         self.cache = _Cache.find(root, self.pipeline) if options.reuse_cache else None
         self.chats: dict[int, _ChatResult] = {}

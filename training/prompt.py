@@ -386,7 +386,7 @@ def _probe(tokenizer: PreTrainedTokenizerBase) -> _Template:
     else:  # a dict of named templates renders with its default one
         template = source if isinstance(source, str) else None
     probe = _Template(tokenizer, source, template)
-    controls = _control_tokens(tokenizer)
+    controls = control_tokens(tokenizer)
     if controls:
         probe._control_re = re.compile("|".join(re.escape(token) for token in controls))
         probe._control_starts = frozenset(token[0] for token in controls)
@@ -410,7 +410,8 @@ def _probe(tokenizer: PreTrainedTokenizerBase) -> _Template:
     return probe
 
 
-def _control_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+def control_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """The tokenizer's special tokens as text, longest first: what a message must not forge."""
     tokens = set(getattr(tokenizer, "all_special_tokens", ()) or ())
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     tokens.update(added.content for added in decoder.values() if getattr(added, "special", False))

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 
 from storage import DatabaseTooNewError, open_database
-from storage.database import alembic_config, current_revision, head_revision, make_engine
+from storage.database import (
+    SCHEMA_HEAD,
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+)
 
 
 def test_new_database_is_migrated_to_head(database_url: str) -> None:
@@ -64,3 +73,23 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     database.close()
+
+
+def test_the_schema_head_constant_is_the_newest_migration() -> None:
+    assert SCHEMA_HEAD == head_revision()
+
+
+def test_a_database_at_the_newest_schema_opens_without_importing_alembic(
+    database_url: str,
+) -> None:
+    open_database(database_url).close()
+    script = (
+        "import sys\n"
+        "from storage import open_database\n"
+        f"open_database({database_url!r}).close()\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
