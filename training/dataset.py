@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -693,6 +694,18 @@ class _Builder:
             tables.append(_take(table, order))
         return tables[0], tables[1], tables[2]
 
+    def _rendered_tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """The sessions this build rendered (examples, pairs, sessions), in no set order."""
+        import pyarrow as pa
+
+        schemas = (_example_schema(), _pair_schema(), _session_schema())
+        return tuple(  # type: ignore[return-value]
+            pa.concat_tables([new[index] for new in self.new_tables])
+            if self.new_tables
+            else schema.empty_table()
+            for index, schema in enumerate(schemas)
+        )
+
     def _dedup(self, pairs: pa.Table) -> tuple[Any, np.ndarray]:
         import numpy as np
         import pyarrow.compute as pc
@@ -871,9 +884,10 @@ class _Builder:
         shutil.rmtree(building, ignore_errors=True)
         columns = list(_DATASET_COLUMNS)
         splits = {
-            # An explicit fingerprint spares datasets from hashing the whole table.
+            # An explicit fingerprint spares datasets from hashing the whole table; the
+            # writer copies slices as fast as one chunk, so the splits are not copied first.
             split: datasets.Dataset(
-                InMemoryTable(final.take(rows).select(columns)),
+                InMemoryTable(_take(final.select(columns), rows, max_chunks=None)),
                 fingerprint=f"{fingerprint}-{split}",
             )
             for split, rows in (("train", train), ("validation", validation))
@@ -887,7 +901,15 @@ class _Builder:
         finally:
             if disabled:
                 datasets.enable_progress_bars()
-        _Cache.write(building / CACHE_DIR, self.pipeline, self.chats, cache_tables)
+        _Cache.write(
+            building / CACHE_DIR,
+            self.pipeline,
+            self.chats,
+            secrets.token_hex(8),
+            self._rendered_tables(),
+            self.cache,
+            cache_tables,
+        )
         newest = max((d.newest for d in digests if d.newest is not None), default=None)
         meta = {
             "fingerprint": fingerprint,
@@ -941,14 +963,15 @@ _PAIR_TIME_ORDER = [
     ("session_key", "ascending"),
     ("reply", "ascending"),
 ]
-MAX_CHUNKS = 64  # tables with more chunks are combined before they are written
+MAX_CHUNKS = 1024  # tables with more chunks are combined (copied) into one
 
 
-def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+def _take(table: pa.Table, rows: np.ndarray, max_chunks: int | None = MAX_CHUNKS) -> pa.Table:
     """`table.take(rows)`, as zero-copy slices where `rows` run consecutively.
 
     Cached rows come back in order with a few new sessions between them, so a rebuild
-    mostly slices instead of copying hundreds of megabytes of token lists.
+    mostly slices instead of copying hundreds of megabytes of token lists. Beyond
+    `max_chunks` slices the rows are copied into one chunk instead.
     """
     import numpy as np
     import pyarrow as pa
@@ -956,7 +979,7 @@ def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
     if not len(rows):
         return table.slice(0, 0)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    if len(breaks) >= MAX_CHUNKS:
+    if max_chunks is not None and len(breaks) >= max_chunks:
         return table.take(rows).combine_chunks()
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [len(rows)]))
@@ -1020,6 +1043,10 @@ def _pair_schema() -> pa.Schema:
             ("reply_tokens", pa.int32()),
         ]
     )
+
+
+def _cache_schemas() -> dict[str, pa.Schema]:
+    return {"examples": _example_schema(), "pairs": _pair_schema(), "sessions": _session_schema()}
 
 
 def _session_schema() -> pa.Schema:
@@ -1245,10 +1272,19 @@ def _histogram(values: np.ndarray) -> dict[str, Any]:
 
 
 class _Cache:
-    """A previous build's rendered sessions and chat digests, reused by the next build."""
+    """A previous build's rendered sessions and chat digests, reused by the next build.
 
-    def __init__(self, path: Path, chats: dict[int, _ChatResult]) -> None:
+    Rows live in segments, each the sessions one build rendered. A build links the earlier
+    segments into its own cache and writes only what it rendered, so a rebuild after a few new
+    messages writes kilobytes instead of the whole cache again; rows of sessions that changed
+    stay behind in old segments until a build merges the segments into one (when they grow
+    many, or hold too many such rows). A session key is in at most one segment: a session is
+    rendered only when no segment has it.
+    """
+
+    def __init__(self, path: Path, chats: dict[int, _ChatResult], segments: list[str]) -> None:
         self.path = path
+        self.segments = segments
         self._chats = chats
         self._keys: set[str] | None = None
 
@@ -1270,10 +1306,12 @@ class _Cache:
             except (OSError, ValueError):
                 logger.warning("ignoring an unreadable dataset cache at %s", cache)
                 continue
+            if "segments" not in index:  # written before caches had segments
+                continue
             chats = {
                 int(chat_id): _ChatResult(**values) for chat_id, values in index["chats"].items()
             }
-            return cls(cache, chats)
+            return cls(cache, chats, index["segments"])
         return None
 
     def chat(self, chat_id: int) -> _ChatResult | None:
@@ -1281,8 +1319,12 @@ class _Cache:
 
     def has_session(self, key: str) -> bool:
         if self._keys is None:
-            self._keys = {key for chat in self._chats.values() for key in chat.keys}
+            self._keys = set(self._read("sessions", ["session_key"])["session_key"].to_pylist())
         return key in self._keys
+
+    def rows(self) -> int:
+        """Sessions stored in all segments, those no chat uses any more included."""
+        return sum(self._open(segment, "sessions").num_rows for segment in self.segments)
 
     def tables(self, keys: Iterable[str]) -> Iterator[tuple[pa.Table, np.ndarray]]:
         """Examples, pairs and sessions tables, memory-mapped, and which rows hold `keys`."""
@@ -1290,32 +1332,56 @@ class _Cache:
         import pyarrow.compute as pc
 
         wanted = pa.array(sorted(keys), type=pa.string())
-        for name in ("examples", "pairs", "sessions"):
-            with pa.memory_map(str(self.path / f"{name}.arrow")) as source:
-                table = pa.ipc.open_file(source).read_all()
+        for name in _CACHE_TABLES:
+            table = self._read(name)
             keep = pc.is_in(table["session_key"], value_set=wanted)
             yield table, keep.to_numpy(zero_copy_only=False)
+
+    def _read(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        import pyarrow as pa
+
+        tables = [self._open(segment, name) for segment in self.segments]
+        tables = [table.select(columns) if columns else table for table in tables]
+        return pa.concat_tables(tables) if tables else _cache_schemas()[name].empty_table()
+
+    def _open(self, segment: str, name: str) -> pa.Table:
+        import pyarrow as pa
+
+        with pa.memory_map(str(_segment_file(self.path, segment, name))) as source:
+            return pa.ipc.open_file(source).read_all()
 
     @staticmethod
     def write(
         path: Path,
         pipeline: str,
         chats: dict[int, _ChatResult],
-        tables: tuple[pa.Table, pa.Table, pa.Table],
+        segment: str,
+        rendered: tuple[pa.Table, pa.Table, pa.Table],
+        previous: _Cache | None,
+        merged: tuple[pa.Table, pa.Table, pa.Table],
     ) -> None:
-        import pyarrow as pa
-
+        """This build's cache: `previous`'s segments linked and `rendered` as a new one, or
+        everything in use (`merged`) as one segment when the segments would be too many or
+        hold too many unused rows.
+        """
         path.mkdir(parents=True, exist_ok=True)
-        for name, table in zip(("examples", "pairs", "sessions"), tables, strict=True):
-            if table.num_columns and table.column(0).num_chunks > MAX_CHUNKS:
-                table = table.combine_chunks()
-            with (
-                pa.OSFile(str(path / f"{name}.arrow"), "wb") as sink,
-                pa.ipc.new_file(sink, table.schema) as writer,
-            ):
-                writer.write_table(table)
+        live = merged[2].num_rows
+        segments = []
+        if previous is not None and previous.segments and not _compact(previous, rendered, live):
+            for old in previous.segments:
+                for name in _CACHE_TABLES:
+                    _link(_segment_file(previous.path, old, name), _segment_file(path, old, name))
+                segments.append(old)
+            tables = rendered
+        else:
+            tables = merged
+        if tables[2].num_rows or not segments:
+            for name, table in zip(_CACHE_TABLES, tables, strict=True):
+                _write_table(_segment_file(path, segment, name), table)
+            segments.append(segment)
         index = {
             "pipeline": pipeline,
+            "segments": segments,
             "chats": {
                 str(chat_id): {
                     "signature": result.signature,
@@ -1341,6 +1407,40 @@ class _Cache:
                 builds.append((created or "", meta_path.parent))
         for _, build in sorted(builds, reverse=True)[keep:]:
             shutil.rmtree(build / CACHE_DIR, ignore_errors=True)
+
+
+_CACHE_TABLES = ("examples", "pairs", "sessions")
+CACHE_MAX_SEGMENTS = 8
+CACHE_MAX_UNUSED = 0.25  # share of a cache's session rows no chat uses, before they are merged
+
+
+def _compact(previous: _Cache, rendered: tuple[pa.Table, pa.Table, pa.Table], live: int) -> bool:
+    """Whether the next cache should be one merged segment rather than one more."""
+    if len(previous.segments) + 1 > CACHE_MAX_SEGMENTS:
+        return True
+    stored = previous.rows() + rendered[2].num_rows
+    return stored - live > CACHE_MAX_UNUSED * stored
+
+
+def _segment_file(path: Path, segment: str, name: str) -> Path:
+    return path / f"{segment}-{name}.arrow"
+
+
+def _link(source: Path, target: Path) -> None:
+    """`source` under a second name: a hard link where the file system has them, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    import pyarrow as pa
+
+    if table.num_columns and table.column(0).num_chunks > MAX_CHUNKS:
+        table = table.combine_chunks()
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 # ---- helpers ------------------------------------------------------------------------------
