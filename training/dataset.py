@@ -341,9 +341,9 @@ class _Builder:
             self.scrubber = Scrubber(self.pii_options)
         except PiiPatternError as error:
             raise TrainingError(f"--pii-extra: {error}") from error
-        self.tokenizer = load_dataset_tokenizer(
-            options.base_model, _tokenizer_files(options.base_model), root
-        )
+        # Without the cache (`--no-cache`) the tokenizer is loaded in full too, no snapshot.
+        files = _tokenizer_files(options.base_model) if options.reuse_cache else []
+        self.tokenizer = load_dataset_tokenizer(options.base_model, files, root)
         self.pipeline = self._pipeline_hash()
         self.cache = _Cache.find(root, self.pipeline) if options.reuse_cache else None
         self.chats: dict[int, _ChatResult] = {}

@@ -128,7 +128,10 @@ def build(
     ] = None,
     no_cache: Annotated[
         bool,
-        typer.Option("--no-cache", help="Render every session anew instead of reusing the last."),
+        typer.Option(
+            "--no-cache",
+            help="Render every session anew, with the tokenizer loaded in full, reusing nothing.",
+        ),
     ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
