@@ -192,11 +192,18 @@ def cache_index(data_dir: Path, fingerprint: str) -> dict[str, Any]:
     return json.loads((data_dir / "datasets" / fingerprint / "cache" / "chats.json").read_text())
 
 
+def segment_sessions(data_dir: Path, fingerprint: str, segment: str) -> Any:
+    """The sessions table of one segment of a build's cache."""
+    import pyarrow as pa
+
+    path = data_dir / "datasets" / fingerprint / "cache" / f"{segment}-sessions.arrow"
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
 def test_rebuilds_write_only_what_they_render_and_merge_segments_when_they_pile_up(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pyarrow as pa
-
     import training.dataset
 
     monkeypatch.setattr(training.dataset, "CACHE_MAX_SEGMENTS", 3)
@@ -232,26 +239,12 @@ def test_rebuilds_write_only_what_they_render_and_merge_segments_when_they_pile_
             added = [segment for segment in segments if segment not in segments_seen[-2]]
             assert len(added) == (built.stats["cache"]["sessions_rendered"] > 0)
             for segment in added:
-                path = (
-                    tmp_path
-                    / "data/datasets"
-                    / built.fingerprint
-                    / f"cache/{segment}-sessions.arrow"
-                )
-                with pa.memory_map(str(path)) as source:
-                    rows = pa.ipc.open_file(source).read_all().num_rows
+                rows = segment_sessions(tmp_path / "data", built.fingerprint, segment).num_rows
                 assert rows == built.stats["cache"]["sessions_rendered"]
 
-    rendered = [len(segments) for segments in segments_seen]
-    assert rendered == [1, 2, 2, 3, 1]  # the edit back rendered nothing; 4 > 3 were merged
-    sessions = (
-        tmp_path
-        / "data/datasets"
-        / built.fingerprint
-        / f"cache/{segments_seen[-1][0]}-sessions.arrow"
-    )
-    with pa.memory_map(str(sessions)) as source:
-        merged = pa.ipc.open_file(source).read_all()
+    segment_counts = [len(segments) for segments in segments_seen]
+    assert segment_counts == [1, 2, 2, 3, 1]  # the edit back rendered nothing; 4 > 3 merged
+    merged = segment_sessions(tmp_path / "data", built.fingerprint, segments_seen[-1][0])
     live = {
         key
         for chat in cache_index(tmp_path / "data", built.fingerprint)["chats"].values()
