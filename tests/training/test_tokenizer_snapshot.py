@@ -20,20 +20,64 @@ from training.tokenizer_snapshot import (
 )
 
 
+def save_llama_class_tokenizer(path: Path) -> Path:
+    """A SentencePiece-style BPE saved as `LlamaTokenizer`, the class of Mistral 7B's tokenizer.
+
+    transformers rebuilds such a tokenizer's pipeline in its own `__init__` instead of taking
+    tokenizer.json as it is: the snapshot must hold what it built.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from tests.training.chat_data import tokenizer_texts
+    from training.tiny import MISTRAL_CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=700, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    tokenizer.train_from_iterator(tokenizer_texts(), trainer=trainer)
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    path.mkdir(parents=True)
+    tokenizer.save(str(path / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "legacy": False,
+        "chat_template": MISTRAL_CHAT_TEMPLATE,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
 def snapshots(root: Path) -> list[Path]:
     folder = root / SNAPSHOTS_DIR
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-@pytest.mark.parametrize("template", ["mistral", None], ids=["mistral-template", "no-template"])
+@pytest.mark.parametrize("kind", ["mistral-template", "no-template", "llama-class"])
 def test_the_second_load_comes_from_a_snapshot_that_behaves_like_the_original(
-    tmp_path: Path, template: str | None
+    tmp_path: Path, kind: str
 ) -> None:
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     from training.model import load_tokenizer
 
-    path = save_tokenizer(tmp_path / "model", chat_template=template)
+    if kind == "llama-class":
+        path = save_llama_class_tokenizer(tmp_path / "model")
+        assert type(load_tokenizer(str(path))).__name__ == "LlamaTokenizer"
+    else:
+        template = "mistral" if kind == "mistral-template" else None
+        path = save_tokenizer(tmp_path / "model", chat_template=template)
     files = _tokenizer_files(str(path))
 
     first = load_dataset_tokenizer(str(path), files, tmp_path / "datasets")
