@@ -187,11 +187,12 @@ def build_dataset(
             from storage.messages import training_chat_digests
 
             digests = training_chat_digests(session)
-            quick_key = _quick_key(options, digests)
+            files = _tokenizer_files(options.base_model)
+            quick_key = _quick_key(options, digests, files)
             found = _build_with_quick_key(root, quick_key) if quick_key else None
             if found is not None:
                 return _skipped(root, found, started)
-            builder = _Builder(options, root, report)
+            builder = _Builder(options, root, report, files)
             builder.quick_key = quick_key
             fingerprint = builder.fingerprint(digests)
             if (root / fingerprint / "meta.json").is_file():
@@ -228,14 +229,15 @@ TOKENIZER_FILES = (
 )
 
 
-def _quick_key(options: DatasetOptions, digests: Sequence[ChatDigest]) -> str | None:
+def _quick_key(
+    options: DatasetOptions, digests: Sequence[ChatDigest], files: Sequence[Path]
+) -> str | None:
     """A key of the messages, options and tokenizer files, computed without loading a model.
 
     The same key means the same dataset, so a build with nothing new returns before importing
     transformers (seconds, every `/retrain`). None when the tokenizer's files cannot be found
     locally: the build then loads the tokenizer and compares full fingerprints.
     """
-    files = _tokenizer_files(options.base_model)
     if not files:
         return None
     hasher = hashlib.blake2b(digest_size=16)
@@ -319,7 +321,13 @@ class _ChatResult:
 class _Builder:
     """One build's state: options, tokenizer, the previous cache, rows made so far."""
 
-    def __init__(self, options: DatasetOptions, root: Path, progress: Progress) -> None:
+    def __init__(
+        self,
+        options: DatasetOptions,
+        root: Path,
+        progress: Progress,
+        tokenizer_files: Sequence[Path],
+    ) -> None:
         from training.pii import PiiOptions, PiiPatternError, Scrubber, load_extra
         from training.tokenizer_snapshot import load_dataset_tokenizer
 
@@ -342,7 +350,7 @@ class _Builder:
         except PiiPatternError as error:
             raise TrainingError(f"--pii-extra: {error}") from error
         # Without the cache (`--no-cache`) the tokenizer is loaded in full too, no snapshot.
-        files = _tokenizer_files(options.base_model) if options.reuse_cache else []
+        files = tokenizer_files if options.reuse_cache else []
         self.tokenizer = load_dataset_tokenizer(options.base_model, files, root)
         self.pipeline = self._pipeline_hash()
         self.cache = _Cache.find(root, self.pipeline) if options.reuse_cache else None
@@ -678,7 +686,7 @@ class _Builder:
         for new in self.new_tables:
             for index, table in enumerate(new):
                 parts[index].append((table, None))
-        schemas = (_example_schema(), _pair_schema(), _session_schema())
+        schemas = _table_schemas()
         tables = []
         for tables_of_kind, schema, sort in zip(parts, schemas, _TABLE_ORDER, strict=True):
             if not tables_of_kind:
@@ -698,7 +706,7 @@ class _Builder:
         """The sessions this build rendered (examples, pairs, sessions), in no set order."""
         import pyarrow as pa
 
-        schemas = (_example_schema(), _pair_schema(), _session_schema())
+        schemas = _table_schemas()
         return tuple(  # type: ignore[return-value]
             pa.concat_tables([new[index] for new in self.new_tables])
             if self.new_tables
@@ -1045,8 +1053,9 @@ def _pair_schema() -> pa.Schema:
     )
 
 
-def _cache_schemas() -> dict[str, pa.Schema]:
-    return {"examples": _example_schema(), "pairs": _pair_schema(), "sessions": _session_schema()}
+def _table_schemas() -> tuple[pa.Schema, pa.Schema, pa.Schema]:
+    """The schemas of the examples, pairs and sessions tables (`_CACHE_TABLES`' order)."""
+    return _example_schema(), _pair_schema(), _session_schema()
 
 
 def _session_schema() -> pa.Schema:
@@ -1342,7 +1351,9 @@ class _Cache:
 
         tables = [self._open(segment, name) for segment in self.segments]
         tables = [table.select(columns) if columns else table for table in tables]
-        return pa.concat_tables(tables) if tables else _cache_schemas()[name].empty_table()
+        if tables:
+            return pa.concat_tables(tables)
+        return _table_schemas()[_CACHE_TABLES.index(name)].empty_table()
 
     def _open(self, segment: str, name: str) -> pa.Table:
         import pyarrow as pa
