@@ -23,6 +23,7 @@ from storage import bot as bot_store
 from storage import runs as run_store
 from storage.messages import count_messages
 from storage.models import Run
+from training.run_folder import RunFigures
 
 if TYPE_CHECKING:
     from bot.app import TwinBot
@@ -67,8 +68,6 @@ class RunSummary:
 
     @classmethod
     def of(cls, run: Run) -> RunSummary:
-        metrics = run.metrics or {}
-        loss = metrics.get("val_loss", metrics.get("eval_loss"))
         return cls(
             id=run.id,
             status=run.status,
@@ -79,7 +78,7 @@ class RunSummary:
                 if run.newest_message_at
                 else "unknown"
             ),
-            val_loss=float(loss) if isinstance(loss, int | float) else None,
+            val_loss=RunFigures.of(run.metrics).val_loss,
             adapter_path=run.adapter_path,
             active=run.active,
         )

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 logger = logging.getLogger(__name__)
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
-_NOTHING_NEW_RE = re.compile(r"nothing new", re.IGNORECASE)
+#: `twin train --continue` exits with this code when no message is newer than the active run's.
+NOTHING_NEW_EXIT = 3
 #: Lines of a failed step's output quoted in the error.
 ERROR_LINES = 3
 
@@ -85,12 +86,12 @@ async def run_pipeline(
         progress.set(step.name, "starting")
         await report(progress)
         code, tail = await run_step(options, step, progress, report)
-        if code != 0:
+        nothing_new = step is TRAIN and code == NOTHING_NEW_EXIT
+        if code != 0 and not nothing_new:
             detail = " | ".join(list(tail)[-ERROR_LINES:]) or "no output"
             error = f"`twin {' '.join(step.arguments)}` failed (exit {code}): {detail}"
             progress.set(step.name, f"failed (exit {code})")
             return PipelineResult(ok=False, error=error)
-        nothing_new = step is TRAIN and any(_NOTHING_NEW_RE.search(line) for line in tail)
         progress.set(step.name, "nothing new" if nothing_new else "done")
         await report(progress)
     return PipelineResult(ok=True, nothing_new=nothing_new)

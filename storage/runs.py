@@ -55,6 +55,15 @@ def finish_run(
     return run
 
 
+def reopen_run(session: Session, run_id: int) -> Run:
+    """A resumed run is running again: no end time, no error."""
+    run = get_run(session, run_id)
+    run.status = "running"
+    run.finished_at = None
+    run.error = None
+    return run
+
+
 def get_run(session: Session, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None:

@@ -12,28 +12,40 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage.runs import activate_run, active_run, create_run, finish_run, get_run, list_runs
+from storage.runs import (
+    activate_run,
+    active_run,
+    create_run,
+    finish_run,
+    get_run,
+    list_runs,
+    reopen_run,
+)
 from training.errors import TrainingError
 from training.model import LoraOptions, ModelOptions, resolve_quant
-from training.runs import (
-    DATASET_FILE,
-    HISTORY_FILE,
-    METRICS_FILE,
-    OPTIONS_FILE,
-    adapter_dir,
+from training.run_folder import (
+    CheckpointState,
+    DatasetRecord,
+    LossPoint,
+    PiiRecord,
+    RunBusyError,
+    RunFolder,
     checkpoint_dir,
     checkpoint_root,
     latest_checkpoint,
+    read_checkpoint_state,
     read_json,
+    remove_partials,
     replace_dir,
-    write_json,
+    running_lock,
+    write_checkpoint_state,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +63,7 @@ OPTIMIZER_CHOICES = ("auto", "adamw", "paged_adamw_8bit")
 # FlashAttention's variable-length kernel costs sum(length²) over a row's examples whatever
 # the row; a block mask (SDPA, eager) costs row length² per row, so those rows stay short.
 DEFAULT_ROW_TOKENS = {"flash_attention_2": 4096, "cuda": 2048, "cpu": 512}
-RESUMABLE_STATUSES = ("running", "failed")
+RESUMABLE_STATUSES = ("running", "failed", "interrupted")
 
 
 class NothingNewError(TrainingError):
@@ -196,14 +208,7 @@ class _Selection:
     counts: dict[str, int]
 
 
-@dataclass
-class _State:
-    """The loop's progress: saved in every checkpoint."""
-
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    tokens_seen: int = 0
+_State = CheckpointState  # the loop's progress: saved in every checkpoint
 
 
 def train(
@@ -227,7 +232,10 @@ def train(
         accelerator, lambda: _prepare_run(database, options, data_dir), "run preparation"
     )
     try:
-        metrics, parent_id = _fit(setup, data_dir, accelerator, progress)
+        with _running(database, setup, data_dir, accelerator):
+            metrics, parent_id = _fit(setup, data_dir, accelerator, progress)
+    except RunBusyError as busy:
+        raise TrainingError(f"{busy}: wait for it, or stop that process first") from None
     except BaseException as error:
         if accelerator.is_main_process:
             with database.session() as session:
@@ -236,7 +244,7 @@ def train(
     result = RunResult(
         run_id=setup.run_id,
         status="succeeded",
-        adapter_path=adapter_dir(data_dir, setup.run_id),
+        adapter_path=RunFolder.of(data_dir, setup.run_id).path,
         metrics=metrics,
         parent_id=parent_id,
         main_process=accelerator.is_main_process,
@@ -245,6 +253,22 @@ def train(
         result = _finish(database, setup, result, data_dir)
     accelerator.wait_for_everyone()
     return result
+
+
+@contextmanager
+def _running(
+    database: Database, setup: _RunSetup, data_dir: Path, accelerator: Accelerator
+) -> Iterator[None]:
+    """Rank 0 holds the run's lock while it trains; a resumed run is marked running again."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    with running_lock(data_dir, setup.run_id):
+        if setup.resume:
+            remove_partials(data_dir, setup.run_id)
+            with database.session() as session:
+                reopen_run(session, setup.run_id)
+        yield
 
 
 def _make_accelerator(options: TrainOptions) -> Accelerator:
@@ -613,7 +637,9 @@ class _Loop:
             state.tokens_seen += step.tokens
             state.step += 1
             state.history.append(
-                {"step": state.step, "epoch": step.epoch, "loss": loss, "lr": learning_rate}
+                LossPoint(
+                    step=state.step, epoch=step.epoch, train_loss=loss, learning_rate=learning_rate
+                )
             )
             if self.progress is not None:
                 per_step = (state.train_seconds - session_start) / (state.step - session_first_step)
@@ -679,10 +705,10 @@ class _Loop:
         )
         if loss is None:
             return
-        if state.history and state.history[-1]["step"] == step:
-            state.history[-1]["val_loss"] = loss
+        if state.history and state.history[-1].step == step:
+            state.history[-1] = replace(state.history[-1], val_loss=loss)
         else:
-            state.history.append({"step": step, "val_loss": loss})
+            state.history.append(LossPoint(step=step, val_loss=loss))
         logger.info("step %s: validation loss %.4f", step, loss)
         if self.progress is not None:
             self.progress(
@@ -802,16 +828,7 @@ def _save_checkpoint(
         save_file(weights, partial / "adapter.safetensors")
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        write_json(
-            partial / "state.json",
-            {
-                "step": state.step,
-                "history": state.history,
-                "train_seconds": state.train_seconds,
-                "tokens_seen": state.tokens_seen,
-                "signature": signature,
-            },
-        )
+        write_checkpoint_state(partial, replace(state, signature=signature))
         final.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(partial, final)
         for old in final.parent.iterdir():
@@ -836,10 +853,10 @@ def _load_checkpoint(
 
     if path is None:
         raise TrainingError("the checkpoint to resume from has disappeared")
-    saved = read_json(path / "state.json")
-    if saved["signature"] != signature:
+    saved = read_checkpoint_state(path)
+    if saved.signature != signature:
         raise TrainingError(
-            f"cannot resume from {path}: it was made with {saved['signature']}, "
+            f"cannot resume from {path}: it was made with {saved.signature}, "
             f"now it would be {signature} (same dataset and number of processes needed)"
         )
     set_peft_model_state_dict(peft_model, load_file(path / "adapter.safetensors"))
@@ -852,10 +869,10 @@ def _load_checkpoint(
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-    state.step = saved["step"]
-    state.history = saved["history"]
-    state.train_seconds = saved["train_seconds"]
-    state.tokens_seen = saved["tokens_seen"]
+    state.step = saved.step
+    state.history = saved.history
+    state.train_seconds = saved.train_seconds
+    state.tokens_seen = saved.tokens_seen
     logger.info("resumed at step %s from %s", state.step, path)
 
 
@@ -872,8 +889,8 @@ def _metrics(
 ) -> dict[str, Any]:
     import torch
 
-    losses = [entry["loss"] for entry in state.history if "loss" in entry]
-    validation = [entry["val_loss"] for entry in state.history if "val_loss" in entry]
+    losses = [point.train_loss for point in state.history if point.train_loss is not None]
+    validation = [point.val_loss for point in state.history if point.val_loss is not None]
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated(accelerator.device)
     else:
@@ -912,14 +929,13 @@ def _save_adapter(
     selection: _Selection,
 ) -> None:
     """Write adapter, tokenizer (chat template), options, dataset, history; rename into place."""
-    final = adapter_dir(data_dir, setup.run_id)
-    partial = final.with_name(final.name + ".tmp")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    peft_model.save_pretrained(str(partial))
-    tokenizer.save_pretrained(str(partial))
-    write_json(
-        partial / OPTIONS_FILE,
+    final = RunFolder.of(data_dir, setup.run_id)
+    partial = final.partial()
+    shutil.rmtree(partial.path, ignore_errors=True)
+    partial.path.mkdir(parents=True)
+    peft_model.save_pretrained(str(partial.path))
+    tokenizer.save_pretrained(str(partial.path))
+    partial.write_options(
         {
             **setup.options.to_dict(),
             "base_model": setup.base_model,
@@ -929,19 +945,34 @@ def _save_adapter(
             "world_size": metrics["world_size"],
         },
     )
-    write_json(
-        partial / DATASET_FILE,
-        {
-            "fingerprint": setup.fingerprint,
-            "meta": meta,
-            "cutoff": setup.cutoff,
-            "newest_session_end": selection.newest_session_end,
-            **selection.counts,
-        },
+    partial.write_dataset(
+        DatasetRecord(
+            fingerprint=setup.fingerprint,
+            meta=meta,
+            cutoff=setup.cutoff,
+            newest_session_end=selection.newest_session_end,
+            counts=dict(selection.counts),
+        )
     )
-    write_json(partial / HISTORY_FILE, state.history)
-    write_json(partial / METRICS_FILE, metrics)
-    replace_dir(partial, final)
+    partial.write_pii(_pii_record(meta))
+    partial.write_history(state.history)
+    partial.write_metrics(metrics)
+    partial.publish(final)
+
+
+def _pii_record(meta: dict[str, Any]) -> PiiRecord:
+    """The `--pii-extra` lines the dataset was scrubbed with, kept for the bot to mask too."""
+    source = (meta.get("options") or {}).get("pii_extra")
+    if not source:
+        return PiiRecord()
+    try:
+        lines = Path(source).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as error:
+        raise TrainingError(
+            f"the dataset was scrubbed with --pii-extra {source}, which cannot be read now "
+            f"({error}): put it back, or rebuild the dataset without it"
+        ) from error
+    return PiiRecord(tuple(lines), source)
 
 
 def _finish(database: Database, setup: _RunSetup, result: RunResult, data_dir: Path) -> RunResult:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from training.run_folder import RunFolder
 from training.trainer import NothingNewError, TrainOptions, select_examples, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,8 +227,11 @@ def test_training_lowers_validation_loss_and_changes_only_the_adapter(
         assert run.dataset_fingerprint == setup.fingerprint
         assert run.newest_message_at == datetime.fromtimestamp(START + 3600 * 47, UTC)
     adapter = Path(run.adapter_path)
-    for name in ("adapter_config.json", "train_options.json", "history.json", "dataset.json"):
-        assert (adapter / name).is_file(), name
+    folder = RunFolder(adapter)
+    assert (adapter / "adapter_config.json").is_file()
+    assert folder.options()["base_model"] == str(setup.model_dir)
+    assert folder.dataset().fingerprint == setup.fingerprint
+    assert folder.history() and folder.metrics()["steps"] == metrics["steps"]
     assert "[INST]" in (adapter / "chat_template.jinja").read_text()
     assert not (setup.data_dir / "adapters" / f"{result.run_id}.tmp").exists()
     lora_b = [t for name, t in lora_tensors(adapter).items() if "lora_B" in name]
@@ -273,8 +277,8 @@ def test_progress_reports_loss_speed_eta_and_validation_every_n_steps(
     assert steps[-1].eta_seconds == 0 and steps[0].eta_seconds > 0
     validations = [event for event in events if event.phase == "validation"]
     assert [event.step for event in validations] == [0, 4, 8, 12]
-    history = json.loads((result.adapter_path / "history.json").read_text())
-    assert [entry["step"] for entry in history if "val_loss" in entry] == [0, 4, 8, 12]
+    history = RunFolder(result.adapter_path).history()
+    assert [point.step for point in history if point.val_loss is not None] == [0, 4, 8, 12]
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_zero(
@@ -287,8 +291,8 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_zero(
 
     result = train(sqlite_database, options, mistral.data_dir)
 
-    history = json.loads((result.adapter_path / "history.json").read_text())
-    rates = [entry["lr"] for entry in history if "lr" in entry]
+    history = RunFolder(result.adapter_path).history()
+    rates = [point.learning_rate for point in history if point.learning_rate is not None]
     warmup = 3  # a quarter of 12 steps
     expected = [peak * step / warmup for step in range(warmup)] + [
         peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (12 - warmup)))
@@ -333,7 +337,7 @@ KILLED_CHILD = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from storage import open_database
-    from training.runs import checkpoint_root
+    from training.run_folder import checkpoint_root
     from training.trainer import TrainOptions, train
 
     url, data_dir, run_id = sys.argv[1], sys.argv[2], int(sys.argv[4])
@@ -356,7 +360,12 @@ def test_resume_after_kill_finishes_with_the_same_steps_and_weights(
 ) -> None:
     from storage import open_database
     from storage.runs import get_run, list_runs
-    from training.runs import checkpoint_dir, checkpoint_root
+    from training.run_folder import (
+        RunFolder,
+        checkpoint_dir,
+        checkpoint_root,
+        mark_interrupted_runs,
+    )
 
     options = tiny_options(checkpoint_every=3, eval_every=0, epochs=4)
     database = open_database(sqlite_url)
@@ -372,18 +381,25 @@ def test_resume_after_kill_finishes_with_the_same_steps_and_weights(
         timeout=120,
     )
     assert child.returncode == -signal.SIGKILL
-    with database.session() as session:
-        assert get_run(session, killed_run).status == "running"
-    # A checkpoint the kill interrupted mid-write is left half done; resume must ignore it.
+    # What a kill mid-write leaves: a half checkpoint and a half adapter folder.
     half_written = checkpoint_dir(mistral.data_dir, killed_run, 99).with_suffix(".tmp")
     half_written.mkdir()
+    half_adapter = RunFolder.of(mistral.data_dir, killed_run).partial().path
+    half_adapter.mkdir(parents=True)
+    # The killed run could not record its end; the next look at the runs notices it is gone.
+    with database.session() as session:
+        assert get_run(session, killed_run).status == "running"
+        assert mark_interrupted_runs(session, mistral.data_dir) == [killed_run]
+        assert get_run(session, killed_run).status == "interrupted"
+        assert mark_interrupted_runs(session, mistral.data_dir) == []
+    assert not half_written.exists() and not half_adapter.exists()
 
     resumed = train(database, TrainOptions(resume=True), mistral.data_dir)
 
     assert resumed.run_id == killed_run
     assert resumed.metrics["steps"] == reference.metrics["steps"]
-    history = json.loads((resumed.adapter_path / "history.json").read_text())
-    assert [e["step"] for e in history if "loss" in e] == list(
+    history = RunFolder(resumed.adapter_path).history()
+    assert [point.step for point in history if point.train_loss is not None] == list(
         range(1, resumed.metrics["steps"] + 1)
     )
     reference_weights = lora_tensors(reference.adapter_path)

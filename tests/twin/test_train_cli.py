@@ -57,13 +57,15 @@ def test_train_then_list_show_plot_activate_and_eval(
     assert "eval tuned_loss" in capsys.readouterr().out
 
 
-def test_continue_with_nothing_new_says_so_and_succeeds(
+def test_continue_with_nothing_new_says_so_with_its_own_exit_code(
     tiny: TinySetup, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from bot.retrain import NOTHING_NEW_EXIT
+
     assert twin(tiny, "train", *FAST, "--max-steps", "2") == 0
     capsys.readouterr()
 
-    assert twin(tiny, "train", "--continue") == 0
+    assert twin(tiny, "train", "--continue") == NOTHING_NEW_EXIT
 
     assert "nothing new since run 1" in capsys.readouterr().out
 

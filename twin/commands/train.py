@@ -111,6 +111,7 @@ def train(
 
     Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
+    from bot.retrain import NOTHING_NEW_EXIT
     from training.trainer import NothingNewError, TrainOptions
     from training.trainer import train as run_training
 
@@ -145,7 +146,7 @@ def train(
             result = run_training(context.database(), options, context.settings.data_dir, bar)
     except NothingNewError as nothing:
         console.print(str(nothing))
-        raise typer.Exit(0) from None
+        raise typer.Exit(NOTHING_NEW_EXIT) from None
     if result.main_process:
         console.print(_result_table(result))
 
@@ -233,25 +234,25 @@ def show(
     Example: twin runs show 3 --plot loss.png
     """
     from storage.runs import get_run
-    from training.runs import checkpoint_root, latest_checkpoint, plot_history, read_history
+    from training.plots import loss_curve, save_png
+    from training.run_folder import checkpoint_root, loss_history, mark_interrupted_runs
 
     context = app_context(ctx, data_dir)
+    data = context.settings.data_dir
     with context.database().session() as session:
+        mark_interrupted_runs(session, data)
         run = get_run(session, run_id)
         console = Console()
         console.print(_run_table(run))
         adapter = run.adapter_path
     if plot is not None:
-        history = read_history(Path(adapter)) if adapter else []
-        if not history:  # an unfinished run: its last checkpoint has the history so far
-            checkpoint = latest_checkpoint(context.settings.data_dir, run_id)
-            if checkpoint is not None:
-                history = json.loads((checkpoint / "state.json").read_text())["history"]
-        if not history:
-            hint = checkpoint_root(context.settings.data_dir, run_id)
+        title = f"run {run_id}: {Path(str(run.base_model)).name}"
+        figure = loss_curve(loss_history(data, run_id, adapter), title)
+        if figure is None:
+            hint = checkpoint_root(data, run_id)
             console.print(f"run {run_id} has no loss history yet (nothing in {hint})")
             raise typer.Exit(1)
-        plot_history(history, plot, title=f"run {run_id}: {Path(str(run.base_model)).name}")
+        save_png(figure, plot)
         console.print(f"loss curves written to {plot}")
 
 
@@ -340,6 +341,7 @@ def _result_table(result: RunResult) -> Table:
 
 def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
     from storage.runs import list_runs as stored_runs
+    from training.run_folder import RunFigures, mark_interrupted_runs
 
     context = app_context(ctx, data_dir)
     table = Table(title="training runs")
@@ -349,8 +351,10 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
     table.add_column("val loss", justify="right")
     table.add_column("eval: base -> tuned", justify="right")
     with context.database().session() as session:
+        mark_interrupted_runs(session, context.settings.data_dir)
         for run in stored_runs(session):
             metrics = run.metrics or {}
+            figures = RunFigures.of(metrics)
             evaluation = metrics.get("eval") or {}
             table.add_row(
                 f"{'*' if run.active else ' '}{run.id}",
@@ -360,8 +364,8 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
                 (run.dataset_fingerprint or "-")[:10],
                 str(run.parent_id or "-"),
                 _date(run.newest_message_at),
-                str(metrics.get("steps", "-")),
-                _number(metrics.get("val_loss")),
+                str(figures.steps if figures.steps is not None else "-"),
+                _number(figures.val_loss),
                 f"{_number(evaluation.get('base_loss'))} -> {_number(evaluation.get('tuned_loss'))}"
                 if evaluation
                 else "-",

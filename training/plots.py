@@ -1,0 +1,58 @@
+"""Every picture tgtwin draws, as matplotlib `Figure`s (no pyplot: no global state, no GUI).
+
+`twin runs show --plot`, the bot's `/status` and `twin dataset stats --plot` draw through here,
+and `save_png` / `png_bytes` turn a figure into a file or into bytes to send.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from training.run_folder import LossPoint
+
+TRAIN_LOSS_LABEL = "training loss"
+VAL_LOSS_LABEL = "validation loss"
+
+
+def loss_curve(history: Sequence[LossPoint], title: str = "") -> Figure | None:
+    """Training and validation loss against the step; None when there is no point to draw."""
+    train = [(point.step, point.train_loss) for point in history if point.train_loss is not None]
+    validation = [(point.step, point.val_loss) for point in history if point.val_loss is not None]
+    if not train and not validation:
+        return None
+    figure = _figure(8, 4.5)
+    axes = figure.add_subplot()
+    if train:
+        axes.plot(*zip(*train, strict=True), label=TRAIN_LOSS_LABEL, linewidth=1)
+    if validation:
+        axes.plot(*zip(*validation, strict=True), "o-", label=VAL_LOSS_LABEL)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (owner tokens)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, format="png")
+    return path
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
