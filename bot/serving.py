@@ -82,11 +82,12 @@ def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
             api_key=options.openai_api_key,
             tokenizer=_tokenizer_if_local(run.base_model),
         )
+    from training.errors import problems_text
     from training.model import ModelOptions
 
     model = ModelOptions(run.base_model, quant=options.quant, dtype=options.dtype)
     if problems := model.problems():
-        raise BotError("; ".join(problems))
+        raise BotError(problems_text(problems))
     logger.info("loading %s with the adapter of run %s", run.base_model, run.id)
     return LocalBackend.load(model, run.adapter_path, run_id=run.id, max_batch=options.max_batch)
 

@@ -9,3 +9,12 @@ class TrainingError(Exception):
 
 class ModelLoadError(TrainingError):
     """The base model, tokenizer or adapter cannot be loaded as asked."""
+
+
+def problems_text(problems: list[tuple[str, str]]) -> str:
+    """(field, message) problems as one line, each named by its option field.
+
+    The CLI checks options first and names its own flags instead; this is the line a caller
+    of the library sees.
+    """
+    return "; ".join(f"{name} {message}" for name, message in problems)

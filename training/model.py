@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.errors import ModelLoadError
+from training.errors import ModelLoadError, problems_text
 
 if TYPE_CHECKING:
     import torch
@@ -62,21 +62,20 @@ class ModelOptions:
     target_modules: tuple[str, ...] | None = None
     attention: str = "auto"
 
-    def problems(self) -> list[str]:
-        """Every invalid value, named by its flag, so the CLI reports them all at once."""
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid value as (field, message), so a caller can report them all at once."""
         found = []
         if not self.base_model:
-            found.append("--base-model: empty; set TWIN_BASE_MODEL or pass a hub name or folder")
+            found.append(("base_model", "(empty): set TWIN_BASE_MODEL, a hub name or a folder"))
         if self.quant not in QUANT_CHOICES:
-            found.append(f"--quant {self.quant!r}: use one of {', '.join(QUANT_CHOICES)}")
+            found.append(("quant", f"{self.quant!r}: use one of {', '.join(QUANT_CHOICES)}"))
         if _DTYPE_ALIASES.get(self.dtype, self.dtype) not in DTYPE_CHOICES:
-            found.append(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPE_CHOICES)}")
+            found.append(("dtype", f"{self.dtype!r}: use one of {', '.join(DTYPE_CHOICES)}"))
         if self.attention not in ATTENTION_CHOICES:
-            found.append(
-                f"--attention {self.attention!r}: use one of {', '.join(ATTENTION_CHOICES)}"
-            )
+            choices = ", ".join(ATTENTION_CHOICES)
+            found.append(("attention", f"{self.attention!r}: use one of {choices}"))
         if self.target_modules is not None and not all(self.target_modules):
-            found.append("--target-modules: give module names separated by commas")
+            found.append(("target_modules", "(empty name): give names separated by commas"))
         return found
 
 
@@ -88,14 +87,14 @@ class LoraOptions:
     alpha: int = 32
     dropout: float = 0.05
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[tuple[str, str]]:
         found = []
         if self.rank < 1:
-            found.append(f"--rank {self.rank}: must be at least 1")
+            found.append(("rank", f"{self.rank}: must be at least 1"))
         if self.alpha <= 0:
-            found.append(f"--alpha {self.alpha}: must be positive")
+            found.append(("alpha", f"{self.alpha}: must be positive"))
         if not 0 <= self.dropout < 1:
-            found.append(f"--dropout {self.dropout}: must be in [0, 1)")
+            found.append(("dropout", f"{self.dropout}: must be in [0, 1)"))
         return found
 
 
@@ -203,7 +202,7 @@ def load_base_model(
 
     problems = options.problems()
     if problems:
-        raise ModelLoadError("; ".join(problems))
+        raise ModelLoadError(problems_text(problems))
     device = device or default_device()
     quant = resolve_quant(options, device)
     dtype = resolve_dtype(options, device)
@@ -277,7 +276,7 @@ def load_for_training(
 
     problems = options.problems() + lora.problems()
     if problems:
-        raise ModelLoadError("; ".join(problems))
+        raise ModelLoadError(problems_text(problems))
     model = load_base_model(options, device=device)
     model.requires_grad_(False)
     if activation_checkpointing:

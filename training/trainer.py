@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from storage.runs import (
     list_runs,
     reopen_run,
 )
-from training.errors import TrainingError
+from training.errors import TrainingError, problems_text
 from training.model import LoraOptions, ModelOptions, resolve_quant
 from training.run_folder import (
     CheckpointState,
@@ -70,66 +70,97 @@ class NothingNewError(TrainingError):
     """`--continue` found no session newer than what the active run saw: nothing to do."""
 
 
+def _option(default: Any, help: str, flag: str | None = None) -> Any:
+    """A field with its command-line help (and flag, where it is not `--field-name`)."""
+    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    """Everything a training run needs besides the data; saved with the run to reproduce it."""
+    """Everything a training run needs besides the data; saved with the run to reproduce it.
 
-    base_model: str | None = None  # None: the model the dataset was tokenized for
-    quant: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    target_modules: tuple[str, ...] | None = None
-    attention: str = "auto"
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    epochs: float = 2.0
-    max_steps: int | None = None
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_tokens: int = 16384  # trained-on tokens per optimizer step, all processes together
-    row_tokens: int | None = None  # packed row length; None: by device
-    eval_every: int = 50
-    checkpoint_every: int = 100
-    activation_checkpointing: bool = True
-    optimizer: str = "auto"
-    continue_training: bool = False
-    replay: float = 0.2
-    resume: bool = False
-    dataset: str | None = None  # fingerprint; None: the newest build
-    activate: bool = True
-    seed: int = 0
+    `twin train` builds its flags from these fields (help, flag name, default), so a default
+    is written only here.
+    """
 
-    def problems(self) -> list[str]:
-        """Every invalid value, named by its flag, so the CLI reports them all at once."""
+    base_model: str | None = _option(
+        None, "Hub name or folder (default: the model the dataset was built for)."
+    )
+    quant: str = _option("auto", "4bit (QLoRA), 8bit or none; auto: 4bit on a GPU.")
+    dtype: str = _option("auto", "bfloat16, float16 or float32; auto: by hardware.")
+    trust_remote_code: bool = _option(False, "Run the model repository's own code.")
+    target_modules: tuple[str, ...] | None = _option(
+        None, "Layers to adapt, comma separated (default: by architecture)."
+    )
+    attention: str = _option("auto", "sdpa, eager or flash_attention_2; auto: best.")
+    rank: int = _option(16, "LoRA rank.")
+    alpha: int = _option(32, "LoRA alpha (scaling).")
+    dropout: float = _option(0.05, "LoRA dropout.")
+    epochs: float = _option(2.0, "Passes over the data.")
+    max_steps: int | None = _option(None, "Stop after this many steps.")
+    learning_rate: float = _option(2e-4, "Peak learning rate.", "--lr")
+    warmup_ratio: float = _option(0.03, "Share of the steps that warm the learning rate up.")
+    weight_decay: float = _option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _option(1.0, "Clip gradients to this norm (0: no clipping).")
+    batch_tokens: int = _option(16384, "Trained-on tokens per optimizer step, all GPUs together.")
+    row_tokens: int | None = _option(
+        None, "Packed sequence length (default: 4096 with FlashAttention-2, 2048 GPU, 512 CPU)."
+    )
+    eval_every: int = _option(50, "Validation loss every N steps (0: at the end).")
+    checkpoint_every: int = _option(100, "Checkpoint every N steps (0: never).")
+    activation_checkpointing: bool = _option(
+        True,
+        "Recompute activations in the backward pass: less memory, a little slower.",
+        "--activation-checkpointing/--no-activation-checkpointing",
+    )
+    optimizer: str = _option("auto", "adamw or paged_adamw_8bit (GPU); auto: by device.")
+    continue_training: bool = _option(
+        False,
+        "Continue the active run's adapter on sessions newer than it saw, plus replay.",
+        "--continue",
+    )
+    replay: float = _option(0.2, "With --continue: older examples mixed in, x new count.")
+    resume: bool = _option(False, "Finish the last killed run from its checkpoint.")
+    dataset: str | None = _option(None, "Dataset fingerprint (default: the newest).")
+    activate: bool = _option(
+        True, "Serve the new run once it succeeds.", "--activate/--no-activate"
+    )
+    seed: int = _option(0, "Seed for data order and LoRA init.")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid value as (field, message), so the CLI reports them all at once."""
         found = (
             self.model_options(self.base_model or "?").problems() + self.lora_options().problems()
         )
         checks = [
-            (self.epochs > 0, f"--epochs {self.epochs}: must be positive"),
-            (self.max_steps is None or self.max_steps > 0, f"--max-steps {self.max_steps}: > 0"),
-            (self.learning_rate > 0, f"--lr {self.learning_rate}: must be positive"),
-            (0 <= self.warmup_ratio < 1, f"--warmup {self.warmup_ratio}: must be in [0, 1)"),
-            (self.batch_tokens > 0, f"--batch-tokens {self.batch_tokens}: must be positive"),
+            (self.epochs > 0, "epochs", f"{self.epochs}: must be positive"),
+            (self.max_steps is None or self.max_steps > 0, "max_steps", f"{self.max_steps}: > 0"),
+            (self.learning_rate > 0, "learning_rate", f"{self.learning_rate}: must be positive"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio", f"{self.warmup_ratio}: in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay", f"{self.weight_decay}: 0 or more"),
+            (self.max_grad_norm >= 0, "max_grad_norm", f"{self.max_grad_norm}: 0 or more"),
+            (self.batch_tokens > 0, "batch_tokens", f"{self.batch_tokens}: must be positive"),
             (
                 self.row_tokens is None or self.row_tokens > 0,
-                f"--row-tokens {self.row_tokens}: must be positive",
+                "row_tokens",
+                f"{self.row_tokens}: must be positive",
             ),
-            (self.eval_every >= 0, f"--eval-every {self.eval_every}: 0 (off) or more"),
-            (self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: 0 or more"),
-            (self.replay >= 0, f"--replay {self.replay}: must be 0 or more"),
+            (self.eval_every >= 0, "eval_every", f"{self.eval_every}: 0 (off) or more"),
+            (self.checkpoint_every >= 0, "checkpoint_every", f"{self.checkpoint_every}: 0 or more"),
+            (self.replay >= 0, "replay", f"{self.replay}: must be 0 or more"),
             (
                 self.optimizer in OPTIMIZER_CHOICES,
-                f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZER_CHOICES)}",
+                "optimizer",
+                f"{self.optimizer!r}: use one of {', '.join(OPTIMIZER_CHOICES)}",
             ),
             (
                 not (self.resume and self.continue_training),
-                "--resume and --continue: pick one (--resume finishes a killed run as it was)",
+                "resume",
+                "and --continue: pick one (--resume finishes a killed run as it was)",
             ),
         ]
-        return found + [message for ok, message in checks if not ok]
+        return found + [(name, message) for ok, name, message in checks if not ok]
 
     def model_options(self, base_model: str | None = None) -> ModelOptions:
         return ModelOptions(
@@ -223,7 +254,7 @@ def train(
     """
     problems = options.problems()
     if problems:
-        raise TrainingError("; ".join(problems))
+        raise TrainingError(problems_text(problems))
     data_dir = Path(data_dir)
     accelerator = _make_accelerator(options)
     if not options.resume:  # fail before a run exists; a resumed run checks its own options

@@ -86,3 +86,71 @@ def test_unknown_run_is_a_readable_error(
 ) -> None:
     assert twin(tiny, "runs", "activate", "7") == 1
     assert "no training run has id 7" in " ".join(capsys.readouterr().err.split())
+
+
+def train_flags() -> dict[str, object]:
+    """`twin train`'s options as click sees them: every spelling -> its parameter."""
+    import typer.main
+
+    from twin.cli import app
+
+    command = typer.main.get_command(app).commands["train"]
+    return {name: param for param in command.params for name in param.opts + param.secondary_opts}
+
+
+def test_every_train_option_is_a_flag_with_the_options_own_default_and_help() -> None:
+    import dataclasses
+
+    from training.trainer import TrainOptions
+    from twin.commands.flags import flag_of
+
+    flags = train_flags()
+    for item in dataclasses.fields(TrainOptions):
+        param = flags[flag_of(TrainOptions, item.name)]
+        assert param.help == item.metadata["help"], item.name
+        expected = item.default
+        assert param.default == expected, item.name
+
+
+def test_every_problem_names_a_flag_that_exists(
+    tiny: TinySetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.trainer import TrainOptions
+    from twin.commands.flags import flag_of
+
+    bad = TrainOptions(
+        quant="3bit",
+        rank=0,
+        learning_rate=-1,
+        warmup_ratio=1.5,
+        optimizer="sgd",
+        epochs=0,
+        max_grad_norm=-1,
+        weight_decay=-1,
+        target_modules=("q_proj", ""),
+        resume=True,
+        continue_training=True,
+    )
+    named = {flag_of(TrainOptions, name) for name, _ in bad.problems()}
+    assert named == {
+        "--quant",
+        "--rank",
+        "--lr",
+        "--warmup-ratio",
+        "--optimizer",
+        "--epochs",
+        "--max-grad-norm",
+        "--weight-decay",
+        "--target-modules",
+        "--resume",
+    }
+    assert named <= set(train_flags())
+
+    code = twin(
+        tiny, "train", "--warmup-ratio", "1.5", "--optimizer", "sgd", "--target-modules", "a,,b"
+    )
+
+    error = " ".join(capsys.readouterr().err.split())
+    assert code == 1
+    assert "--warmup-ratio 1.5: in [0, 1)" in error and "--optimizer 'sgd'" in error
+    assert "--target-modules (empty name)" in error

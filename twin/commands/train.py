@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from training.trainer import TrainOptions
 from twin.commands import LiveProgress
+from twin.commands.flags import flag_problems, with_options
 from twin.context import DataDirOption, app_context
 
 if TYPE_CHECKING:
@@ -26,120 +28,26 @@ runs_app = typer.Typer(
 )
 
 
-def train(
-    ctx: typer.Context,
-    base_model: Annotated[
-        str | None,
-        typer.Option(
-            "--base-model",
-            help="Hub name or folder (default: the model the dataset was built for).",
-        ),
-    ] = None,
-    quant: Annotated[
-        str, typer.Option("--quant", help="4bit (QLoRA), 8bit or none; auto: 4bit on a GPU.")
-    ] = "auto",
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="bfloat16, float16 or float32; auto: by hardware.")
-    ] = "auto",
-    rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 16,
-    alpha: Annotated[int, typer.Option("--alpha", help="LoRA alpha (scaling).")] = 32,
-    dropout: Annotated[float, typer.Option("--dropout", help="LoRA dropout.")] = 0.05,
-    target_modules: Annotated[
-        str | None,
-        typer.Option(
-            "--target-modules",
-            help="Layers to adapt, comma separated (default: by architecture).",
-        ),
-    ] = None,
-    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data.")] = 2.0,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Stop after this many steps.")
-    ] = None,
-    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 2e-4,
-    batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", help="Tokens per optimizer step (all GPUs).")
-    ] = 16384,
-    row_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--row-tokens",
-            help="Packed sequence length (default: 4096 with FlashAttention-2, 2048 GPU, 512 CPU).",
-        ),
-    ] = None,
-    eval_every: Annotated[
-        int, typer.Option("--eval-every", help="Validation loss every N steps (0: at the end).")
-    ] = 50,
-    checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (0: never).")
-    ] = 100,
-    continue_training: Annotated[
-        bool,
-        typer.Option(
-            "--continue",
-            help="Continue the active run's adapter on sessions newer than it saw, plus replay.",
-        ),
-    ] = False,
-    replay: Annotated[
-        float,
-        typer.Option("--replay", help="With --continue: older examples mixed in, × new count."),
-    ] = 0.2,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Finish the last killed run from its checkpoint.")
-    ] = False,
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Dataset fingerprint (default: the newest).")
-    ] = None,
-    attention: Annotated[
-        str, typer.Option("--attention", help="sdpa, eager or flash_attention_2; auto: best.")
-    ] = "auto",
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Run the model repository's own code.")
-    ] = False,
-    activate: Annotated[
-        bool,
-        typer.Option("--activate/--no-activate", help="Serve the new run once it succeeds."),
-    ] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for data order and LoRA init.")] = 0,
-    data_dir: DataDirOption = None,
-) -> None:
+@with_options(TrainOptions)
+def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = None) -> None:
     """Tune LoRA adapters on the built dataset, so the model answers as you.
 
     Trains on your replies only, packed without padding; shows loss, tokens/s and ETA;
     checkpoints as it goes (`--resume` after a crash). The run is recorded (`twin runs`)
     and, on success, becomes the one the bot serves. Runs unchanged under
-    `accelerate launch -m twin train` for several GPUs.
+    `accelerate launch -m twin train` for several GPUs. With `--continue` and nothing newer
+    than the active run, it says so and exits with 3.
 
     Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
     from bot.retrain import NOTHING_NEW_EXIT
-    from training.trainer import NothingNewError, TrainOptions
+    from training.errors import TrainingError
+    from training.trainer import NothingNewError
     from training.trainer import train as run_training
 
+    if problems := options.problems():
+        raise TrainingError("; ".join(flag_problems(TrainOptions, problems)))
     context = app_context(ctx, data_dir)
-    options = TrainOptions(
-        base_model=base_model,
-        quant=quant,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        target_modules=_modules(target_modules),
-        attention=attention,
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        epochs=epochs,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        batch_tokens=batch_tokens,
-        row_tokens=row_tokens,
-        eval_every=eval_every,
-        checkpoint_every=checkpoint_every,
-        continue_training=continue_training,
-        replay=replay,
-        resume=resume,
-        dataset=dataset,
-        activate=activate,
-        seed=seed,
-    )
     console = Console()
     try:
         with _TrainingBar(console) as bar:
@@ -424,12 +332,6 @@ def _samples_table(report: EvalReport, count: int) -> Table:
     for sample in report.samples[:count]:
         table.add_row(sample["context"], sample["owner"], sample["base"], sample["tuned"])
     return table
-
-
-def _modules(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    return tuple(part.strip() for part in value.split(","))
 
 
 def _examples(metrics: dict[str, Any]) -> str:
