@@ -1,0 +1,71 @@
+"""95% bootstrap intervals for eval's figures: how sure a number is, from how many replies.
+
+`scipy.stats.bootstrap` resamples the per-reply values (percentile method, fixed seed, so the
+same replies give the same interval). Every figure `twin eval` prints carries one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A figure, its 95% interval, and how many values it came from."""
+
+    value: float
+    low: float
+    high: float
+    count: int
+
+    def text(self, digits: int = 3, percent: bool = False) -> str:
+        if percent:
+            return f"{self.value:.0%} ({self.low:.0%}–{self.high:.0%}, n={self.count})"
+        return f"{self.value:.{digits}f} ({self.low:.{digits}f}–{self.high:.{digits}f})"
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"value": self.value, "low": self.low, "high": self.high, "count": self.count}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Interval:
+        return cls(
+            float(value["value"]), float(value["low"]), float(value["high"]), int(value["count"])
+        )
+
+    def above(self, other: Interval) -> bool:
+        """This figure is higher than `other` beyond both intervals' overlap."""
+        return self.low > other.high
+
+
+def interval(
+    values: Sequence[float],
+    statistic: Callable[[Any], Any] | None = None,
+    *,
+    seed: int = 0,
+) -> Interval | None:
+    """The statistic (the mean by default) of `values` with its 95% bootstrap interval."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return None
+    statistic = statistic or np.mean
+    value = float(statistic(data))
+    if data.size == 1 or np.all(data == data[0]):
+        return Interval(value, value, value, int(data.size))
+    result = bootstrap(
+        (data,),
+        statistic,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    return Interval(value, float(low), float(high), int(data.size))
