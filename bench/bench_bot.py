@@ -173,7 +173,7 @@ def plain_generate(backend: Any, prompts: Sequence[list[int]], sampling: Any) ->
     """One left-padded `model.generate` call for `prompts`, decoded; timings per row."""
     import torch
 
-    from bot.backends import generation_kwargs
+    from training.generation import generation_kwargs
 
     tokenizer, model = backend.tokenizer, backend.model
     pad = tokenizer.pad_token_id
@@ -238,13 +238,13 @@ def run(args: argparse.Namespace) -> list[Row]:
     import torch
 
     from bot.backends import LocalBackend
-    from bot.options import Sampling
     from bot.responder import Responder
     from storage import bot as bot_store
     from storage import open_database
     from storage.models import utcnow
+    from training.generation import Sampling
     from training.model import ModelOptions
-    from training.prompt import ChatTurn
+    from training.prompt import Turn
 
     device = args.device
     if device == "auto":
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         backend.model.get_base_model().generation_config.min_new_tokens = tokens
         sampling = Sampling(args.temperature, args.top_p, tokens)
         histories = [
-            [ChatTurn("assistant" if i % 2 else "user", text) for i, text in enumerate(lines)]
+            [Turn("assistant" if i % 2 else "user", text) for i, text in enumerate(lines)]
             for lines in CONVERSATIONS[: args.chats]
         ]
         histories = [history if len(history) % 2 else history[1:] for history in histories]
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         def concurrent_once() -> list[Timing]:
             barrier = threading.Barrier(len(histories))
 
-            def chat(history: list[ChatTurn]) -> Timing:
+            def chat(history: list[Turn]) -> Timing:
                 barrier.wait()
                 return stream_one(lambda: backend.stream(history, None, sampling), tokens)
 

@@ -1,6 +1,7 @@
 """The owner's commands: status, runs, rollback, retrain, pause, who may talk, sampling.
 
-Only the owner reaches these handlers (`TwinBot` guards them); each answers in the chat.
+Only the owner reaches these handlers (the access gate, `bot.access`, stops everyone else);
+each answers in the chat. What they change lives in `bot.state.BotState`.
 """
 
 from __future__ import annotations
@@ -8,27 +9,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
+from bot.backends import ReplyBackend
 from bot.errors import BotError
-from bot.options import SamplingError
+from bot.options import BotOptions
 from bot.plots import loss_curve_png, read_history
+from bot.responder import Responder
 from bot.retrain import PipelineOptions, PipelineProgress, run_pipeline
+from bot.scheduler import ReplyScheduler
+from bot.state import BotState
 from storage import StorageError
 from storage import bot as bot_store
 from storage import runs as run_store
 from storage.messages import count_messages
 from storage.models import Run
+from training.generation import SamplingError
 from training.run_folder import RunFigures
 
-if TYPE_CHECKING:
-    from bot.app import TwinBot
-
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TwinBot(Protocol):
+    """What the owner's commands use of the running bot (`bot.app.TwinBot`)."""
+
+    options: BotOptions
+    backend: ReplyBackend
+    responder: Responder
+    state: BotState
+    scheduler: ReplyScheduler
+    application: Any
+    started_at: float
+
+    async def in_session(self, work: Callable[..., T], *args: Any) -> T: ...
+
+    async def in_worker(self, work: Callable[..., T], *args: Any) -> T: ...
+
+    async def send(self, chat_id: int, text: str, **kwargs: Any) -> Any: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]: ...
+
 
 #: Edits of the progress message are at least this far apart (Telegram limits edits).
 PROGRESS_EVERY = 2.0
@@ -182,7 +208,7 @@ class AdminCommands:
             f"Memory: {remembered} turns",
             f"Uptime: {format_uptime(time.monotonic() - twin.started_at)}",
             f"Queue: {twin.scheduler.length} chats",
-            f"Paused: {'yes' if twin.paused else 'no'}",
+            f"Paused: {'yes' if twin.state.paused else 'no'}",
             f"Retraining: {'yes' if self.retraining else 'no'}",
             "Sampling: " + _sampling_text(twin),
         ]
@@ -321,10 +347,7 @@ class AdminCommands:
         await self._set_paused(update.effective_chat.id, False)
 
     async def _set_paused(self, chat_id: int, paused: bool) -> None:
-        from bot.app import STATE_PAUSED
-
-        self.twin.paused = paused
-        await self.twin.save_state(STATE_PAUSED, paused)
+        await self.twin.in_session(self.twin.state.set_paused, paused)
         text = "Paused: I answer only you now." if paused else "Resumed: I answer everyone allowed."
         await self.twin.send(chat_id, text)
 
@@ -335,9 +358,8 @@ class AdminCommands:
         await self._change_access(update.effective_chat.id, context.args, allowed=False)
 
     async def _change_access(self, chat_id: int, args: list[str] | None, allowed: bool) -> None:
-        from bot.app import STATE_ALLOWED_USERNAMES
-
         twin = self.twin
+        state = twin.state
         command = "/allow" if allowed else "/deny"
         target = (args or [""])[0].strip()
         if not target or not (target.isdigit() or target.startswith("@")):
@@ -350,17 +372,9 @@ class AdminCommands:
             user_id = known.user_id if known is not None else None
         username = target.lstrip("@").lower() if target.startswith("@") else None
         if username:
-            if allowed and user_id is None:
-                twin.allowed_usernames.add(username)
-            else:
-                twin.allowed_usernames.discard(username)
-            await twin.save_state(STATE_ALLOWED_USERNAMES, sorted(twin.allowed_usernames))
+            await twin.in_session(state.allow_username, username, allowed and user_id is None)
         if user_id is not None:
-            if allowed:
-                twin.allowed_ids.add(user_id)
-            else:
-                twin.allowed_ids.discard(user_id)
-            await twin.in_session(lambda session: bot_store.set_allowed(session, user_id, allowed))
+            await twin.in_session(state.allow_id, user_id, allowed)
         logger.info("owner %s %s", "allowed" if allowed else "denied", user_id or username)
         if allowed and user_id is None:
             text = f"{target} may talk to me as soon as they write."
@@ -379,7 +393,8 @@ class AdminCommands:
             if user.allowed
         ]
         lines += [
-            f"@{name} (allowed, has not written yet)" for name in sorted(twin.allowed_usernames)
+            f"@{name} (allowed, has not written yet)"
+            for name in sorted(twin.state.allowed_usernames)
         ]
         await twin.send(
             update.effective_chat.id,
@@ -387,8 +402,6 @@ class AdminCommands:
         )
 
     async def set(self, update: Any, context: Any) -> None:
-        from bot.app import STATE_SAMPLING
-
         twin = self.twin
         args = context.args or []
         if len(args) != 2:
@@ -399,11 +412,11 @@ class AdminCommands:
             )
             return
         try:
-            twin.sampling = twin.sampling.with_value(args[0], args[1])
+            sampling = twin.state.sampling.with_value(args[0], args[1])
         except SamplingError as error:
             await twin.send(update.effective_chat.id, f"Not changed: {error}")
             return
-        await twin.save_state(STATE_SAMPLING, twin.sampling.to_state())
+        await twin.in_session(twin.state.set_sampling, sampling)
         await twin.send(update.effective_chat.id, f"Sampling: {_sampling_text(twin)}")
 
 
@@ -419,11 +432,7 @@ def format_uptime(seconds: float) -> str:
 
 
 def _sampling_text(twin: TwinBot) -> str:
-    sampling = twin.sampling
-    return (
-        f"temperature {sampling.temperature:g}, top_p {sampling.top_p:g}, "
-        f"max_new_tokens {sampling.max_new_tokens}"
-    )
+    return twin.state.sampling.describe()
 
 
 # ---- queries, each run in one session on a thread ------------------------------------------

@@ -17,17 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from bot.admin import AdminCommands
+from bot.access import NOT_ALLOWED, AccessGate, TwinContext
+from bot.admin import OWNER_COMMANDS, AdminCommands
 from bot.backends import ReplyBackend
-from bot.options import BotOptions, Sampling
+from bot.options import BotOptions
 from bot.pacing import OwnerHabits, PacingOptions, habits_from_messages, pauses, shape_parts
 from bot.ratelimit import RateLimiter
 from bot.responder import Responder
 from bot.scheduler import ReplyScheduler
+from bot.state import BotState
 from storage import Database
 from storage import bot as bot_store
 from storage.runs import active_run
@@ -35,21 +37,15 @@ from storage.runs import active_run
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Access = Literal["owner", "allowed", "stranger"]
+
+__all__ = ["APOLOGY", "NOT_ALLOWED", "SLOW_DOWN", "TwinBot"]
 
 APOLOGY = "Sorry, I can't answer right now. Write me a bit later."
 SLOW_DOWN = "You're writing faster than I can read. Give me a minute."
-NOT_ALLOWED = "not allowed"
-#: A stranger hears the refusal at most this often; nothing they send is kept.
-REFUSAL_EVERY = timedelta(days=1).total_seconds()
 #: Telegram shows "typing…" for about 5 seconds per chat action.
 TYPING_EVERY = 4.5
 #: Library loggers that may print request URLs, which hold the bot token.
 TOKEN_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
-
-STATE_PAUSED = "paused"
-STATE_SAMPLING = "sampling"
-STATE_ALLOWED_USERNAMES = "allowed_usernames"
 
 
 @dataclass(frozen=True)
@@ -115,15 +111,20 @@ class TwinBot:
         )
         self.scheduler = ReplyScheduler(self._answer, options.workers)
         self.started_at = time.monotonic()
-        self.paused = False
-        self.sampling = Sampling()
-        self.allowed_ids: set[int] = set()
-        self.allowed_usernames: set[str] = set()
+        self.state = BotState()
+        self.gate = AccessGate(
+            options.owner_id,
+            self.state,
+            refusal=options.refusal,
+            owner_commands=OWNER_COMMANDS.keys() - {"forget", "help"},
+            promote=self._promote,
+            say=self.say,
+        )
         self.admin = AdminCommands(self)
         self._executor = ThreadPoolExecutor(options.workers, thread_name_prefix="twin-reply")
         self._inbox: dict[int, list[_Incoming]] = defaultdict(list)
-        self._refused: dict[int, float] = {}
         self._slowed: dict[int, float] = {}
+        self._sending: dict[int, asyncio.Task[None]] = {}
         self._token_filter = TokenFilter(options.token)
         for name in TOKEN_LOGGERS:
             logging.getLogger(name).addFilter(self._token_filter)
@@ -179,8 +180,8 @@ class TwinBot:
 
     async def start(self) -> None:
         """Load the state, learn the owner's pacing, start the reply workers and the schedule."""
-        state = await self.in_session(_load_state)
-        self.paused, self.sampling, self.allowed_ids, self.allowed_usernames, adapter = state
+        self.state = self.gate.state = await self.in_session(BotState.load)
+        adapter = await self.in_session(_active_adapter)
         self.responder.options = self.options.conversation.for_run(adapter)
         if self.habits is None:
             rows = await self.in_session(bot_store.recent_text_messages)
@@ -201,6 +202,7 @@ class TwinBot:
     async def stop(self) -> None:
         await self.scheduler.stop()
         await self.admin.stop()
+        await asyncio.gather(*self._sending.values(), return_exceptions=True)
 
     def close(self) -> None:
         """Release threads and the model; the bot cannot run again after this."""
@@ -210,28 +212,36 @@ class TwinBot:
             logging.getLogger(name).removeFilter(self._token_filter)
 
     def _build_application(self) -> Any:
-        from telegram.ext import ApplicationBuilder, CommandHandler, MessageHandler, filters
+        from telegram import Update
+        from telegram.ext import (
+            ApplicationBuilder,
+            CommandHandler,
+            ContextTypes,
+            MessageHandler,
+            TypeHandler,
+            filters,
+        )
 
         application = (
             ApplicationBuilder()
             .token(self.options.token)
             .base_url(bot_base_url(self.options.api_url))
+            .context_types(ContextTypes(context=TwinContext))
             .post_init(lambda _application: self.start())
             .post_stop(lambda _application: self.stop())
             .get_updates_read_timeout(self.options.poll_timeout + 10)
             .build()
         )
-        private = filters.ChatType.PRIVATE
-        application.add_handler(CommandHandler(["start", "help"], self.on_help, filters=private))
-        application.add_handler(CommandHandler("forget", self.on_forget, filters=private))
+        # Every update passes the gate first; a stranger's goes no further.
+        application.add_handler(TypeHandler(Update, self.gate.check), group=-1)
+        # Commands answer without holding up the updates behind them (block=False).
+        application.add_handler(CommandHandler(["start", "help"], self.on_help, block=False))
+        application.add_handler(CommandHandler("forget", self.on_forget, block=False))
+        owner = filters.User(user_id=self.options.owner_id)
         for name, callback in self.admin.commands().items():
-            application.add_handler(
-                CommandHandler(name, self._owner_only(name, callback), filters=private)
-            )
-        application.add_handler(
-            MessageHandler(private & filters.TEXT & ~filters.COMMAND, self.on_text)
-        )
-        application.add_handler(MessageHandler(private & filters.COMMAND, self.on_unknown))
+            application.add_handler(CommandHandler(name, callback, filters=owner, block=False))
+        application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self.on_text))
+        application.add_handler(MessageHandler(filters.COMMAND, self.on_unknown, block=False))
         application.add_error_handler(self.on_error)
         return application
 
@@ -265,113 +275,67 @@ class TwinBot:
         logger.warning("chat %s: gave up sending after repeated flood control", chat_id)
         return None
 
+    def say(self, chat_id: int, text: str) -> None:
+        """Send without waiting: in order within the chat, and a flood wait stays in its chat."""
+        before = self._sending.get(chat_id)
+
+        async def send_after() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await self.send(chat_id, text)
+            if self._sending.get(chat_id) is task:
+                del self._sending[chat_id]
+
+        task = self.spawn(send_after(), f"twin-send-{chat_id}")
+        self._sending[chat_id] = task
+
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(work, name=name)
 
-    async def save_state(self, key: str, value: Any) -> None:
-        await self.in_session(bot_store.set_state, key, value)
-
     # ---- conversation ----------------------------------------------------------------------
 
-    async def access(self, user: Any) -> Access:
-        """The owner, an allowed user (by id, or by @username the owner allowed), or a stranger."""
-        if user.id == self.options.owner_id:
-            return "owner"
-        if user.id in self.allowed_ids:
-            return "allowed"
-        username = (user.username or "").lower()
-        if username and username in self.allowed_usernames:
-            self.allowed_usernames.discard(username)
-            self.allowed_ids.add(user.id)
-            await self.in_session(
-                _promote, user.id, user.username, user.full_name, sorted(self.allowed_usernames)
-            )
-            logger.info("user %s (@%s) is allowed, as the owner asked", user.id, username)
-            return "allowed"
-        return "stranger"
-
-    async def on_text(self, update: Any, context: Any) -> None:
+    async def on_text(self, update: Any, context: TwinContext) -> None:
         user, chat, message = update.effective_user, update.effective_chat, update.effective_message
-        if user is None or chat is None or message is None or message.text is None:
+        if message is None or message.text is None:
             return
-        access = await self.access(user)
-        if access == "stranger":
-            await self._refuse(chat.id, user.id)
-            return
-        if access != "owner":
-            if self.paused:
+        if context.access != "owner":
+            if self.state.paused:
                 logger.info("paused: not answering user %s", user.id)
                 return
             if not self.limiter.allow(user.id, time.monotonic()):
-                await self._slow_down(chat.id, user.id)
+                self._slow_down(chat.id, user.id)
                 return
         self._inbox[chat.id].append(_Incoming(message.text, message.date, user.full_name))
         self.scheduler.submit(chat.id)
 
-    async def on_forget(self, update: Any, context: Any) -> None:
-        user, chat = update.effective_user, update.effective_chat
-        if user is None or chat is None:
-            return
-        if await self.access(user) == "stranger":
-            await self._refuse(chat.id, user.id)
-            return
-        self._inbox.pop(chat.id, None)
-        forgotten = await asyncio.to_thread(self.responder.forget, chat.id)
-        await self.send(chat.id, f"Forgotten: {forgotten} remembered messages of this chat.")
+    async def on_forget(self, update: Any, context: TwinContext) -> None:
+        chat_id = update.effective_chat.id
+        self._inbox.pop(chat_id, None)
+        forgotten = await asyncio.to_thread(self.responder.forget, chat_id)
+        await self.send(chat_id, f"Forgotten: {forgotten} remembered messages of this chat.")
 
-    async def on_help(self, update: Any, context: Any) -> None:
-        user, chat = update.effective_user, update.effective_chat
-        if user is None or chat is None:
-            return
-        access = await self.access(user)
-        if access == "stranger":
-            await self._refuse(chat.id, user.id)
-        else:
-            await self.send(chat.id, self.admin.help_text(owner=access == "owner"))
+    async def on_help(self, update: Any, context: TwinContext) -> None:
+        text = self.admin.help_text(owner=context.access == "owner")
+        await self.send(update.effective_chat.id, text)
 
-    async def on_unknown(self, update: Any, context: Any) -> None:
-        user, chat = update.effective_user, update.effective_chat
-        if user is None or chat is None:
-            return
-        if await self.access(user) == "stranger":
-            await self._refuse(chat.id, user.id)
-        else:
-            await self.send(chat.id, "Unknown command: /help lists them.")
+    async def on_unknown(self, update: Any, context: TwinContext) -> None:
+        await self.send(update.effective_chat.id, "Unknown command: /help lists them.")
 
     async def on_error(self, update: object, context: Any) -> None:
         """Log every handler error with its traceback and keep serving."""
         logger.error("handling an update failed: %s", context.error, exc_info=context.error)
 
-    def _owner_only(self, name: str, callback: Callable[..., Any]) -> Callable[..., Any]:
-        async def guarded(update: Any, context: Any) -> None:
-            user, chat = update.effective_user, update.effective_chat
-            if user is None or chat is None:
-                return
-            if user.id != self.options.owner_id:
-                logger.warning("user %s tried the owner's command /%s", user.id, name)
-                await self.send(chat.id, NOT_ALLOWED)
-                return
-            await callback(update, context)
+    async def _promote(self, user_id: int, username: str, name: str) -> None:
+        await self.in_session(self.state.promote, user_id, username, name)
 
-        return guarded
-
-    async def _refuse(self, chat_id: int, user_id: int) -> None:
-        now = time.monotonic()
-        last = self._refused.get(user_id)
-        if self.options.refusal is None or (last is not None and now - last < REFUSAL_EVERY):
-            return
-        self._refused[user_id] = now
-        logger.info("refused user %s, who is not allowed", user_id)
-        await self.send(chat_id, self.options.refusal)
-
-    async def _slow_down(self, chat_id: int, user_id: int) -> None:
+    def _slow_down(self, chat_id: int, user_id: int) -> None:
         now = time.monotonic()
         last = self._slowed.get(user_id)
         if last is not None and now - last < self.limiter.window:
             return
         self._slowed[user_id] = now
         logger.info("user %s is over the rate limit", user_id)
-        await self.send(chat_id, SLOW_DOWN)
+        self.say(chat_id, SLOW_DOWN)
 
     async def _answer(self, chat_id: int) -> None:
         """Read what the chat sent since the last reply, answer it, send the parts paced."""
@@ -382,7 +346,7 @@ class TwinBot:
         try:
             async with self._typing(chat_id):
                 reply = await self.in_worker(
-                    self.responder.reply, chat_id, self.sampling, incoming[-1].contact_name
+                    self.responder.reply, chat_id, self.state.sampling, incoming[-1].contact_name
                 )
         except Exception:
             logger.exception("chat %s: generating a reply failed", chat_id)
@@ -435,28 +399,6 @@ def retry_seconds(error: Any) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def load_sampling(database: Database) -> Sampling:
-    """The sampling settings the owner last chose with `/set` (defaults if none)."""
-    with database.session() as session:
-        return Sampling.from_state(bot_store.get_state(session, STATE_SAMPLING))
-
-
-def _load_state(session: Session) -> tuple[bool, Sampling, set[int], set[str], str | None]:
-    paused = bool(bot_store.get_state(session, STATE_PAUSED, False))
-    sampling = Sampling.from_state(bot_store.get_state(session, STATE_SAMPLING))
-    usernames = bot_store.get_state(session, STATE_ALLOWED_USERNAMES, []) or []
+def _active_adapter(session: Session) -> str | None:
     run = active_run(session)
-    return (
-        paused,
-        sampling,
-        bot_store.allowed_user_ids(session),
-        {u.lower() for u in usernames},
-        run.adapter_path if run else None,
-    )
-
-
-def _promote(
-    session: Session, user_id: int, username: str | None, name: str, pending: list[str]
-) -> None:
-    bot_store.set_allowed(session, user_id, True, username=username, display_name=name)
-    bot_store.set_state(session, STATE_ALLOWED_USERNAMES, pending)
+    return run.adapter_path if run else None

@@ -1,50 +1,58 @@
 """Per-chat memory as the model saw conversations in training: one session, turns, a budget.
 
-Pure functions over stored turns; `bot.responder` reads and writes them through `storage.bot`.
+Pure functions over remembered messages (the `storage.bot` rows `bot.responder` reads): the
+session is cut by `training.prompt.sessionize`, the same cut the dataset builder makes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, TypeVar
 
-from training.prompt import ChatTurn, normalize_turns
-
-
-@dataclass(frozen=True)
-class StoredTurn:
-    """One remembered message: who said it, what, and when (UTC)."""
-
-    role: str
-    text: str
-    at: datetime
+from training.prompt import Turn, normalize_turns, sessionize
 
 
-def current_session(turns: Sequence[StoredTurn], gap: timedelta) -> list[StoredTurn]:
-    """The turns after the last silence longer than `gap`: a new session starts fresh."""
-    start = 0
-    for index in range(1, len(turns)):
-        if turns[index].at - turns[index - 1].at > gap:
-            start = index
-    return list(turns[start:])
+class Remembered(Protocol):
+    """One remembered message: who said it (`user` or `assistant`), what, and when (UTC)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
 
 
-def as_chat_turns(turns: Sequence[StoredTurn]) -> list[ChatTurn]:
+R = TypeVar("R", bound=Remembered)
+
+
+def _seconds(message: Remembered) -> float:
+    at = message.created_at
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def current_session(messages: Sequence[R], gap: timedelta) -> list[R]:
+    """The messages after the last silence longer than `gap`: a new session starts fresh."""
+    sessions = list(sessionize(messages, gap.total_seconds(), time_of=_seconds))
+    return sessions[-1] if sessions else []
+
+
+def as_turns(messages: Sequence[Remembered]) -> list[Turn]:
     """The remembered messages as training saw them: `training.prompt.normalize_turns` joins
     consecutive messages of one side by newlines and starts the history on a user turn.
     """
     kept = [
-        ChatTurn(turn.role, turn.text.strip())  # type: ignore[arg-type]
-        for turn in turns
-        if turn.text.strip() and turn.role in ("user", "assistant")
+        Turn(message.role, message.text.strip())  # type: ignore[arg-type]
+        for message in messages
+        if message.text.strip() and message.role in ("user", "assistant")
     ]
     return normalize_turns(kept)
 
 
-def fit_budget(
-    turns: list[ChatTurn], measure: Callable[[list[ChatTurn]], int], budget: int
-) -> list[ChatTurn]:
+def fit_budget(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int) -> list[Turn]:
     """The most recent turns, starting on a user turn, whose prompt fits `budget` tokens.
 
     `measure` gives a history's prompt length. A last user turn too long on its own keeps
@@ -67,15 +75,15 @@ def fit_budget(
     # Nothing fits whole: `kept` starts on the last user turn; keep the end of its text.
     while measure(kept) > budget and len(kept[0].content) > 1:
         text = kept[0].content
-        kept[0] = ChatTurn("user", text[len(text) // 4 + 1 :])
+        kept[0] = Turn("user", text[len(text) // 4 + 1 :])
     return kept
 
 
 def conversation(
-    stored: Sequence[StoredTurn],
+    messages: Sequence[Remembered],
     gap: timedelta,
-    measure: Callable[[list[ChatTurn]], int],
+    measure: Callable[[list[Turn]], int],
     budget: int,
-) -> list[ChatTurn]:
+) -> list[Turn]:
     """The prompt history for a chat: its current session, merged into turns, within budget."""
-    return fit_budget(as_chat_turns(current_session(stored, gap)), measure, budget)
+    return fit_budget(as_turns(current_session(messages, gap)), measure, budget)

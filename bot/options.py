@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from bot.errors import BotError
+from training.generation import Sampling, SamplingError
+from training.pii import PiiOptions, PiiPatternError, load_extra
+
+__all__ = ["BotOptions", "ConversationOptions", "Sampling", "SamplingError"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,66 +25,6 @@ DEFAULT_REFUSAL = "Sorry, I only chat with people I know. 🙂"
 
 #: The `twin chat` terminal has its own chat id in memory; Telegram private chat ids are > 0.
 TERMINAL_CHAT_ID = 0
-
-
-class SamplingError(ValueError):
-    """A sampling setting has a bad name or value; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How replies are sampled; kept in the bot's state, changed with `/set`."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 128
-
-    def problems(self) -> list[str]:
-        found = []
-        if not 0 <= self.temperature <= 5:
-            found.append(f"temperature {self.temperature}: use 0 (greedy) to 5")
-        if not 0 < self.top_p <= 1:
-            found.append(f"top_p {self.top_p}: use a number in (0, 1]")
-        if not 1 <= self.max_new_tokens <= 4096:
-            found.append(f"max_new_tokens {self.max_new_tokens}: use 1 to 4096")
-        return found
-
-    def with_value(self, name: str, text: str) -> Sampling:
-        """A copy with setting `name` parsed from `text`; SamplingError if either is bad."""
-        aliases = {
-            "top-p": "top_p",
-            "max_tokens": "max_new_tokens",
-            "max-new-tokens": "max_new_tokens",
-        }
-        name = aliases.get(name.lower(), name.lower())
-        kinds = {"temperature": float, "top_p": float, "max_new_tokens": int}
-        if name not in kinds:
-            raise SamplingError(f"unknown setting {name!r}: use one of {', '.join(kinds)}")
-        try:
-            value = kinds[name](text)
-        except ValueError:
-            raise SamplingError(f"{name} {text!r}: not a number") from None
-        changed = replace(self, **{name: value})
-        if problems := changed.problems():
-            raise SamplingError("; ".join(problems))
-        return changed
-
-    def to_state(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_state(cls, value: Any) -> Sampling:
-        """Read the stored settings, keeping defaults for anything missing or invalid."""
-        if not isinstance(value, dict):
-            return cls()
-        known = {
-            key: value[key] for key in ("temperature", "top_p", "max_new_tokens") if key in value
-        }
-        try:
-            sampling = cls(**known)
-        except TypeError:
-            return cls()
-        return cls() if sampling.problems() else sampling
 
 
 @dataclass(frozen=True)
@@ -92,11 +38,16 @@ class ConversationOptions:
     contact_names: bool = False
     max_turns: int = 64
 
+    #: What the scrubber redacts: the defaults plus the owner's `--pii-extra` words and patterns.
+    pii: PiiOptions = field(default_factory=PiiOptions)
+
     def for_run(self, adapter_path: str | Path | None) -> ConversationOptions:
         """These options with the dataset options the run's adapter was trained on.
 
         The trainer saves the dataset's meta.json as `dataset.json` beside the adapter; its
-        session gap, token cap, system prompt and names shape the prompt the same way here.
+        session gap, token cap, system prompt, names and PII extras shape the prompt and the
+        scrubbing the same way here. A BotError if the run's `--pii-extra` file is unreadable:
+        serving without the owner's own redactions would show what training hid.
         """
         if not adapter_path:
             return self
@@ -106,7 +57,7 @@ class ConversationOptions:
         except (OSError, ValueError, KeyError, TypeError):
             logger.info("no dataset options beside %s: using the defaults", adapter_path)
             return self
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"pii": _run_pii(dataset.get("pii_extra"))}
         if isinstance(dataset.get("session_gap"), int | float) and dataset["session_gap"] > 0:
             changes["session_gap"] = timedelta(seconds=dataset["session_gap"])
         if isinstance(dataset.get("max_tokens"), int) and dataset["max_tokens"] > 0:
@@ -117,6 +68,21 @@ class ConversationOptions:
         if dataset.get("owner_name") is None or isinstance(dataset.get("owner_name"), str):
             changes["owner_name"] = dataset.get("owner_name")
         return replace(self, **changes)
+
+
+def _run_pii(extra_file: Any) -> PiiOptions:
+    """The PII options the dataset was scrubbed with: defaults plus its `--pii-extra` file."""
+    if not extra_file:
+        return PiiOptions()
+    path = Path(str(extra_file))
+    try:
+        patterns, words = load_extra(path)
+    except (OSError, UnicodeDecodeError, PiiPatternError) as error:
+        raise BotError(
+            f"the served run was trained with --pii-extra {path}, which cannot be read "
+            f"({error}): restore that file, so replies are scrubbed as training was"
+        ) from None
+    return PiiOptions(extra_patterns=patterns, extra_words=words)
 
 
 @dataclass(frozen=True)

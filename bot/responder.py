@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.backends import ReplyBackend
-from bot.memory import StoredTurn, conversation
-from bot.options import ConversationOptions, Sampling
+from bot.memory import conversation
+from bot.options import ConversationOptions
 from bot.redaction import SafeScrubber, ScrubbedStream
 from storage import Database
 from storage import bot as bot_store
 from storage.models import utcnow
-from training.pii import PiiOptions, Scrubber
-from training.prompt import ChatTurn, system_prompt
+from training.generation import Sampling
+from training.pii import Scrubber
+from training.prompt import Turn, chat_system_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,22 @@ class Responder:
         database: Database,
         backend: ReplyBackend,
         options: ConversationOptions | None = None,
-        pii: PiiOptions | None = None,
     ) -> None:
         self.database = database
         self.backend = backend
         self.options = options or ConversationOptions()
-        self.scrubber = SafeScrubber(Scrubber(pii or PiiOptions()))
+
+    @property
+    def options(self) -> ConversationOptions:
+        """How conversations become prompts and what is scrubbed (the served run's settings)."""
+        return self._options
+
+    @options.setter
+    def options(self, options: ConversationOptions) -> None:
+        current = getattr(self, "_options", None)
+        if current is None or current.pii != options.pii:
+            self.scrubber = SafeScrubber(Scrubber(options.pii))
+        self._options = options
 
     def hear(self, chat_id: int, text: str, at: datetime | None = None) -> None:
         """Remember a message of the other person, scrubbed as the training data was."""
@@ -75,30 +86,42 @@ class Responder:
                 session, chat_id, "user", self.scrubber.scrub(text, chat_id), at or utcnow()
             )
 
-    def history(self, chat_id: int, sampling: Sampling, system: str | None) -> list[ChatTurn]:
+    def history(self, chat_id: int, sampling: Sampling, system: str | None) -> list[Turn]:
         """The current session's turns that fit the prompt budget, ending on a user turn."""
         with self.database.session() as session:
-            rows = bot_store.recent_turns(session, chat_id, limit=self.options.max_turns)
-            stored = [StoredTurn(row.role, row.text, row.created_at) for row in rows]
+            remembered = bot_store.recent_turns(session, chat_id, limit=self.options.max_turns)
         budget = max(MIN_HISTORY_TOKENS, self.options.context_tokens - sampling.max_new_tokens)
         turns = conversation(
-            stored,
+            remembered,
             self.options.session_gap,
             lambda candidate: self.backend.prompt_length(candidate, system),
             budget,
         )
         return turns if turns and turns[-1].role == "user" else []
 
-    def system(self, contact_name: str | None) -> str | None:
-        """The system text training used: none, or naming the owner (and the contact)."""
+    def system(self, chat_id: int, fallback_name: str | None = None) -> str | None:
+        """The system text training used for this chat: none, or naming the owner and the
+        contact by the chat's stored title (Telegram's name for someone never harvested)."""
         options = self.options
         if not options.system_prompt:
             return None
-        return system_prompt(options.owner_name, contact_name if options.contact_names else None)
+        title = None
+        if options.contact_names:
+            with self.database.session() as session:
+                title = bot_store.chat_title(session, chat_id)
+        return chat_system_prompt(
+            options.owner_name,
+            title or fallback_name,
+            enabled=options.system_prompt,
+            contact_names=options.contact_names,
+        )
 
     def reply(self, chat_id: int, sampling: Sampling, contact_name: str | None = None) -> Reply:
-        """Answer what the chat said since the twin last spoke; remember the answer."""
-        system = self.system(contact_name)
+        """Answer what the chat said since the twin last spoke; remember the answer.
+
+        `contact_name` is Telegram's name for the person, used only when no chat title is stored.
+        """
+        system = self.system(chat_id, contact_name)
         turns = self.history(chat_id, sampling, system)
         if not turns:
             return Reply("", [])
@@ -109,7 +132,7 @@ class Responder:
         self, chat_id: int, sampling: Sampling, contact_name: str | None = None
     ) -> Iterator[str]:
         """The reply as it is generated, never showing what the scrubber would redact."""
-        system = self.system(contact_name)
+        system = self.system(chat_id, contact_name)
         turns = self.history(chat_id, sampling, system)
         if not turns:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bot.backends import LocalBackend, OpenAIBackend, ReplyBackend, adapter_name
 from bot.errors import BotError
@@ -22,11 +22,12 @@ NO_ACTIVE_RUN = (
 
 @dataclass(frozen=True)
 class ServedRun:
-    """The active run: its id, base model and adapter folder."""
+    """The active run: its id, base model, adapter folder and the options it trained with."""
 
     id: int
     base_model: str
     adapter_path: Path
+    trained_with: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def served_run(database: Database) -> ServedRun:
         run = active_run(session)
         if run is None or not run.adapter_path:
             raise BotError(NO_ACTIVE_RUN)
-        served = ServedRun(run.id, run.base_model, Path(run.adapter_path))
+        served = ServedRun(run.id, run.base_model, Path(run.adapter_path), dict(run.options or {}))
     if not served.adapter_path.is_dir():
         raise BotError(
             f"the adapter of the active run {served.id} is missing ({served.adapter_path}): "
@@ -71,34 +72,39 @@ def served_run(database: Database) -> ServedRun:
 
 
 def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
-    """Load the run's model and adapter in process, or connect to the OpenAI-style server."""
+    """Load the run's model and adapter in process, or connect to the OpenAI-style server.
+
+    Both load through `training.model.serving_options`, as `twin eval` does: the run's
+    `trust_remote_code` and attention kernel, its quant and dtype unless overridden.
+    """
+    from training.errors import ModelLoadError, problems_text
+    from training.model import load_tokenizer, serving_options
+
     if problems := options.problems():
         raise BotError("; ".join(problems))
+    model = serving_options(
+        run.base_model,
+        run.trained_with,
+        quant=None if options.quant == "auto" else options.quant,
+        dtype=None if options.dtype == "auto" else options.dtype,
+    )
+    if problems := model.problems():
+        raise BotError(problems_text(problems))
     if options.kind == "openai":
         assert options.openai_base_url is not None  # noqa: S101 - checked in problems()
+        try:
+            tokenizer = load_tokenizer(run.base_model, trust_remote_code=model.trust_remote_code)
+        except ModelLoadError as error:
+            raise BotError(
+                f"the OpenAI-compatible backend renders the training prompt itself and needs "
+                f"the tokenizer of {run.base_model}: {error}"
+            ) from None
         return OpenAIBackend(
             options.openai_base_url,
             options.openai_model or adapter_name(run.id),
+            tokenizer,
             api_key=options.openai_api_key,
-            tokenizer=_tokenizer_if_local(run.base_model),
+            run_id=run.id,
         )
-    from training.errors import problems_text
-    from training.model import ModelOptions
-
-    model = ModelOptions(run.base_model, quant=options.quant, dtype=options.dtype)
-    if problems := model.problems():
-        raise BotError(problems_text(problems))
     logger.info("loading %s with the adapter of run %s", run.base_model, run.id)
     return LocalBackend.load(model, run.adapter_path, run_id=run.id, max_batch=options.max_batch)
-
-
-def _tokenizer_if_local(base_model: str) -> object | None:
-    """The base model's tokenizer when it is on disk (exact training prompt ids), else None."""
-    from training.errors import ModelLoadError
-    from training.model import load_tokenizer
-
-    try:
-        return load_tokenizer(base_model)
-    except ModelLoadError as error:
-        logger.info("no tokenizer for %s (%s): sending chat messages", base_model, error)
-        return None

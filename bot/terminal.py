@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from bot.options import TERMINAL_CHAT_ID, Sampling, SamplingError
+from bot.options import TERMINAL_CHAT_ID
 from bot.responder import Responder
+from training.generation import Sampling, SamplingError
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,14 @@ class TerminalChat:
 
     def set(self, args: list[str]) -> None:
         if len(args) != 2:
-            self.say(f"Sampling: {describe(self.sampling)}\nUsage: /set temperature 0.8\n")
+            self.say(f"Sampling: {self.sampling.describe()}\nUsage: /set temperature 0.8\n")
             return
         try:
             self.sampling = self.sampling.with_value(args[0], args[1])
         except SamplingError as error:
             self.say(f"Not changed: {error}\n")
             return
-        self.say(f"Sampling: {describe(self.sampling)}\n")
+        self.say(f"Sampling: {self.sampling.describe()}\n")
 
     def answer(self, text: str) -> None:
         """Remember the line, then stream the reply as it is generated."""
@@ -113,10 +114,3 @@ class TerminalChat:
     def say(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
-
-
-def describe(sampling: Sampling) -> str:
-    return (
-        f"temperature {sampling.temperature:g}, top_p {sampling.top_p:g}, "
-        f"max_new_tokens {sampling.max_new_tokens}"
-    )

@@ -103,3 +103,14 @@ def recent_text_messages(
         .limit(limit)
     ).all()
     return sorted(((r[0], r[1], bool(r[2]), r[3] or "") for r in rows), key=lambda r: r[:2])
+
+
+def chat_title(session: Session, chat_id: int) -> str | None:
+    """The stored title of chat `chat_id` (harvested or imported), None if it is not stored.
+
+    A private chat's id is the other person's user id, so the bot finds the name training
+    gave that person.
+    """
+    from storage.models import Chat
+
+    return session.scalar(select(Chat.title).where(Chat.id == chat_id))

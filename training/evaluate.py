@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.runs import active_run, get_run
 from training.errors import TrainingError
+from training.generation import Sampling
 from training.style import style_distance, style_stats, vocabulary_overlap
 
 if TYPE_CHECKING:
@@ -48,12 +49,16 @@ class EvalOptions:
 
     samples: int = 32
     max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
     batch_size: int = 8
     seed: int = 0
     quant: str | None = None
     dtype: str | None = None
+
+    def sampling(self) -> Sampling:
+        """The bot's sampling settings with these values: eval samples as the bot does."""
+        return Sampling(self.temperature, self.top_p, self.max_new_tokens)
 
     def problems(self) -> list[str]:
         checks = [
@@ -141,9 +146,9 @@ def evaluate(
     progress: EvalProgress | None = None,
 ) -> EvalReport:
     """Evaluate run `run_id` (the active run by default) and store the report in its metrics."""
-    from training.model import ModelOptions, load_for_inference
+    from training.model import load_for_inference, serving_options
     from training.packing import PackedCausalLM, evaluation_rows, loss_sums
-    from training.trainer import TrainOptions, load_dataset, token_table
+    from training.trainer import load_dataset, token_table
 
     options = options or EvalOptions()
     if options.problems():
@@ -156,13 +161,8 @@ def evaluate(
             f"dataset {fingerprint} has no validation examples to evaluate on: "
             "rebuild it with a validation share (`twin dataset build --help`)"
         )
-    train_options = TrainOptions.from_dict(trained_with)
-    model_options = ModelOptions(
-        base_model=base_model,
-        quant=options.quant or train_options.quant,
-        dtype=options.dtype or train_options.dtype,
-        trust_remote_code=train_options.trust_remote_code,
-        attention=train_options.attention,
+    model_options = serving_options(
+        base_model, trained_with, quant=options.quant, dtype=options.dtype
     )
     model, tokenizer = load_for_inference(model_options, adapter)
     device = next(model.parameters()).device
@@ -242,7 +242,7 @@ def _compare_replies(
     """Generate replies for held-out contexts with both models; compare their style."""
     import numpy as np
 
-    from training.prompt import ChatTurn, render_prompt
+    from training.prompt import Turn, render_prompt
 
     chosen = np.random.default_rng(options.seed).choice(
         len(validation), size=min(options.samples, len(validation)), replace=False
@@ -251,9 +251,7 @@ def _compare_replies(
     for index in sorted(chosen.tolist()):
         row = validation[index]
         messages = json.loads(row["messages"])
-        context = [ChatTurn(m["role"], m["content"]) for m in messages[:-1]] or [
-            ChatTurn("user", "")
-        ]
+        context = [Turn(m["role"], m["content"]) for m in messages[:-1]] or [Turn("user", "")]
         prompts.append(render_prompt(context, tokenizer, row.get("system") or None))
         references.append(messages[-1]["content"])
         contexts.append(messages[-2]["content"] if len(messages) > 1 else "")
@@ -286,39 +284,18 @@ def _generate(
     progress: EvalProgress | None,
     which: str,
 ) -> list[str]:
-    """Sample a reply for every prompt, in left-padded batches, with a fixed seed."""
+    """A reply for every prompt, in batches, through the bot's generation loop, seeded."""
     import torch
 
-    device = next(model.parameters()).device
+    from training.generation import generate_batch, stop_token_ids
+
     torch.manual_seed(options.seed)
+    stop_ids = stop_token_ids(model, tokenizer)
     replies: list[str] = []
     for start in range(0, len(prompts), options.batch_size):
         batch = prompts[start : start + options.batch_size]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
-        sampling: dict[str, Any] = {"do_sample": False}
-        if options.temperature > 0:
-            sampling = {
-                "do_sample": True,
-                "temperature": options.temperature,
-                "top_p": options.top_p,
-            }
-        with torch.no_grad():
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=options.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                use_cache=True,
-                **sampling,
-            )
-        for sequence in output[:, width:]:
-            replies.append(tokenizer.decode(sequence, skip_special_tokens=True).strip())
+        generated = generate_batch(model, tokenizer, batch, options.sampling(), stop_ids=stop_ids)
+        replies.extend(reply.strip() for reply in generated)
         if progress:
             progress(f"generate ({which})", len(replies), len(prompts))
     return replies

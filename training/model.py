@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,27 @@ class ModelOptions:
         if self.target_modules is not None and not all(self.target_modules):
             found.append(("target_modules", "(empty name): give names separated by commas"))
         return found
+
+
+def serving_options(
+    base_model: str,
+    trained_with: Mapping[str, Any],
+    *,
+    quant: str | None = None,
+    dtype: str | None = None,
+) -> ModelOptions:
+    """How to load a trained run to generate (`twin eval`, `twin chat`, the bot): with the
+    run's `trust_remote_code` and attention kernel, and its quant and dtype unless overridden.
+
+    `trained_with` is the run's recorded training options (the `runs` table's `options`).
+    """
+    return ModelOptions(
+        base_model=base_model,
+        quant=quant or str(trained_with.get("quant") or "auto"),
+        dtype=dtype or str(trained_with.get("dtype") or "auto"),
+        trust_remote_code=bool(trained_with.get("trust_remote_code", False)),
+        attention=str(trained_with.get("attention") or "auto"),
+    )
 
 
 @dataclass(frozen=True)

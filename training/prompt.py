@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from training.errors import TrainingError
 
@@ -48,13 +48,14 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 _ZERO_WIDTH_SPACE = "\u200b"
+T = TypeVar("T")
 # Private-use characters no chat message or template contains: they mark where each message's
 # content sits in a rendering, so one rendering per conversation shape serves every conversation.
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass(frozen=True)
-class ChatTurn:
+class Turn:
     """One turn: role `assistant` is the owner, `user` the other person.
 
     `trained` is false for an owner turn that stays in the context without being learned
@@ -64,6 +65,14 @@ class ChatTurn:
     role: Role
     content: str
     trained: bool = True
+
+
+def _timestamp(item: Any) -> float:
+    return float(item.timestamp)
+
+
+#: The older name of `Turn`, still imported by training/dataset.py and training/windows.py.
+ChatTurn = Turn
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,29 @@ class RenderedExample:
 
     input_ids: list[int]
     labels: list[int]
-    turns: tuple[ChatTurn, ...]
+    turns: tuple[Turn, ...]
     turn_spans: tuple[tuple[int, int], ...]
+
+
+def sessionize(
+    items: Iterable[T], gap_seconds: float, time_of: Callable[[T], float] = _timestamp
+) -> Iterator[list[T]]:
+    """Split one chat's messages (in time order) where the silence exceeds `gap_seconds`.
+
+    A session is what one prompt holds: the dataset builder and the bot's memory both cut
+    here. `time_of` gives an item's time in seconds (default: its `timestamp`).
+    """
+    session: list[T] = []
+    previous = 0.0
+    for item in items:
+        at = time_of(item)
+        if session and at - previous > gap_seconds:
+            yield session
+            session = []
+        session.append(item)
+        previous = at
+    if session:
+        yield session
 
 
 def system_prompt(owner_name: str | None, contact_name: str | None) -> str | None:
@@ -93,34 +123,47 @@ def system_prompt(owner_name: str | None, contact_name: str | None) -> str | Non
     return None
 
 
+def chat_system_prompt(
+    owner_name: str | None, chat_title: str | None, *, enabled: bool, contact_names: bool
+) -> str | None:
+    """A chat's system text: none, or naming the owner and (with `contact_names`) the contact.
+
+    The contact's name is the chat's title, as harvest and import stored it (for a private
+    chat, the other person's name): the dataset builder and the bot both call this.
+    """
+    if not enabled:
+        return None
+    return system_prompt(owner_name, chat_title if contact_names else None)
+
+
 def fallback_template_needed(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True for tokenizers without a chat template (base models): the built-in one is used."""
     return not getattr(tokenizer, "chat_template", None)
 
 
-def normalize_turns(turns: Sequence[ChatTurn]) -> list[ChatTurn]:
+def normalize_turns(turns: Sequence[Turn]) -> list[Turn]:
     """Merge same-role neighbours and start with a user turn (empty if the owner spoke first).
 
     A merged owner turn is trained only if all its parts were.
     """
-    merged: list[ChatTurn] = []
+    merged: list[Turn] = []
     for turn in turns:
         if turn.role not in ("user", "assistant"):
             raise ValueError(f"unknown role {turn.role!r}: use 'user' or 'assistant'")
         if merged and merged[-1].role == turn.role:
             last = merged[-1]
-            merged[-1] = ChatTurn(
+            merged[-1] = Turn(
                 turn.role, f"{last.content}\n{turn.content}", last.trained and turn.trained
             )
         else:
             merged.append(turn)
     if merged and merged[0].role == "assistant":
-        merged.insert(0, ChatTurn("user", ""))
+        merged.insert(0, Turn("user", ""))
     return merged
 
 
 def render_example(
-    turns: Sequence[ChatTurn], tokenizer: PreTrainedTokenizerBase, system: str | None = None
+    turns: Sequence[Turn], tokenizer: PreTrainedTokenizerBase, system: str | None = None
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation ending on an owner turn.
 
@@ -132,7 +175,7 @@ def render_example(
 
 
 def render_prompt(
-    turns: Sequence[ChatTurn], tokenizer: PreTrainedTokenizerBase, system: str | None = None
+    turns: Sequence[Turn], tokenizer: PreTrainedTokenizerBase, system: str | None = None
 ) -> list[int]:
     """Token ids for generation: the history (ending on a user turn) and the owner's prefix."""
     normalized = normalize_turns(turns)
@@ -143,8 +186,13 @@ def render_prompt(
     return _encode(tokenizer, [text])[0].ids
 
 
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The token that ends an owner turn in training (the template's, else EOS): replies stop there."""
+    return _template_of(tokenizer).end_of_turn
+
+
 def render_examples(
-    conversations: Sequence[tuple[Sequence[ChatTurn], str | None]],
+    conversations: Sequence[tuple[Sequence[Turn], str | None]],
     tokenizer: PreTrainedTokenizerBase,
 ) -> list[RenderedExample]:
     """`render_example` for many conversations at once, tokenized in one batch."""
@@ -165,9 +213,7 @@ def render_examples(
     ]
 
 
-def _labelled(
-    encoding: Any, turns: list[ChatTurn], spans: list[tuple[int, int]]
-) -> RenderedExample:
+def _labelled(encoding: Any, turns: list[Turn], spans: list[tuple[int, int]]) -> RenderedExample:
     ids = list(encoding.ids)
     labels = [IGNORE_INDEX] * len(ids)
     turn_spans = []
@@ -251,7 +297,7 @@ class _Template:
     _checked: set[tuple[Any, ...]] = field(default_factory=set)
 
     def render(
-        self, turns: list[ChatTurn], system: str | None, *, add_generation_prompt: bool
+        self, turns: list[Turn], system: str | None, *, add_generation_prompt: bool
     ) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text and each turn's character span (content, plus end-of-turn)."""
         messages = [{"role": turn.role, "content": self.sanitize(turn.content)} for turn in turns]

@@ -7,9 +7,12 @@ a forward or a captionless photo from the owner stays in the conversation as con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+# One cut for training and the bot's memory: the dataset builder imports it from here.
+from training.prompt import sessionize  # noqa: F401
 
 Role = Literal["user", "assistant"]
 
@@ -93,20 +96,6 @@ def select_message(
     return SelectedMessage(
         message.message_id, message.timestamp, message.from_owner, text, owner_words
     )
-
-
-def sessionize(
-    messages: Iterable[SelectedMessage], gap_seconds: float
-) -> Iterator[list[SelectedMessage]]:
-    """Split one chat's messages (in time order) where the gap exceeds `gap_seconds`."""
-    session: list[SelectedMessage] = []
-    for message in messages:
-        if session and message.timestamp - session[-1].timestamp > gap_seconds:
-            yield session
-            session = []
-        session.append(message)
-    if session:
-        yield session
 
 
 def merge_turns(session: Sequence[SelectedMessage]) -> list[Turn]:

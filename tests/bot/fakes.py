@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.options import Sampling
-from training.prompt import ChatTurn
+from training.generation import Sampling
+from training.prompt import Turn
 
 
 @dataclass
 class Generation:
-    turns: list[ChatTurn]
+    turns: list[Turn]
     system: str | None
     sampling: Sampling
 
@@ -23,7 +23,7 @@ class Generation:
 class ScriptedBackend:
     """Answers with `script(turns)`; records every call; `delay` simulates a slow model."""
 
-    script: Callable[[list[ChatTurn]], str] = lambda turns: f"echo: {turns[-1].content}"
+    script: Callable[[list[Turn]], str] = lambda turns: f"echo: {turns[-1].content}"
     delay: float = 0.0
     description: str = "scripted"
     calls: list[Generation] = field(default_factory=list)
@@ -32,7 +32,7 @@ class ScriptedBackend:
     closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def generate(self, turns: Sequence[ChatTurn], system: str | None, sampling: Sampling) -> str:
+    def generate(self, turns: Sequence[Turn], system: str | None, sampling: Sampling) -> str:
         with self._lock:
             self.calls.append(Generation(list(turns), system, sampling))
         if self.delay:
@@ -40,13 +40,13 @@ class ScriptedBackend:
         return self.script(list(turns))
 
     def stream(
-        self, turns: Sequence[ChatTurn], system: str | None, sampling: Sampling
+        self, turns: Sequence[Turn], system: str | None, sampling: Sampling
     ) -> Iterator[str]:
         text = self.generate(turns, system, sampling)
         for start in range(0, len(text), 3):
             yield text[start : start + 3]
 
-    def prompt_length(self, turns: Sequence[ChatTurn], system: str | None) -> int:
+    def prompt_length(self, turns: Sequence[Turn], system: str | None) -> int:
         return sum(len(turn.content) + 4 for turn in turns) + len(system or "")
 
     def swap_adapter(self, path: Path, run_id: int) -> None:

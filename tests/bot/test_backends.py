@@ -14,15 +14,15 @@ import pytest
 
 from bot.backends import LocalBackend, OpenAIBackend
 from bot.errors import BackendError
-from bot.options import Sampling
-from training.prompt import ChatTurn, render_prompt
+from training.generation import Sampling
+from training.prompt import Turn, render_prompt
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 CHATS = [
-    [ChatTurn("user", "hi, how are you?")],
-    [ChatTurn("user", "привет"), ChatTurn("assistant", "ok 👍"), ChatTurn("user", "coffee?")],
-    [ChatTurn("user", "see you tomorrow at the station, right?")],
-    [ChatTurn("user", "ok")],
+    [Turn("user", "hi, how are you?")],
+    [Turn("user", "привет"), Turn("assistant", "ok 👍"), Turn("user", "coffee?")],
+    [Turn("user", "see you tomorrow at the station, right?")],
+    [Turn("user", "ok")],
 ]
 
 
@@ -37,7 +37,7 @@ def local(tiny_model: Path, tiny_adapters: tuple[Path, Path]) -> Iterator[LocalB
     backend.close()
 
 
-def plain_generate(model: Any, tokenizer: Any, turns: list[ChatTurn], max_new: int) -> str:
+def plain_generate(model: Any, tokenizer: Any, turns: list[Turn], max_new: int) -> str:
     """What `model.generate` says, greedy, for one prompt: the reference."""
     import torch
 
@@ -153,7 +153,8 @@ def test_sampling_settings_reach_generate(local: LocalBackend, monkeypatch) -> N
 
 
 class FakeOpenAI:
-    """Answers /v1/chat/completions, /v1/completions (plain and streamed), /v1/load_lora_adapter."""
+    """Answers /v1/completions (plain and streamed) and /v1/load_lora_adapter, as vLLM does;
+    a prompt must be token ids or text, as the OpenAI completions API takes it."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any], str]] = []
@@ -169,20 +170,21 @@ class FakeOpenAI:
                     ok = Path(body["lora_path"]).exists()
                     self._send(200 if ok else 400, b"ok" if ok else b"no such adapter")
                     return
-                key = "text" if self.path == "/v1/completions" else "message"
+                prompt = body.get("prompt")
+                valid = isinstance(prompt, str) or (
+                    isinstance(prompt, list) and all(isinstance(i, int) for i in prompt)
+                )
+                if self.path != "/v1/completions" or not valid:
+                    self._send(404 if valid else 400, b"not found")
+                    return
                 words = ["hello", " from", " the", " server"]
                 if not body.get("stream"):
-                    choice = (
-                        {"text": "".join(words)}
-                        if key == "text"
-                        else {"message": {"role": "assistant", "content": "".join(words)}}
-                    )
+                    choice = {"text": "".join(words)}
                     self._send(200, json.dumps({"choices": [choice]}).encode())
                     return
                 lines = []
                 for word in words:
-                    choice = {"text": word} if key == "text" else {"delta": {"content": word}}
-                    lines.append(f"data: {json.dumps({'choices': [choice]})}\n\n")
+                    lines.append(f"data: {json.dumps({'choices': [{'text': word}]})}\n\n")
                 lines.append("data: [DONE]\n\n")
                 self._send(200, "".join(lines).encode(), "text/event-stream")
 
@@ -212,37 +214,37 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     server.stop()
 
 
-def test_openai_chat_mode_sends_the_turns_and_reads_the_reply(fake_openai: FakeOpenAI) -> None:
-    backend = OpenAIBackend(fake_openai.url, "twin", api_key="sk-local-test")
+@pytest.fixture
+def tokenizer(tiny_model: Path) -> Any:
+    from training.model import load_tokenizer
+
+    return load_tokenizer(str(tiny_model))
+
+
+def test_openai_sends_the_training_prompt_to_completions_and_reads_the_reply(
+    fake_openai: FakeOpenAI, tokenizer: Any
+) -> None:
+    from training.generation import stop_token_ids
+
+    backend = OpenAIBackend(fake_openai.url, "twin", tokenizer, api_key="sk-local-test")
     sampling = Sampling(temperature=0.5, top_p=0.8, max_new_tokens=20)
     assert backend.generate(CHATS[1], "You are Ann.", sampling) == "hello from the server"
-    assert "".join(backend.stream(CHATS[1], None, sampling)) == "hello from the server"
-    path, body, auth = fake_openai.requests[0]
-    assert path == "/v1/chat/completions" and auth == "Bearer sk-local-test"
+    assert "".join(backend.stream(CHATS[0], None, sampling)) == "hello from the server"
+    (path, body, auth), (streamed_path, streamed, _) = fake_openai.requests
+    assert path == streamed_path == "/v1/completions" and auth == "Bearer sk-local-test"
     assert body["model"] == "twin" and body["max_tokens"] == 20 and body["temperature"] == 0.5
-    assert body["messages"][0] == {"role": "system", "content": "You are Ann."}
-    assert body["messages"][-1] == {"role": "user", "content": "coffee?"}
+    assert body["top_p"] == 0.8 and not body["stream"] and streamed["stream"]
+    assert body["prompt"] == render_prompt(CHATS[1], tokenizer, system="You are Ann.")
+    assert streamed["prompt"] == render_prompt(CHATS[0], tokenizer)
+    assert body["stop_token_ids"] == sorted(stop_token_ids(None, tokenizer))
+    assert backend.prompt_length(CHATS[0], None) == len(streamed["prompt"])
     backend.close()
 
 
-def test_openai_with_a_tokenizer_sends_the_training_prompt_ids(
-    fake_openai: FakeOpenAI, tiny_model: Path
-) -> None:
-    from training.model import load_tokenizer
-
-    tokenizer = load_tokenizer(str(tiny_model))
-    backend = OpenAIBackend(fake_openai.url, "twin", tokenizer=tokenizer)
-    assert "".join(backend.stream(CHATS[0], None, GREEDY)) == "hello from the server"
-    path, body, _ = fake_openai.requests[0]
-    assert path == "/v1/completions"
-    assert body["prompt"] == render_prompt(CHATS[0], tokenizer)
-    assert backend.prompt_length(CHATS[0], None) == len(body["prompt"])
-
-
 def test_openai_swap_loads_the_adapter_at_the_server(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, tokenizer: Any
 ) -> None:
-    backend = OpenAIBackend(fake_openai.url, "twin")
+    backend = OpenAIBackend(fake_openai.url, "twin", tokenizer)
     backend.swap_adapter(tmp_path, run_id=7)
     assert backend.model == "run-7"
     with pytest.raises(BackendError, match="400"):
@@ -252,8 +254,8 @@ def test_openai_swap_loads_the_adapter_at_the_server(
     assert fake_openai.requests[-1][1]["model"] == "run-7"
 
 
-def test_an_unreachable_server_is_a_backend_error() -> None:
-    backend = OpenAIBackend("http://127.0.0.1:9/v1", "twin", timeout=2)
+def test_an_unreachable_server_is_a_backend_error(tokenizer: Any) -> None:
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", "twin", tokenizer, timeout=2)
     with pytest.raises(BackendError, match="cannot reach"):
         backend.generate(CHATS[0], None, GREEDY)
     with pytest.raises(BackendError, match="cannot reach"):

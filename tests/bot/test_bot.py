@@ -13,7 +13,7 @@ from storage import bot as bot_store
 from tests.bot.conftest import FRIEND, OWNER, STRANGER, allow, make_run, serve
 from tests.bot.fake_bot_api import FAKE_TOKEN
 from tests.bot.fakes import ScriptedBackend
-from training.prompt import ChatTurn
+from training.prompt import Turn
 
 ADMIN_COMMANDS = [
     "/status",
@@ -93,11 +93,11 @@ def test_memory_holds_the_conversation_and_forget_clears_it(make_twin, fake_api,
 
     serve(twin, scenario)
     assert backend.calls[1].turns == [
-        ChatTurn("user", "first"),
-        ChatTurn("assistant", "echo: first"),
-        ChatTurn("user", "second"),
+        Turn("user", "first"),
+        Turn("assistant", "echo: first"),
+        Turn("user", "second"),
     ]
-    assert backend.calls[2].turns == [ChatTurn("user", "third")]
+    assert backend.calls[2].turns == [Turn("user", "third")]
     assert memory(database, FRIEND) == [("user", "third"), ("assistant", "echo: third")]
 
 
@@ -118,8 +118,8 @@ def test_a_gap_longer_than_the_session_gap_starts_a_fresh_conversation(make_twin
         await fake_api.wait_for_text(FRIEND, "echo: and more")
 
     serve(twin, scenario)
-    assert backend.calls[0].turns == [ChatTurn("user", "new day")]
-    assert backend.calls[1].turns[0] == ChatTurn("user", "new day")
+    assert backend.calls[0].turns == [Turn("user", "new day")]
+    assert backend.calls[1].turns[0] == Turn("user", "new day")
 
 
 def test_a_reply_is_sent_as_the_messages_it_contains(make_twin, fake_api, served):
@@ -191,7 +191,7 @@ def test_messages_sent_while_a_reply_is_generated_are_answered_together(
     serve(twin, scenario)
     assert fake_api.texts_to(OWNER) == ["echo: one", "echo: two", "three"]
     assert len(backend.calls) == 2
-    assert backend.calls[1].turns[-1] == ChatTurn("user", "two\nthree")
+    assert backend.calls[1].turns[-1] == Turn("user", "two\nthree")
 
 
 def test_chats_are_answered_concurrently(make_twin, fake_api, served):
@@ -267,12 +267,13 @@ def test_admin_commands_are_refused_to_everyone_but_the_owner(
         fake_api.push_text(FRIEND, command)
         fake_api.push_text(STRANGER, command)
         await fake_api.wait_for_text(FRIEND, NOT_ALLOWED)
-        await fake_api.wait_for_text(STRANGER, NOT_ALLOWED)
+        await fake_api.wait_for_text(STRANGER, twin.options.refusal)
 
     with caplog.at_level(logging.WARNING, logger="bot"):
         serve(twin, scenario)
     assert fake_api.texts_to(FRIEND) == [NOT_ALLOWED]
-    assert backend.calls == [] and not twin.paused
+    assert fake_api.texts_to(STRANGER) == [twin.options.refusal]  # the one refusal of the day
+    assert backend.calls == [] and not twin.state.paused
     name = command.split()[0]
     warnings = [r.getMessage() for r in caplog.records if name in r.getMessage()]
     assert any(str(FRIEND) in line for line in warnings)
@@ -504,7 +505,7 @@ def test_what_people_send_is_remembered_scrubbed(make_twin, fake_api, served):
         await fake_api.wait_for_text(OWNER, "echo")
 
     serve(twin, scenario)
-    assert backend.calls[0].turns == [ChatTurn("user", "write to <EMAIL_1>")]
+    assert backend.calls[0].turns == [Turn("user", "write to <EMAIL_1>")]
     assert "canary.secret" not in str(memory(database, OWNER))
 
 
@@ -523,11 +524,11 @@ def test_the_bot_answers_through_the_real_local_backend(
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16}
     with database.session() as session:
         bot_store.set_state(session, "sampling", greedy)
-    from bot.options import Sampling
+    from training.generation import Sampling
 
     expected = split_parts(
         Scrubber().scrub(
-            backend.generate([ChatTurn("user", "hi, how are you?")], None, Sampling(**greedy)),
+            backend.generate([Turn("user", "hi, how are you?")], None, Sampling(**greedy)),
             scope=OWNER,
         )
     )

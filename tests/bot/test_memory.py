@@ -7,18 +7,22 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.memory import StoredTurn, as_chat_turns, conversation, current_session, fit_budget
-from training.prompt import ChatTurn
+from bot.memory import as_turns, conversation, current_session, fit_budget
+from storage.models import MemoryTurn
+from training.prompt import Turn
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 GAP = timedelta(hours=6)
 
 
-def turn(role: str, text: str, minutes: float) -> StoredTurn:
-    return StoredTurn(role, text, START + timedelta(minutes=minutes))
+def turn(role: str, text: str, minutes: float) -> MemoryTurn:
+    """A remembered message as `storage.bot.recent_turns` gives it."""
+    return MemoryTurn(
+        chat_id=1, role=role, text=text, created_at=START + timedelta(minutes=minutes)
+    )
 
 
-def chars(turns: list[ChatTurn]) -> int:
+def chars(turns: list[Turn]) -> int:
     return sum(len(t.content) + 2 for t in turns)
 
 
@@ -37,23 +41,23 @@ def test_messages_of_one_side_are_joined_and_the_history_starts_with_a_user_turn
         turn("assistant", "you?", 4),
         turn("user", "  ", 5),
     ]
-    assert as_chat_turns(stored) == [
-        ChatTurn("user", ""),
-        ChatTurn("assistant", "hey"),
-        ChatTurn("user", "hi\nhow are you"),
-        ChatTurn("assistant", "good\nyou?"),
+    assert as_turns(stored) == [
+        Turn("user", ""),
+        Turn("assistant", "hey"),
+        Turn("user", "hi\nhow are you"),
+        Turn("assistant", "good\nyou?"),
     ]
 
 
 def test_the_budget_keeps_the_most_recent_turns_starting_on_a_user_turn() -> None:
-    turns = [ChatTurn("user" if k % 2 == 0 else "assistant", f"turn {k}") for k in range(9)]
+    turns = [Turn("user" if k % 2 == 0 else "assistant", f"turn {k}") for k in range(9)]
     kept = fit_budget(turns, chars, budget=30)
     assert kept == turns[6:]
     assert fit_budget(turns, chars, budget=10_000) == turns
 
 
 def test_a_single_turn_over_budget_keeps_its_end() -> None:
-    kept = fit_budget([ChatTurn("user", "x" * 50 + "the question?")], chars, budget=20)
+    kept = fit_budget([Turn("user", "x" * 50 + "the question?")], chars, budget=20)
     assert len(kept) == 1 and kept[0].content.endswith("the question?")
     assert chars(kept) <= 20
 
@@ -71,6 +75,6 @@ def test_the_kept_history_is_a_suffix_that_fits(messages, budget) -> None:
     kept = conversation(stored, GAP, chars, budget)
     assert kept and kept[0].role == "user" and kept[-1].role == "user"
     assert chars(kept) <= budget or len(kept) == 1
-    full = as_chat_turns(stored)
+    full = as_turns(stored)
     if len(kept) > 1 or kept[0] in full:
         assert full[len(full) - len(kept) :] == kept

@@ -20,7 +20,7 @@ from tests.bot.conftest import OWNER, make_run, serve
 from tests.bot.fake_bot_api import FAKE_TOKEN, FakeBotApi
 from tests.bot.fakes import ScriptedBackend
 from tests.training.chat_data import chat_sessions, generated_store, store, tokenizer_texts
-from training.prompt import ChatTurn
+from training.prompt import Turn
 
 RETRAIN_TIMEOUT = 240.0
 
@@ -120,7 +120,7 @@ def test_retrain_fails_keeping_the_old_adapter_then_succeeds_and_swaps(
     with database.session() as session:
         first_adapter = Path(get_run(session, first).adapter_path)
     backend = local_backend(model, first_adapter, first)
-    probe = backend.prompt_tokens([ChatTurn("user", "hello how are you")], None)
+    probe = backend.prompt_tokens([Turn("user", "hello how are you")], None)
     before = logits(backend.model, probe)
     twin = build_twin(database, backend, fake_api, data_dir=data_dir)
 

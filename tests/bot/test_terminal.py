@@ -15,7 +15,7 @@ from bot.terminal import APOLOGY, NO_REPLY, TerminalChat
 from storage import bot as bot_store
 from storage.models import utcnow
 from tests.bot.fakes import ScriptedBackend
-from training.prompt import ChatTurn
+from training.prompt import Turn
 
 
 class RecordingOut(io.StringIO):
@@ -66,7 +66,7 @@ def test_a_reply_streams_token_by_token_and_equals_the_whole_reply(
     backend = LocalBackend.load(ModelOptions(str(tiny_model), quant="none"), tiny_adapters[0])
     greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=16)
     try:
-        whole = backend.generate([ChatTurn("user", "hi, how are you?")], None, greedy)
+        whole = backend.generate([Turn("user", "hi, how are you?")], None, greedy)
         out = RecordingOut()
         chat = TerminalChat(
             Responder(sqlite_database, backend), greedy, reader(["hi, how are you?"]), out
@@ -93,11 +93,11 @@ def test_the_terminal_has_its_own_memory_and_forget_clears_only_it(
     out = run_chat(sqlite_database, backend, ["one", "two", "/forget", "three", "/quit", "four"])
 
     assert backend.calls[1].turns == [
-        ChatTurn("user", "one"),
-        ChatTurn("assistant", "echo: one"),
-        ChatTurn("user", "two"),
+        Turn("user", "one"),
+        Turn("assistant", "echo: one"),
+        Turn("user", "two"),
     ]
-    assert backend.calls[2].turns == [ChatTurn("user", "three")]
+    assert backend.calls[2].turns == [Turn("user", "three")]
     assert len(backend.calls) == 3  # nothing after /quit
     assert "Forgotten: 4 remembered messages" in out.getvalue()
     assert remembered(sqlite_database) == [("user", "three"), ("assistant", "echo: three")]
@@ -137,7 +137,7 @@ def test_no_canary_secret_is_ever_written_to_the_terminal(sqlite_database: Any) 
 def test_a_failing_backend_prints_an_apology_and_the_chat_goes_on(
     sqlite_database: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def script(turns: list[ChatTurn]) -> str:
+    def script(turns: list[Turn]) -> str:
         if turns[-1].content.endswith("boom"):
             raise RuntimeError("simulated out of memory")
         return "fine"

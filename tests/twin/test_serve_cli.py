@@ -79,14 +79,14 @@ def memory(data_dir: Path, chat_id: int) -> list[tuple[str, str]]:
 def expected_reply(model: Path, adapter: Path, text: str, scope: int) -> str:
     """What the served model says to `text`, greedy and scrubbed, generated in this process."""
     from bot.backends import LocalBackend
-    from bot.options import Sampling
+    from training.generation import Sampling
     from training.model import ModelOptions
     from training.pii import Scrubber
-    from training.prompt import ChatTurn
+    from training.prompt import Turn
 
     backend = LocalBackend.load(ModelOptions(str(model), quant="none"), adapter)
     try:
-        raw = backend.generate([ChatTurn("user", text)], None, Sampling(**GREEDY))
+        raw = backend.generate([Turn("user", text)], None, Sampling(**GREEDY))
     finally:
         backend.close()
     return Scrubber().scrub(raw, scope=scope).strip()

@@ -17,7 +17,11 @@ if TYPE_CHECKING:
     from bot.serving import BackendOptions, ServedRun
 
 QuantOption = Annotated[
-    str, typer.Option("--quant", help="4bit, 8bit or none; auto: 4bit on a GPU, none on a CPU.")
+    str,
+    typer.Option(
+        "--quant",
+        help="4bit, 8bit or none; auto: as the run trained (4bit on a GPU, none on a CPU).",
+    ),
 ]
 
 
@@ -73,10 +77,10 @@ def chat(
 
     Example: twin --data-dir twin-data chat
     """
-    from bot.app import load_sampling
     from bot.options import ConversationOptions
     from bot.responder import Responder
     from bot.serving import open_backend, served_run
+    from bot.state import load_sampling
     from bot.terminal import TerminalChat
 
     context = app_context(ctx, data_dir)
