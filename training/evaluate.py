@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -18,8 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.runs import active_run, get_run
-from training.errors import TrainingError
+from training.errors import TrainingError, problems_text
 from training.generation import Sampling
+from training.heldout import ExampleLosses, example_losses
+from training.intervals import Interval, interval, ratio_interval
+from training.judge import Judge, conversation_texts, train_judge
+from training.options import option
 from training.style import style_distance, style_stats, vocabulary_overlap
 
 if TYPE_CHECKING:
@@ -45,35 +50,42 @@ TABLE_STYLE_FIELDS = (
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How much to generate and how; quant and dtype default to what the run trained with."""
+    """How much to generate and how; quant and dtype default to what the run trained with.
 
-    samples: int = 32
-    max_new_tokens: int = 64
-    temperature: float = Sampling.temperature
-    top_p: float = Sampling.top_p
-    batch_size: int = 8
-    seed: int = 0
-    quant: str | None = None
-    dtype: str | None = None
+    `twin eval` builds its flags from these fields.
+    """
+
+    samples: int = option(
+        200, "Held-out contexts to reply to, a fixed sample (0: loss only).", "--samples"
+    )
+    max_new_tokens: int = option(64, "Longest generated reply, in tokens.")
+    temperature: float = option(Sampling.temperature, "Sampling temperature (0: greedy).")
+    top_p: float = option(Sampling.top_p, "Nucleus sampling: the share of probability kept.")
+    batch_size: int = option(8, "Replies generated at once.")
+    seed: int = option(0, "Seed of the sample and of sampling.")
+    quant: str | None = option(None, "Override the run's quantization (4bit, 8bit, none).")
+    dtype: str | None = option(None, "Override the run's dtype.")
+    judge: bool = option(True, "Score replies with the authorship judge.", "--judge/--no-judge")
 
     def sampling(self) -> Sampling:
         """The bot's sampling settings with these values: eval samples as the bot does."""
         return Sampling(self.temperature, self.top_p, self.max_new_tokens)
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid value as (field, message)."""
         checks = [
-            (self.samples >= 0, f"--samples {self.samples}: 0 (loss only) or more"),
-            (self.max_new_tokens > 0, f"--max-new-tokens {self.max_new_tokens}: > 0"),
-            (self.temperature >= 0, f"--temperature {self.temperature}: 0 (greedy) or more"),
-            (0 < self.top_p <= 1, f"--top-p {self.top_p}: in (0, 1]"),
-            (self.batch_size > 0, f"--batch-size {self.batch_size}: > 0"),
+            (self.samples >= 0, "samples", f"{self.samples}: 0 (loss only) or more"),
+            (self.max_new_tokens > 0, "max_new_tokens", f"{self.max_new_tokens}: > 0"),
+            (self.temperature >= 0, "temperature", f"{self.temperature}: 0 (greedy) or more"),
+            (0 < self.top_p <= 1, "top_p", f"{self.top_p}: in (0, 1]"),
+            (self.batch_size > 0, "batch_size", f"{self.batch_size}: > 0"),
         ]
-        return [message for ok, message in checks if not ok]
+        return [(name, message) for ok, name, message in checks if not ok]
 
 
 @dataclass(frozen=True)
 class EvalReport:
-    """Base model vs tuned run on the validation split: losses, style, sample replies."""
+    """Base model vs tuned run on the validation split, each figure with its 95% interval."""
 
     run_id: int
     base_model: str
@@ -82,9 +94,13 @@ class EvalReport:
     owner_tokens: int
     base_loss: float | None
     tuned_loss: float | None
+    loss: dict[str, Interval] = field(default_factory=dict)  # base / tuned
+    judge: dict[str, Interval] = field(default_factory=dict)  # owner / contacts / base / tuned
     style: dict[str, dict[str, Any]] = field(default_factory=dict)  # owner / base / tuned
     style_distance: dict[str, dict[str, float]] = field(default_factory=dict)  # base / tuned
+    style_distance_interval: dict[str, Interval] = field(default_factory=dict)  # base / tuned
     vocabulary_overlap: dict[str, float] = field(default_factory=dict)  # base / tuned
+    per_contact: list[ContactRow] = field(default_factory=list)
     samples: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -99,14 +115,42 @@ class EvalReport:
         values = asdict(self)
         values["base_perplexity"] = self.base_perplexity
         values["tuned_perplexity"] = self.tuned_perplexity
+        values["verdicts"] = self.verdicts()
         return values
 
+    def verdicts(self) -> list[str]:
+        """Plain sentences: on which figures the tuned run is better than the base, or not."""
+        found = []
+        for label, key, higher_is_better in VERDICT_FIGURES:
+            figures = getattr(self, key)
+            base, tuned = figures.get("base"), figures.get("tuned")
+            if base is None or tuned is None:
+                continue
+            better, worse = (tuned, base) if higher_is_better else (base, tuned)
+            if better.above(worse):
+                found.append(f"{label}: the tuned run is better than the base model")
+            elif worse.above(better):
+                found.append(f"{label}: the tuned run is WORSE than the base model")
+            else:
+                found.append(f"{label}: the tuned run is NOT clearly better than the base model")
+        return found
+
     def table_rows(self) -> list[tuple[str, str, str, str]]:
-        """(measure, owner, base, tuned) rows for the terminal table."""
+        """(measure, owner, base, tuned) rows for the terminal table, intervals included."""
         rows = [
-            ("loss on owner tokens", "", _format(self.base_loss), _format(self.tuned_loss)),
+            ("loss on owner tokens", "", _text(self.loss, "base"), _text(self.loss, "tuned")),
             ("perplexity", "", _format(self.base_perplexity), _format(self.tuned_perplexity)),
         ]
+        if self.judge:
+            rows.append(
+                (
+                    "judged to be you",
+                    _text(self.judge, "owner", percent=True),
+                    _text(self.judge, "base", percent=True),
+                    _text(self.judge, "tuned", percent=True),
+                )
+            )
+            rows.append(("judged to be you: contacts", _text(self.judge, "contacts", True), "", ""))
         if not self.style:
             return rows
         for name, label, pattern in TABLE_STYLE_FIELDS:
@@ -128,11 +172,32 @@ class EvalReport:
             (
                 "style distance (lower is closer)",
                 "0",
-                f"{self.style_distance['base']['mean']:.3f}",
-                f"{self.style_distance['tuned']['mean']:.3f}",
+                _text(self.style_distance_interval, "base"),
+                _text(self.style_distance_interval, "tuned"),
             )
         )
         return rows
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    """Loss on one contact's held-out chat (the busiest ones get a row)."""
+
+    contact: str
+    examples: int
+    base_loss: Interval | None
+    tuned_loss: Interval | None
+
+
+# (label, EvalReport field, whether higher is better) of the figures that get a verdict.
+VERDICT_FIGURES = (
+    ("loss on your tokens", "loss", False),
+    ("judged to be you", "judge", True),
+    ("style distance", "style_distance_interval", False),
+)
+CONTACT_ROWS = 5
+JUDGE_TRAINING_EXAMPLES = 20_000
+STYLE_RESAMPLES = 400  # each recomputes the style of every sampled reply
 
 
 EvalProgress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -147,63 +212,139 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate run `run_id` (the active run by default) and store the report in its metrics."""
     from training.model import load_for_inference, serving_options
-    from training.packing import PackedCausalLM, evaluation_rows, loss_sums
-    from training.trainer import load_dataset, token_table
 
     options = options or EvalOptions()
-    if options.problems():
-        raise TrainingError("; ".join(options.problems()))
+    if problems := options.problems():
+        raise TrainingError(problems_text(problems))
     run_id, base_model, fingerprint, adapter, trained_with = _pick_run(database, run_id)
-    dataset, _ = load_dataset(Path(data_dir), fingerprint)
+    dataset = _load_dataset(Path(data_dir), fingerprint)
+    validation = dataset["validation"]
+    model_options = serving_options(
+        base_model, trained_with, quant=options.quant, dtype=options.dtype
+    )
+    model, tokenizer = load_for_inference(model_options, adapter)
+    losses = _losses(model, tokenizer, validation, progress)
+    report = EvalReport(
+        run_id=run_id,
+        base_model=base_model,
+        dataset_fingerprint=fingerprint,
+        validation_examples=len(validation),
+        owner_tokens=int(losses["tuned"].counts.sum()),
+        base_loss=losses["base"].mean(),
+        tuned_loss=losses["tuned"].mean(),
+        loss=_loss_intervals(losses),
+        per_contact=_per_contact(validation, losses),
+    )
+    judge = _judge(dataset["train"], options, progress)
+    if judge is not None:
+        report = replace(report, judge=_judge_ceiling_and_floor(judge, validation))
+    if options.samples:
+        report = _compare_replies(report, model, tokenizer, validation, options, progress, judge)
+    _record(database, run_id, report)
+    return report
+
+
+def _load_dataset(data_dir: Path, fingerprint: str) -> Any:
+    from training.dataset import load_dataset_dir
+
+    try:
+        dataset, _ = load_dataset_dir(data_dir, fingerprint)
+    except (OSError, ValueError) as error:
+        raise TrainingError(
+            f"the dataset {fingerprint} of this run cannot be read ({error}): rebuild it with "
+            "`twin dataset build`"
+        ) from None
     validation = dataset.get("validation")
     if validation is None or len(validation) == 0:
         raise TrainingError(
             f"dataset {fingerprint} has no validation examples to evaluate on: "
             "rebuild it with a validation share (`twin dataset build --help`)"
         )
-    model_options = serving_options(
-        base_model, trained_with, quant=options.quant, dtype=options.dtype
-    )
-    model, tokenizer = load_for_inference(model_options, adapter)
+    return dataset
+
+
+def _losses(
+    model: Any, tokenizer: Any, validation: Any, progress: EvalProgress | None
+) -> dict[str, ExampleLosses]:
+    """Every validation example's owner-token loss under the tuned run and the base model."""
     device = next(model.parameters()).device
     autocast = _autocast(_compute_dtype(model), device)
-    table = token_table(validation)
-    row_tokens = max(int(table.lengths.max()), 4096 if device.type == "cuda" else 1024)
-    rows = evaluation_rows(table, row_tokens)
-    module = PackedCausalLM(model)
+    columns = validation.select_columns(["input_ids", "labels"])
+    input_ids, labels = columns["input_ids"], columns["labels"]
+    losses = {}
+    for who in ("tuned", "base"):
 
-    def mean_loss() -> tuple[float | None, int]:
-        sums = loss_sums(
-            module,
-            table,
-            rows,
-            device=device,
-            pad_token_id=tokenizer.pad_token_id,
-            autocast=autocast,
+        def report(done: int, total: int, who: str = who) -> None:
+            if progress:
+                progress(f"loss ({who})", done, total)
+
+        with nullcontext() if who == "tuned" else model.disable_adapter():
+            losses[who] = example_losses(
+                model,
+                input_ids,
+                labels,
+                pad_token_id=tokenizer.pad_token_id,
+                autocast=autocast,
+                progress=report,
+            )
+    return losses
+
+
+def _loss_intervals(losses: dict[str, ExampleLosses]) -> dict[str, Interval]:
+    found = {who: ratio_interval(loss.sums, loss.counts) for who, loss in losses.items()}
+    return {who: value for who, value in found.items() if value is not None}
+
+
+def _per_contact(validation: Any, losses: dict[str, ExampleLosses]) -> list[ContactRow]:
+    """Loss rows for the contacts with the most held-out examples."""
+    import numpy as np
+
+    names = np.asarray([name or "?" for name in validation["contact_name"]], dtype=object)
+    busiest = Counter(names.tolist()).most_common(CONTACT_ROWS)
+    rows = []
+    for name, count in busiest:
+        chosen = names == name
+        base, tuned = losses["base"], losses["tuned"]
+        rows.append(
+            ContactRow(
+                contact=str(name),
+                examples=count,
+                base_loss=ratio_interval(base.sums[chosen], base.counts[chosen]),
+                tuned_loss=ratio_interval(tuned.sums[chosen], tuned.counts[chosen]),
+            )
         )
-        return (float(sums[0] / sums[1]) if sums[1] > 0 else None), int(sums[1])
+    return rows
 
-    if progress:
-        progress("loss", 0, 2)
-    tuned_loss, owner_tokens = mean_loss()
-    with model.disable_adapter():
-        base_loss, _ = mean_loss()
-    if progress:
-        progress("loss", 2, 2)
 
-    report = EvalReport(
-        run_id=run_id,
-        base_model=base_model,
-        dataset_fingerprint=fingerprint,
-        validation_examples=len(validation),
-        owner_tokens=owner_tokens,
-        base_loss=base_loss,
-        tuned_loss=tuned_loss,
-    )
-    if options.samples:
-        report = _compare_replies(report, model, tokenizer, validation, options, progress)
-    _record(database, run_id, report)
-    return report
+def _judge(train: Any, options: EvalOptions, progress: EvalProgress | None) -> Judge | None:
+    """The authorship judge, trained on (a fixed sample of) the training split."""
+    import numpy as np
+
+    if not options.judge or len(train) == 0:
+        return None
+    if progress:
+        progress("judge", 0, 1)
+    rows = np.random.default_rng(options.seed).permutation(len(train))[:JUDGE_TRAINING_EXAMPLES]
+    messages = train.select(sorted(rows.tolist()))["messages"]
+    owner, contacts = conversation_texts(json.loads(m) for m in messages)
+    try:
+        judge = train_judge(owner, contacts, seed=options.seed)
+    except TrainingError as error:
+        logger.warning("no authorship judge: %s", error)
+        return None
+    if progress:
+        progress("judge", 1, 1)
+    return judge
+
+
+def _judge_ceiling_and_floor(judge: Judge, validation: Any) -> dict[str, Interval]:
+    """How often the judge takes the owner's real held-out replies and the contacts' for yours."""
+    owner, contacts = conversation_texts(json.loads(m) for m in validation["messages"])
+    found = {
+        "owner": interval(judge.judged_owner(list(dict.fromkeys(owner)))),
+        "contacts": interval(judge.judged_owner(list(dict.fromkeys(contacts)))),
+    }
+    return {who: value for who, value in found.items() if value is not None}
 
 
 def _pick_run(database: Database, run_id: int | None) -> tuple[int, str, str, Path, dict[str, Any]]:
@@ -238,8 +379,9 @@ def _compare_replies(
     validation: Any,
     options: EvalOptions,
     progress: EvalProgress | None,
+    judge: Judge | None,
 ) -> EvalReport:
-    """Generate replies for held-out contexts with both models; compare their style."""
+    """Generate replies for a fixed sample of held-out contexts with both models; compare."""
     import numpy as np
 
     from training.prompt import Turn, render_prompt
@@ -258,22 +400,46 @@ def _compare_replies(
     tuned = _generate(model, tokenizer, prompts, options, progress, "tuned")
     with model.disable_adapter():
         base = _generate(model, tokenizer, prompts, options, progress, "base")
+    replies = {"base": base, "tuned": tuned}
     owner_style = style_stats(references)
     owner_replies = [json.loads(m)[-1]["content"] for m in validation["messages"]]
     styles = {"owner": owner_style, "base": style_stats(base), "tuned": style_stats(tuned)}
+    judged = dict(report.judge)
+    if judge is not None:
+        for who, texts in replies.items():
+            judged[who] = interval(judge.judged_owner(texts))
     return replace(
         report,
+        judge=judged,
         style={who: stats.as_dict() for who, stats in styles.items()},
-        style_distance={who: style_distance(owner_style, styles[who]) for who in ("base", "tuned")},
+        style_distance={who: style_distance(owner_style, styles[who]) for who in replies},
+        style_distance_interval={
+            who: _style_distance_interval(references, texts, options.seed)
+            for who, texts in replies.items()
+        },
         vocabulary_overlap={
-            "base": vocabulary_overlap(base, owner_replies),
-            "tuned": vocabulary_overlap(tuned, owner_replies),
+            who: vocabulary_overlap(texts, owner_replies) for who, texts in replies.items()
         },
         samples=[
             {"context": c, "owner": o, "base": b, "tuned": t}
             for c, o, b, t in zip(contexts, references, base, tuned, strict=True)
         ],
     )
+
+
+def _style_distance_interval(owner: list[str], replies: list[str], seed: int) -> Interval:
+    """The style distance with an interval: the sample's (owner, reply) pairs resampled."""
+    import numpy as np
+
+    def distance(rows: Any) -> float:
+        picked = rows.astype(int)
+        return style_distance(
+            style_stats([owner[i] for i in picked]), style_stats([replies[i] for i in picked])
+        )["mean"]
+
+    found = interval(np.arange(len(owner)), distance, seed=seed, resamples=STYLE_RESAMPLES)
+    assert found is not None  # noqa: S101 - a sample has at least one reply
+    return found
 
 
 def _generate(
@@ -320,3 +486,8 @@ def _perplexity(loss: float | None) -> float | None:
 
 def _format(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _text(figures: dict[str, Interval], who: str, percent: bool = False) -> str:
+    figure = figures.get(who)
+    return "-" if figure is None else figure.text(percent=percent)

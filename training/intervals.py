@@ -42,19 +42,61 @@ class Interval:
         return self.low > other.high
 
 
+def ratio_interval(
+    numerators: Sequence[float], denominators: Sequence[float], *, seed: int = 0
+) -> Interval | None:
+    """sum(numerators) / sum(denominators) (a loss per token over examples), with its interval.
+
+    Examples are resampled whole: a long reply weighs by its tokens, as in the pooled mean.
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    top = np.asarray(numerators, dtype=float)
+    bottom = np.asarray(denominators, dtype=float)
+    keep = bottom > 0
+    top, bottom = top[keep], bottom[keep]
+    if top.size == 0:
+        return None
+    value = float(top.sum() / bottom.sum())
+    if top.size == 1:
+        return Interval(value, value, value, 1)
+
+    def ratio(a: Any, b: Any, axis: int = -1) -> Any:
+        return a.sum(axis=axis) / b.sum(axis=axis)
+
+    result = bootstrap(
+        (top, bottom),
+        ratio,
+        paired=True,
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    return Interval(value, float(low), float(high), int(top.size))
+
+
 def interval(
     values: Sequence[float],
     statistic: Callable[[Any], Any] | None = None,
     *,
     seed: int = 0,
+    resamples: int = RESAMPLES,
 ) -> Interval | None:
-    """The statistic (the mean by default) of `values` with its 95% bootstrap interval."""
+    """The statistic (the mean by default) of `values` with its 95% bootstrap interval.
+
+    A custom `statistic` is called once per resample with the resampled values.
+    """
     import numpy as np
     from scipy.stats import bootstrap
 
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         return None
+    vectorized = statistic is None
     statistic = statistic or np.mean
     value = float(statistic(data))
     if data.size == 1 or np.all(data == data[0]):
@@ -62,7 +104,8 @@ def interval(
     result = bootstrap(
         (data,),
         statistic,
-        n_resamples=RESAMPLES,
+        vectorized=vectorized,
+        n_resamples=resamples,
         confidence_level=CONFIDENCE,
         method="percentile",
         rng=np.random.default_rng(seed),

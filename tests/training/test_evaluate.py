@@ -50,11 +50,32 @@ def test_eval_compares_base_and_tuned_and_keeps_the_report_in_the_run(
     assert set(report.style_distance) == {"base", "tuned"}
     rows = report.table_rows()
     assert rows[0][0] == "loss on owner tokens" and all(len(row) == 4 for row in rows)
+    for who in ("base", "tuned"):
+        figure = report.loss[who]
+        assert figure.low <= figure.value <= figure.high and figure.count == 8
+        assert report.style_distance_interval[who].count == 4
+    assert report.loss["tuned"].high < report.loss["base"].low
+    assert (
+        report.verdicts()[0] == "loss on your tokens: the tuned run is better than the base model"
+    )
     with sqlite_database.session() as session:
         stored = get_run(session, run.run_id).metrics["eval"]
     assert stored["tuned_loss"] == pytest.approx(report.tuned_loss)
+    assert stored["loss"]["tuned"]["high"] == pytest.approx(report.loss["tuned"].high)
     assert stored["base_perplexity"] == pytest.approx(report.base_perplexity)
     assert stored["style"]["owner"]["replies"] == 4
+
+
+def test_the_pooled_loss_equals_the_trainers_held_out_loss(
+    tmp_path: Path, sqlite_database: Any
+) -> None:
+    setup = tiny_setup(tmp_path)
+    run = train(sqlite_database, tiny_options(), setup.data_dir)
+
+    report = evaluate(sqlite_database, None, setup.data_dir, EvalOptions(samples=0))
+
+    assert report.tuned_loss == pytest.approx(run.metrics["val_loss"], rel=1e-4)
+    assert report.base_loss == pytest.approx(run.metrics["val_loss_start"], rel=1e-4)
 
 
 def test_eval_without_a_run_says_to_train(tmp_path: Path, sqlite_database: Any) -> None:

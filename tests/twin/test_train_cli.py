@@ -19,6 +19,12 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables with intervals are wide; a 200-column console prints each row on one line."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> TinySetup:
     return tiny_setup(tmp_path)

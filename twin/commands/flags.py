@@ -47,7 +47,7 @@ def with_options(
     hints = typing.get_type_hints(options_type)
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        own = list(inspect.signature(command).parameters.values())
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
         names = [item.name for item in dataclasses.fields(options_type)]
         fields = [_parameter(item, hints[item.name]) for item in dataclasses.fields(options_type)]
         at = [p.name for p in own].index(parameter)

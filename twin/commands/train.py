@@ -10,9 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from training.evaluate import EvalOptions
 from training.trainer import TrainOptions
 from twin.commands import LiveProgress
 from twin.commands.flags import flag_problems, with_options
@@ -59,51 +67,53 @@ def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = N
         console.print(_result_table(result))
 
 
+@with_options(EvalOptions)
 def evaluate(
     ctx: typer.Context,
     run: Annotated[int | None, typer.Argument(help="Run id (default: the active run).")] = None,
-    samples: Annotated[
-        int, typer.Option("--samples", help="Held-out contexts to reply to (0: loss only).")
-    ] = 32,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", help="Longest generated reply, in tokens.")
-    ] = 64,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")
-    ] = 0.7,
-    quant: Annotated[
-        str | None, typer.Option("--quant", help="Override the run's quantization.")
-    ] = None,
+    options: EvalOptions = EvalOptions(),  # noqa: B008 - replaced by one flag per field
     show: Annotated[int, typer.Option("--show", help="Sample replies to print.")] = 3,
     data_dir: DataDirOption = None,
 ) -> None:
     """Compare the base model and a tuned run on held-out conversations.
 
-    Loss and perplexity on your tokens, then replies generated for held-out contexts
-    compared with yours (length, emoji, punctuation, capitals, vocabulary). The report is
-    also stored in the run's metrics (`twin runs show RUN`).
+    Loss and perplexity on your tokens over every held-out reply; replies generated for a
+    fixed sample of held-out contexts, judged by an authorship classifier trained on your
+    messages ("judged to be you") and compared with yours on style. Every figure has a 95%
+    interval, and it says where the tuned run is not better. The report is stored in the
+    run's metrics (`twin runs show RUN`).
 
-    Example: twin eval 3 --samples 64
+    Example: twin eval 3 --samples 200
     """
-    from training.evaluate import EvalOptions
+    from training.errors import TrainingError
     from training.evaluate import evaluate as run_eval
 
+    if problems := options.problems():
+        raise TrainingError("; ".join(flag_problems(EvalOptions, problems)))
     context = app_context(ctx, data_dir)
-    options = EvalOptions(
-        samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, quant=quant
-    )
     console = Console()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=None)
 
         def report_progress(phase: str, done: int, total: int) -> None:
-            progress.update(task, description=phase, completed=done, total=total)
+            if progress.tasks[task].description != phase:
+                progress.reset(task, description=phase)
+            progress.update(task, completed=done, total=total)
 
         report = run_eval(
             context.database(), run, context.settings.data_dir, options, report_progress
         )
     console.print(_eval_table(report))
+    if report.per_contact:
+        console.print(_contacts_table(report))
+    for verdict in report.verdicts():
+        console.print(("[yellow]" if " NOT " in verdict or "WORSE" in verdict else "") + verdict)
     if show and report.samples:
         console.print(_samples_table(report, show))
 
@@ -322,6 +332,20 @@ def _eval_table(report: EvalReport) -> Table:
         table.add_column(column, justify="left" if column == "measure" else "right")
     for row in report.table_rows():
         table.add_row(*row)
+    return table
+
+
+def _contacts_table(report: EvalReport) -> Table:
+    table = Table(title="loss on your tokens, by contact (the busiest chats)")
+    for column in ("contact", "held-out examples", "base", "tuned"):
+        table.add_column(column)
+    for row in report.per_contact:
+        table.add_row(
+            row.contact,
+            str(row.examples),
+            row.base_loss.text() if row.base_loss else "-",
+            row.tuned_loss.text() if row.tuned_loss else "-",
+        )
     return table
 
 
