@@ -365,6 +365,14 @@ def _pick_run(database: Database, run_id: int | None) -> tuple[int, str, str, Pa
         )
 
 
+def record_report_file(database: Database, run_id: int, path: Path) -> None:
+    """Remember where the run's HTML report is, for `twin runs show`."""
+    with database.session() as session:
+        run = get_run(session, run_id)
+        evaluation = dict(run.metrics.get("eval") or {})
+        run.metrics = {**run.metrics, "eval": {**evaluation, "report": str(path)}}
+
+
 def _record(database: Database, run_id: int, report: EvalReport) -> None:
     """Keep the report in the run's metrics under `eval` (JSON-safe)."""
     with database.session() as session:

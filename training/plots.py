@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from training.intervals import Interval
     from training.run_folder import LossPoint
 
 TRAIN_LOSS_LABEL = "training loss"
@@ -37,6 +38,31 @@ def loss_curve(history: Sequence[LossPoint], title: str = "") -> Figure | None:
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def interval_bars(
+    rows: Sequence[tuple[str, Interval]], title: str = "", *, percent: bool = True
+) -> Figure | None:
+    """One horizontal bar per figure with its 95% interval as an error bar."""
+    if not rows:
+        return None
+    figure = _figure(8, 0.6 * len(rows) + 1.2)
+    axes = figure.add_subplot()
+    labels = [label for label, _ in rows]
+    values = [row.value for _, row in rows]
+    errors = [
+        [row.value - row.low for _, row in rows],
+        [row.high - row.value for _, row in rows],
+    ]
+    axes.barh(labels, values, xerr=errors, capsize=4, color="#1f77b4")
+    axes.invert_yaxis()
+    if percent:
+        axes.set_xlim(0, 1)
+        axes.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
     return figure
 

@@ -35,9 +35,10 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def test_the_judge_takes_the_tuned_twin_for_the_owner_more_often_than_the_base(
-    tmp_path: Path, sqlite_database: Any
-) -> None:
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Stored chats of a distinctive owner, a real dataset build, a trained run, its eval."""
+    from storage import open_database
     from storage.chats import upsert_chats
     from storage.messages import upsert_messages
     from training.dataset import DatasetOptions, build_dataset
@@ -45,36 +46,112 @@ def test_the_judge_takes_the_tuned_twin_for_the_owner_more_often_than_the_base(
     from training.tiny import build_tiny_model, train_tokenizer
     from training.trainer import train
 
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval-judge")
+    database = open_database(f"sqlite:///{root / 'twin.db'}")
     exchanges = conversations(32)
     tokenizer = train_tokenizer([text for pair in exchanges for text in pair], vocab_size=400)
-    model_dir = build_tiny_model(tokenizer, tmp_path / "tiny")
+    model_dir = build_tiny_model(tokenizer, root / "tiny")
     rows = []
     for number, (ask, reply) in enumerate(exchanges):
         chat_id = 100 + number % 4
         when = START + timedelta(days=2 * number)
         rows.append(message(chat_id, 2 * number, when, False, ask, sender_id=chat_id))
         rows.append(message(chat_id, 2 * number + 1, when + timedelta(minutes=1), True, reply))
-    with sqlite_database.session() as session:
+    with database.session() as session:
         upsert_chats(
             session, [{"id": 100 + i, "kind": "personal_chat", "title": f"C{i}"} for i in range(4)]
         )
         upsert_messages(session, rows)
-    data_dir = tmp_path / "data"
+    data_dir = root / "data"
     build_dataset(
-        sqlite_database,
+        database,
         DatasetOptions(base_model=str(model_dir), dedup="none", validation_fraction=0.25),
         data_dir,
     )
-    train(sqlite_database, tiny_options(epochs=30, eval_every=0), data_dir)
-
+    run = train(database, tiny_options(epochs=30, eval_every=0), data_dir)
     report = evaluate(
-        sqlite_database,
-        None,
-        data_dir,
-        EvalOptions(samples=8, max_new_tokens=12, temperature=0.0),
+        database, None, data_dir, EvalOptions(samples=8, max_new_tokens=12, temperature=0.0)
     )
+    database.close()
+    return {"root": root, "report": report, "run": run}
+
+
+def test_the_judge_takes_the_tuned_twin_for_the_owner_more_often_than_the_base(
+    evaluated: dict[str, Any],
+) -> None:
+    report = evaluated["report"]
 
     judged = report.judge
     assert judged["owner"].value > 0.8 and judged["contacts"].value < 0.2
     assert judged["tuned"].value >= judged["base"].value + 0.5
     assert "judged to be you: the tuned run is better than the base model" in report.verdicts()
+
+
+def test_the_html_report_renders_with_its_figures_in_a_real_browser(
+    evaluated: dict[str, Any],
+) -> None:
+    from training.report import write_report
+    from training.run_folder import RunFolder
+
+    history = RunFolder(evaluated["run"].adapter_path).history()
+    page = write_report(evaluated["report"], evaluated["root"] / "report.html", history=history)
+
+    dom, screenshot = render_in_chromium(page, evaluated["root"] / "browser")
+
+    assert 'id="figures"' in dom and "judged to be you" in dom
+    assert dom.count('src="data:image/png;base64,') == 2  # the judge's bars, the loss curves
+    assert "Replies side by side" in dom and "<script" not in dom
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()
+    pixels = screenshot_pixels(screenshot)
+    inked = sum(1 for pixel in pixels if pixel != (255, 255, 255))
+    plotted = sum(1 for pixel in pixels if pixel == (31, 119, 180))  # matplotlib's blue
+    assert inked > 0.03 * len(pixels) and plotted > 500
+
+
+def render_in_chromium(page: Path, profile: Path) -> tuple[str, Path]:
+    """The page's DOM after load and a full-page screenshot, from headless Chromium."""
+    import os
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Chromium (apt-get install chromium): .ci/run does")
+        pytest.skip("needs Chromium for the report check: apt-get install chromium")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,3000",
+    ]
+    url = page.resolve().as_uri()
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    screenshot = page.with_suffix(".png")
+    subprocess.run(
+        [browser, *flags, f"--screenshot={screenshot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return dom, screenshot
+
+
+def screenshot_pixels(path: Path) -> list[tuple[int, int, int]]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return list(image.convert("RGB").getdata())

@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from training.evaluate import EvalOptions
+from training.intervals import Interval
 from training.trainer import TrainOptions
 from twin.commands import LiveProgress
 from twin.commands.flags import flag_problems, with_options
@@ -73,6 +74,10 @@ def evaluate(
     run: Annotated[int | None, typer.Argument(help="Run id (default: the active run).")] = None,
     options: EvalOptions = EvalOptions(),  # noqa: B008 - replaced by one flag per field
     show: Annotated[int, typer.Option("--show", help="Sample replies to print.")] = 3,
+    report_file: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write a self-contained HTML report to this file."),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Compare the base model and a tuned run on held-out conversations.
@@ -83,7 +88,7 @@ def evaluate(
     interval, and it says where the tuned run is not better. The report is stored in the
     run's metrics (`twin runs show RUN`).
 
-    Example: twin eval 3 --samples 200
+    Example: twin eval 3 --samples 200 --report twin-report.html
     """
     from training.errors import TrainingError
     from training.evaluate import evaluate as run_eval
@@ -116,6 +121,23 @@ def evaluate(
         console.print(("[yellow]" if " NOT " in verdict or "WORSE" in verdict else "") + verdict)
     if show and report.samples:
         console.print(_samples_table(report, show))
+    if report_file is not None:
+        _write_report(context, report, report_file)
+        console.print(f"report written to {report_file}")
+
+
+def _write_report(context: Any, report: EvalReport, path: Path) -> None:
+    from storage.runs import get_run
+    from training.evaluate import record_report_file
+    from training.report import write_report
+    from training.run_folder import loss_history
+
+    database = context.database()
+    with database.session() as session:
+        adapter = get_run(session, report.run_id).adapter_path
+    history = loss_history(context.settings.data_dir, report.run_id, adapter)
+    write_report(report, path, history=history)
+    record_report_file(database, report.run_id, path.resolve())
 
 
 @runs_app.callback()
@@ -320,6 +342,12 @@ def _run_table(run: Any) -> Table:
         for who in ("base", "tuned"):
             distance = (evaluation.get("style_distance") or {}).get(who, {}).get("mean")
             table.add_row(f"eval style distance ({who})", _number(distance))
+        for who, figure in sorted((evaluation.get("judge") or {}).items()):
+            table.add_row(
+                f"eval judged to be you ({who})", Interval.from_json(figure).text(percent=True)
+            )
+        if evaluation.get("report"):
+            table.add_row("eval report", str(evaluation["report"]))
     return table
 
 
