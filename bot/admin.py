@@ -29,8 +29,9 @@ from storage import bot as bot_store
 from storage import runs as run_store
 from storage.messages import count_messages
 from storage.models import Run
+from training.gate import GateDecision
 from training.generation import SamplingError
-from training.run_folder import RunFigures
+from training.run_folder import RunFigures, mark_interrupted_runs
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,6 +199,7 @@ class AdminCommands:
     async def status(self, update: Any, context: Any) -> None:
         twin = self.twin
         chat_id = update.effective_chat.id
+        await twin.in_session(mark_interrupted_runs, twin.options.data_dir)
         run, stored, remembered = await twin.in_session(_status_counts)
         lines = [
             f"Serving: {f'run #{run.id}' if run else 'no active run'}",
@@ -225,6 +227,7 @@ class AdminCommands:
                 )
 
     async def runs(self, update: Any, context: Any) -> None:
+        await self.twin.in_session(mark_interrupted_runs, self.twin.options.data_dir)
         runs = await self.twin.in_session(_run_summaries)
         text = "\n".join(run.line() for run in runs[:RUNS_SHOWN]) or "No training runs yet."
         await self.twin.send(update.effective_chat.id, text)
@@ -314,6 +317,14 @@ class AdminCommands:
                 )
                 return
             trained = await twin.in_session(_newest_succeeded_after, newest_before)
+            if result.gated and trained is not None:
+                await twin.in_session(_reactivate, serving)
+                gate = await twin.in_session(_gate_of, trained)
+                reason = gate.reason if gate else f"run #{trained} is worse on held-out loss"
+                await message.show(
+                    f"{progress.render('❎ Retrained, not switched')}\n{reason}\n{still}"
+                )
+                return
             if trained is None:
                 await twin.in_session(_reactivate, serving)
                 await message.show(f"{progress.render('✅ Nothing new to learn')}\n{still}")
@@ -459,6 +470,10 @@ def _active_id(session: Session) -> int | None:
 def _run_ids(session: Session) -> tuple[int, int | None]:
     runs = run_store.list_runs(session)
     return (runs[0].id if runs else 0), _active_id(session)
+
+
+def _gate_of(session: Session, run_id: int) -> GateDecision | None:
+    return GateDecision.from_metrics(run_store.get_run(session, run_id).metrics)
 
 
 def _newest_succeeded_after(session: Session, run_id: int) -> int | None:

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 logger = logging.getLogger(__name__)
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
-#: `twin train --continue` exits with this code when no message is newer than the active run's.
+#: `twin train --continue` exits with this code when no message is newer than the active run's,
 NOTHING_NEW_EXIT = 3
+#: and with this one when the quality gate kept the serving run active (the new run is worse).
+GATED_EXIT = 4
+TRAIN_ENDINGS = {0: "done", NOTHING_NEW_EXIT: "nothing new", GATED_EXIT: "worse: not switched"}
 #: Lines of a failed step's output quoted in the error.
 ERROR_LINES = 3
 
@@ -60,10 +63,11 @@ class PipelineProgress:
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """How the pipeline ended: ok, ok with nothing new to learn, or the error."""
+    """How the pipeline ended: ok, ok with nothing new to learn, gated, or the error."""
 
     ok: bool
     nothing_new: bool = False
+    gated: bool = False  # trained, but worse than the serving run: the gate kept that one
     error: str | None = None
 
 
@@ -81,20 +85,20 @@ async def run_pipeline(
         progress.set(HARVEST.name, "skipped: no Telegram session (run `twin login`)")
     for step in steps:
         progress.set(step.name, "waiting")
-    nothing_new = False
+    code = 0
     for step in steps:
         progress.set(step.name, "starting")
         await report(progress)
         code, tail = await run_step(options, step, progress, report)
-        nothing_new = step is TRAIN and code == NOTHING_NEW_EXIT
-        if code != 0 and not nothing_new:
+        ended = TRAIN_ENDINGS if step is TRAIN else {0: "done"}
+        if code not in ended:
             detail = " | ".join(list(tail)[-ERROR_LINES:]) or "no output"
             error = f"`twin {' '.join(step.arguments)}` failed (exit {code}): {detail}"
             progress.set(step.name, f"failed (exit {code})")
             return PipelineResult(ok=False, error=error)
-        progress.set(step.name, "nothing new" if nothing_new else "done")
+        progress.set(step.name, ended[code])
         await report(progress)
-    return PipelineResult(ok=True, nothing_new=nothing_new)
+    return PipelineResult(ok=True, nothing_new=code == NOTHING_NEW_EXIT, gated=code == GATED_EXIT)
 
 
 async def run_step(

@@ -29,6 +29,7 @@ from storage.runs import (
     reopen_run,
 )
 from training.errors import TrainingError, problems_text
+from training.gate import GateDecision, judge_retrain
 from training.model import LoraOptions, ModelOptions, resolve_quant
 from training.run_folder import (
     CheckpointState,
@@ -126,6 +127,12 @@ class TrainOptions:
     activate: bool = _option(
         True, "Serve the new run once it succeeds.", "--activate/--no-activate"
     )
+    gate_margin: float = _option(
+        0.0,
+        "With --continue: how much worse (a share) the held-out loss may be than the serving "
+        "run's before the new run is kept from serving (default: TWIN_GATE_MARGIN).",
+    )
+    force: bool = _option(False, "With --continue: serve the new run even if it is worse.")
     seed: int = _option(0, "Seed for data order and LoRA init.")
 
     def problems(self) -> list[tuple[str, str]]:
@@ -149,6 +156,7 @@ class TrainOptions:
             (self.eval_every >= 0, "eval_every", f"{self.eval_every}: 0 (off) or more"),
             (self.checkpoint_every >= 0, "checkpoint_every", f"{self.checkpoint_every}: 0 or more"),
             (self.replay >= 0, "replay", f"{self.replay}: must be 0 or more"),
+            (self.gate_margin >= 0, "gate_margin", f"{self.gate_margin}: 0 or more"),
             (
                 self.optimizer in OPTIMIZER_CHOICES,
                 "optimizer",
@@ -215,6 +223,7 @@ class RunResult:
     parent_id: int | None = None
     activated: bool = False
     main_process: bool = True
+    gate: GateDecision | None = None  # continued training: the quality gate's decision
 
 
 @dataclass
@@ -1007,22 +1016,34 @@ def _pii_record(meta: dict[str, Any]) -> PiiRecord:
 
 
 def _finish(database: Database, setup: _RunSetup, result: RunResult, data_dir: Path) -> RunResult:
-    """Mark the run succeeded, activate it, drop its checkpoints."""
+    """Mark the run succeeded, activate it (past the quality gate), drop its checkpoints."""
     activated = False
+    gate = None
     with database.session() as session:
+        serving = active_run(session)
+        metrics = dict(result.metrics)
+        if setup.options.continue_training and serving is not None:
+            gate = judge_retrain(
+                metrics,
+                serving.id,
+                margin=setup.options.gate_margin,
+                force=setup.options.force,
+            )
+            metrics["gate"] = gate.to_json()
         finish_run(
             session,
             setup.run_id,
             status="succeeded",
-            metrics=result.metrics,
+            metrics=metrics,
             adapter_path=str(result.adapter_path),
         )
-        if setup.options.activate or active_run(session) is None:
+        wanted = setup.options.activate and (gate is None or gate.passed)
+        if wanted or serving is None:
             activate_run(session, setup.run_id)
             activated = True
     shutil.rmtree(checkpoint_root(data_dir, setup.run_id), ignore_errors=True)
     logger.info("run %s succeeded%s", setup.run_id, ", now active" if activated else "")
-    return replace(result, activated=activated)
+    return replace(result, metrics=metrics, activated=activated, gate=gate)
 
 
 def _describe(error: BaseException) -> str:

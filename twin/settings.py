@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     dataset_workers: int | None = Field(
         None, ge=1, description="processes of a big dataset build; one per core if empty"
     )
+    gate_margin: float = Field(
+        0.0, ge=0, description="how much worse a retrained run may be and still serve"
+    )
     bot_backend: Literal["local", "openai"] = Field("local", description="reply backend")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible endpoint")
     openai_api_key: SecretStr | None = Field(None, description="key for that endpoint")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bot.retrain import NOTHING_NEW_EXIT, PipelineOptions, PipelineProgress, run_pipeline
+from bot.retrain import (
+    GATED_EXIT,
+    NOTHING_NEW_EXIT,
+    PipelineOptions,
+    PipelineProgress,
+    run_pipeline,
+)
 
 # A stand-in `twin`: prints a line per step; the train step says and exits as told.
 CHILD = """
@@ -14,8 +20,8 @@ step = " ".join(sys.argv[2:])
 print(f"running {step}")
 if step == "train --continue":
     print(sys.argv[1])
-    sys.exit({"done": 0, "nothing": NOTHING, "fail": 1}[sys.argv[1]])
-""".replace("NOTHING", str(NOTHING_NEW_EXIT))
+    sys.exit({"done": 0, "nothing": NOTHING, "worse": GATED, "fail": 1}[sys.argv[1]])
+""".replace("NOTHING", str(NOTHING_NEW_EXIT)).replace("GATED", str(GATED_EXIT))
 
 
 def pipeline(train_ends: str, words: str | None = None) -> tuple[object, PipelineProgress]:
@@ -48,3 +54,10 @@ def test_a_failed_train_step_fails_the_pipeline_with_its_exit_code() -> None:
 
     assert not result.ok and "exit 1" in (result.error or "")
     assert progress.lines["train"] == "failed (exit 1)"
+
+
+def test_a_retrain_the_gate_stopped_is_a_finished_pipeline_that_says_so() -> None:
+    result, progress = pipeline("worse")
+
+    assert result.ok and result.gated and not result.nothing_new
+    assert progress.lines["train"] == "worse: not switched"

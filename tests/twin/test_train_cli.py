@@ -160,3 +160,21 @@ def test_every_problem_names_a_flag_that_exists(
     assert code == 1
     assert "--warmup-ratio 1.5: in [0, 1)" in error and "--optimizer 'sgd'" in error
     assert "--target-modules (empty name)" in error
+
+
+def test_a_worse_retrain_exits_with_the_gate_code_and_names_the_serving_run(
+    tiny: TinySetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.retrain import GATED_EXIT
+    from tests.training.test_trainer import add_new_sessions
+
+    assert twin(tiny, "train", *FAST, "--epochs", "3") == 0
+    add_new_sessions(tiny, 8)
+    capsys.readouterr()
+    wreck = ["--continue", "--lr", "5", "--epochs", "3", "--warmup-ratio", "0"]
+
+    assert twin(tiny, "train", *FAST[:6], *wreck, "--batch-tokens", "256") == GATED_EXIT
+
+    said = " ".join(capsys.readouterr().out.split())
+    assert "not serving run 2" in said and "run 1 keeps serving" in said
+    assert twin(tiny, "train", *FAST[:6], *wreck, "--batch-tokens", "256", "--force") == 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -49,14 +51,16 @@ def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = N
 
     Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
-    from bot.retrain import NOTHING_NEW_EXIT
+    from bot.retrain import GATED_EXIT, NOTHING_NEW_EXIT
     from training.errors import TrainingError
     from training.trainer import NothingNewError
     from training.trainer import train as run_training
 
+    context = app_context(ctx, data_dir)
+    if ctx.get_parameter_source("gate_margin") is ParameterSource.DEFAULT:
+        options = replace(options, gate_margin=context.settings.gate_margin)
     if problems := options.problems():
         raise TrainingError("; ".join(flag_problems(TrainOptions, problems)))
-    context = app_context(ctx, data_dir)
     console = Console()
     try:
         with _TrainingBar(console) as bar:
@@ -66,6 +70,9 @@ def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = N
         raise typer.Exit(NOTHING_NEW_EXIT) from None
     if result.main_process:
         console.print(_result_table(result))
+    if result.gate is not None and not result.gate.passed:
+        console.print(f"[yellow]not serving run {result.run_id}:[/yellow] {result.gate.reason}")
+        raise typer.Exit(GATED_EXIT)
 
 
 @with_options(EvalOptions)
