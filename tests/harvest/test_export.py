@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from harvest import export as export_module
+from harvest import json_stream
 from harvest.errors import ExportFormatError, OwnerUnknownError
 from harvest.export import ExportReader
 from harvest.importer import ImportOptions, import_export
@@ -273,9 +273,9 @@ def test_demo_export_shipped_with_tgtwin_imports(sqlite_database) -> None:
 
 def test_reading_in_tiny_chunks_gives_the_same_records(monkeypatch, every_case: Path) -> None:
     expected = read_all(every_case)
-    monkeypatch.setattr(export_module, "CHUNK_BYTES", 7)
-    monkeypatch.setattr(export_module, "LOOKAHEAD_CHARS", 3)
-    monkeypatch.setattr(export_module, "SKIP_WINDOW_CHARS", 50)
+    monkeypatch.setattr(json_stream, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(json_stream, "LOOKAHEAD_CHARS", 3)
+    monkeypatch.setattr(json_stream, "SKIP_WINDOW_CHARS", 50)
     assert read_all(every_case) == expected
 
 
@@ -295,8 +295,8 @@ def test_any_text_survives_any_chunking(tmp_path: Path, monkeypatch, texts, chun
     messages = [message(n, ALICE if n % 2 else None, text) for n, text in enumerate(texts, 1)]
     path = write_export(tmp_path / "p.json", full_export([chat("x", "personal_chat", 5, messages)]))
     with monkeypatch.context() as patched:
-        patched.setattr(export_module, "CHUNK_BYTES", chunk)
-        patched.setattr(export_module, "LOOKAHEAD_CHARS", 1)
+        patched.setattr(json_stream, "CHUNK_BYTES", chunk)
+        patched.setattr(json_stream, "LOOKAHEAD_CHARS", 1)
         records = [r for r in read_all(path) if isinstance(r, MessageRecord)]
     flat = [
         "".join(p if isinstance(p, str) else p["text"] for p in t) if isinstance(t, list) else t
@@ -314,8 +314,8 @@ def test_big_skipped_chats_are_streamed_not_loaded(monkeypatch, tmp_path: Path) 
     )
     person = chat(ALICE[1], "personal_chat", ALICE[0], [message(1, ALICE, "hi")])
     path = write_export(tmp_path / "result.json", full_export([group, person]))
-    monkeypatch.setattr(export_module, "SKIP_WINDOW_CHARS", 1000)
-    monkeypatch.setattr(export_module, "MAX_VALUE_CHARS", 5000)  # the group is ~60 kB
+    monkeypatch.setattr(json_stream, "SKIP_WINDOW_CHARS", 1000)
+    monkeypatch.setattr(json_stream, "MAX_VALUE_CHARS", 5000)  # the group is ~60 kB
     records = read_all(path)
     assert [type(r).__name__ for r in records] == ["ChatRecord", "MessageRecord"]
 
