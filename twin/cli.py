@@ -11,10 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.errors import BotError
 from harvest.errors import HarvestError
 from storage import StorageError
+from storage.errors import database_error_line, os_error_line
 from training.errors import TrainingError
 from twin.commands import config, dataset, db, demo, harvest, serve, train
 from twin.context import AppContext
@@ -94,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted")
         return 130
     except USER_ERRORS as error:
-        if verbose:
-            console.print_exception()
-        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        return 1
+        return _one_line(console, str(error), verbose)
+    except OSError as error:  # a full disk, an I/O error, ... wherever it surfaces
+        return _one_line(console, os_error_line(error), verbose)
+    except SQLAlchemyError as error:
+        return _one_line(console, database_error_line(error, "in use"), verbose)
     return 0
+
+
+def _one_line(console: Console, message: str, verbose: bool) -> int:
+    """Print an error as one line (the traceback first with -v); the exit code for it."""
+    if verbose:
+        console.print_exception()
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":
