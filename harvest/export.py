@@ -17,7 +17,7 @@ from typing import Any
 
 from harvest.errors import ExportFormatError, OwnerUnknownError
 from harvest.json_stream import JsonStream
-from harvest.records import ChatRecord, MessageRecord
+from harvest.records import MAX_MESSAGE_ID, MAX_PEER_ID, ChatRecord, MessageRecord
 
 EXPORT_FILE_NAME = "result.json"
 PERSONAL_CHAT = "personal_chat"
@@ -118,9 +118,10 @@ class ExportReader:
 
     def _read_owner(self, info: Any) -> None:
         user_id = info.get("user_id") if isinstance(info, dict) else None
-        if type(user_id) is not int:
+        if type(user_id) is not int or not 0 < user_id <= MAX_PEER_ID:
             raise ExportFormatError(
-                f"{self.path}: `personal_information.user_id` is {user_id!r}, expected a number"
+                f"{self.path}: `personal_information.user_id` is {user_id!r}, expected a "
+                f"Telegram user id (a number from 1 to {MAX_PEER_ID})"
             )
         if self.owner_id is not None and self.owner_id != user_id:
             raise OwnerUnknownError(
@@ -156,6 +157,10 @@ class ExportReader:
             ] += 1
             window.skip(f"the messages of {where}")
             return
+        if not 0 < chat.id <= MAX_PEER_ID:
+            raise window.error(
+                f"{where}: its `id` is {chat.id}, outside Telegram's user ids (1 to {MAX_PEER_ID})"
+            )
         owner_id = self._require_owner(chat)
         self.stats.chats += 1
         yield chat
@@ -238,9 +243,14 @@ class _MessageConverter:
         message_id = raw.get("id")
         if message_id.__class__ is not int:
             raise _FieldError(f"`id` is {_short(message_id)}, expected a number")
+        if not 0 < message_id <= MAX_MESSAGE_ID:
+            raise _FieldError(_outside_message_ids("id", message_id))
         unixtime = raw.get("date_unixtime")
         if unixtime.__class__ is str and unixtime.isdigit():
-            date = datetime.fromtimestamp(int(unixtime), UTC)
+            try:
+                date = datetime.fromtimestamp(int(unixtime), UTC)
+            except (ValueError, OverflowError, OSError):  # '²' is a digit; year 5138 is too late
+                date = _unixtime(raw, "date_unixtime")  # type: ignore[assignment]
         else:
             date = _unixtime(raw, "date_unixtime") or _local_date(raw)
         text = raw.get("text", "")
@@ -266,8 +276,13 @@ class _MessageConverter:
             if sender_id is None:
                 sender_id = self._sender(from_id)
         reply_to_id = raw.get("reply_to_message_id")
-        if reply_to_id is not None and reply_to_id.__class__ is not int:
-            raise _FieldError(f"`reply_to_message_id` is {_short(reply_to_id)}, expected a number")
+        if reply_to_id is not None:
+            if reply_to_id.__class__ is not int:
+                raise _FieldError(
+                    f"`reply_to_message_id` is {_short(reply_to_id)}, expected a number"
+                )
+            if not 0 < reply_to_id <= MAX_MESSAGE_ID:
+                raise _FieldError(_outside_message_ids("reply_to_message_id", reply_to_id))
         edited_at = _unixtime(raw, "edited_unixtime") if "edited_unixtime" in raw else None
         return MessageRecord(
             self.chat_id,
@@ -290,11 +305,20 @@ class _MessageConverter:
         if from_id.__class__ is str:
             for prefix, marked in (("user", "{}"), ("channel", "-100{}"), ("chat", "-{}")):
                 digits = from_id[len(prefix) :]
-                if from_id.startswith(prefix) and digits.isdigit():
+                if from_id.startswith(prefix) and digits.isascii() and digits.isdigit():
+                    if not 0 < int(digits) <= MAX_PEER_ID:
+                        raise _FieldError(
+                            f"`from_id` is {_short(from_id)}, outside Telegram's ids "
+                            f"(1 to {MAX_PEER_ID} after '{prefix}')"
+                        )
                     sender_id = int(marked.format(digits))
                     self._senders[from_id] = sender_id
                     return sender_id
         raise _FieldError(f"`from_id` is {_short(from_id)}, expected e.g. 'user123'")
+
+
+def _outside_message_ids(key: str, value: int) -> str:
+    return f"`{key}` is {value}, outside Telegram's message ids (1 to {MAX_MESSAGE_ID})"
 
 
 def _unixtime(raw: dict[str, Any], key: str) -> datetime | None:
