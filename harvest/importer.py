@@ -12,14 +12,14 @@ from pathlib import Path
 
 from sqlalchemy.exc import DataError, IntegrityError
 
-from harvest.errors import HarvestError
+from harvest.errors import HarvestError, OtherAccountError
 from harvest.export import ExportReader, export_file
 from harvest.records import ChatRecord, MessageRecord
 from storage import Database
 from storage.chats import upsert_chats_keeping_usernames
 from storage.cursors import advance_cursor
 from storage.errors import database_error_line
-from storage.messages import count_messages, upsert_messages
+from storage.messages import count_messages, stored_owner_id, upsert_messages
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def import_export(
     reader = ExportReader(path, owner_id=options.owner_id)
     with database.session() as session:
         before = count_messages(session)
+        stored_owner = stored_owner_id(session)
     writer = _BatchWriter(database, database.where)
     try:
         for item in reader:
@@ -76,6 +77,9 @@ def import_export(
                     if progress:
                         progress(reader.bytes_read, reader.total_bytes)
             else:
+                if stored_owner is not None:  # the owner is known once a chat is read
+                    check_same_owner(stored_owner, reader.owner_id, str(path), database.where)
+                    stored_owner = None
                 writer.add_chat(item)  # type: ignore[arg-type]
     except BaseException as error:
         # Also on a broken export: everything read before the broken spot gets stored.
@@ -106,6 +110,16 @@ def import_export(
         summary.seconds,
     )
     return summary
+
+
+def check_same_owner(stored: int, incoming: int | None, source: str, where: str) -> None:
+    """Refuse to mix accounts: `from_owner` of every stored message would flip."""
+    if incoming is not None and incoming != stored:
+        raise OtherAccountError(
+            f"{source} is of the account of user {incoming}, but the database {where} holds "
+            f"the chats of user {stored}: import and harvest only your own account, or use "
+            "another TWIN_DATA_DIR (or TWIN_DATABASE_URL) for the other one"
+        )
 
 
 class ImportWriteError(HarvestError):

@@ -12,7 +12,12 @@ from sqlalchemy import select
 from telethon import errors
 from telethon.tl import types
 
-from harvest.errors import HarvestError, NotLoggedInError, TelegramConnectionError
+from harvest.errors import (
+    HarvestError,
+    NotLoggedInError,
+    OtherAccountError,
+    TelegramConnectionError,
+)
 from harvest.harvester import HarvestOptions, HarvestSummary, harvest
 from harvest.importer import ImportOptions, import_export
 from harvest.telegram import message_record
@@ -327,6 +332,18 @@ def test_takeout_session_is_used_when_asked(sqlite_database) -> None:
     account = busy_account(people=2, messages_per_person=30)
     summary, _ = run(account, sqlite_database, takeout=True)
     assert account.takeouts == 1 and summary.new_messages > 0
+
+
+def test_a_session_of_another_account_is_refused_before_anything_is_written(
+    sqlite_database,
+) -> None:
+    run(busy_account(people=2, messages_per_person=30), sqlite_database)
+    before = rows(sqlite_database)
+    other = busy_account(people=2, messages_per_person=30)
+    other.me.id = 7_777_777
+    with pytest.raises(OtherAccountError, match=f"user 7777777.*user {OWNER_ID}"):
+        run(other, sqlite_database)
+    assert rows(sqlite_database) == before
 
 
 def test_takeout_that_telegram_delays_says_what_to_do(sqlite_database) -> None:

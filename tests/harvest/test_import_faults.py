@@ -223,10 +223,34 @@ def test_a_chat_id_outside_telegrams_user_ids_is_refused(
     assert stored_ids(sqlite_database) == {}
 
 
-def test_an_owner_id_outside_telegrams_user_ids_is_refused(
-    sqlite_database, tmp_path: Path
-) -> None:
+def test_an_owner_id_outside_telegrams_user_ids_is_refused(sqlite_database, tmp_path: Path) -> None:
     export = full_export([], owner_id=2**63)
     path = write_export(tmp_path / "result.json", export)
     with pytest.raises(ExportFormatError, match="`personal_information.user_id` is 92233"):
         import_export(sqlite_database, ImportOptions(path))
+
+
+def test_an_export_of_another_account_is_refused_naming_both_ids(
+    sqlite_database, tmp_path: Path
+) -> None:
+    mine = write_export(tmp_path / "mine.json", many_messages_export(2, 30))
+    import_export(sqlite_database, ImportOptions(mine))
+    other = many_messages_export(2, 30)
+    other["personal_information"]["user_id"] = 7_777_777
+    for item in other["chats"]["list"]:
+        for raw in item["messages"]:
+            if raw["from_id"] == f"user{OWNER_ID}":
+                raw["from_id"] = "user7777777"
+    path = write_export(tmp_path / "other.json", other)
+    with sqlite_database.session() as session:
+        before = sorted(
+            session.execute(select(Message.chat_id, Message.message_id, Message.from_owner))
+        )
+    with pytest.raises(HarvestError) as raised:
+        import_export(sqlite_database, ImportOptions(path))
+    assert "7777777" in str(raised.value) and str(OWNER_ID) in str(raised.value)
+    with sqlite_database.session() as session:
+        after = sorted(
+            session.execute(select(Message.chat_id, Message.message_id, Message.from_owner))
+        )
+    assert after == before
