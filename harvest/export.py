@@ -8,6 +8,7 @@ serializer (`export_output_json.cpp`).
 
 from __future__ import annotations
 
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harvest.errors import ExportFormatError, OwnerUnknownError
+from harvest.errors import ExportFormatError, HarvestError, OwnerUnknownError
 from harvest.json_stream import JsonStream
 from harvest.records import MAX_MESSAGE_ID, MAX_PEER_ID, ChatRecord, MessageRecord
+from storage.errors import os_error_line
 
 EXPORT_FILE_NAME = "result.json"
 PERSONAL_CHAT = "personal_chat"
@@ -41,17 +43,29 @@ _SKIPPED_MESSAGE_TYPES = frozenset({"service", "unsupported"})
 
 
 def export_file(path: Path) -> Path:
-    """The export file at `path`, or `result.json` inside it when `path` is the export folder."""
-    if path.is_dir():
+    """The export file at `path`, or `result.json` inside it when `path` is the export folder.
+
+    Refuses what cannot be read as a file (a pipe would block the import forever), saying why.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except OSError as error:  # a loop of symbolic links, a name too long, no permission
+        raise HarvestError(os_error_line(error)) from None
+    if stat.S_ISDIR(mode):
         candidate = path / EXPORT_FILE_NAME
-        if not candidate.is_file():
+        if not candidate.exists():
             raise ExportFormatError(
                 f"{path} is a folder without {EXPORT_FILE_NAME}: pass the JSON file that "
                 'Telegram Desktop wrote (Export Telegram data, format "Machine-readable JSON")'
             )
-        return candidate
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        return export_file(candidate)
+    if not stat.S_ISREG(mode):
+        raise ExportFormatError(
+            f"{path} is not a regular file (a pipe, a socket or a device?): pass the "
+            f"{EXPORT_FILE_NAME} that Telegram Desktop wrote"
+        )
     return path
 
 

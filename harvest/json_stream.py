@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from harvest.errors import ExportFormatError
+from harvest.errors import ExportFormatError, HarvestError
+from storage.errors import os_error_line
 
 CHUNK_BYTES = 1 << 20
 #: Characters kept ahead of the position before a value is decoded, so a value rarely
@@ -56,10 +57,21 @@ class JsonStream:
     def read_more(self) -> None:
         """Drop the text before `pos` and append the next chunk; sets `eof` at the end."""
         while not self.eof:
-            raw = self._file.read(CHUNK_BYTES)
+            try:
+                raw = self._file.read(CHUNK_BYTES)
+            except OSError as error:
+                raise HarvestError(
+                    f"{self.path}: reading failed at byte {self.bytes_read} "
+                    f"({os_error_line(error)}); what was read before it is kept"
+                ) from error
             try:
                 decoded = self._decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as error:
+                if not raw and error.reason == "unexpected end of data":
+                    raise ExportFormatError(
+                        f"{self.path}: the file ends in the middle of a character at byte "
+                        f"{self.bytes_read + error.start} (truncated? export it again)"
+                    ) from None
                 raise ExportFormatError(
                     f"{self.path}: not UTF-8 text at byte {self.bytes_read + error.start}: "
                     "is it the JSON file Telegram Desktop wrote?"
@@ -100,8 +112,13 @@ class JsonStream:
             raise self._unexpected(found, repr(char), what)
         self.pos += 1
 
-    def value(self, what: str, limit: int = MAX_VALUE_CHARS) -> Any:
-        """Decode the JSON value at the position and step over it."""
+    def value(self, what: str, limit: int | None = None) -> Any:
+        """Decode the JSON value at the position and step over it.
+
+        A value that does not end within `limit` characters is a broken file, or, when a
+        limit below `MAX_VALUE_CHARS` is given, `_TOO_LARGE` for the caller to walk instead.
+        """
+        limit = MAX_VALUE_CHARS if limit is None else limit
         if self.peek() == "":
             raise self.error(f"the file ends where {what} should be (truncated?)")
         while True:
@@ -120,6 +137,11 @@ class JsonStream:
                     continue
                 if limit < MAX_VALUE_CHARS:
                     return _TOO_LARGE
+                if not self.eof and _goes_on(error):
+                    raise self.error(
+                        f"{what} goes on for more than {limit:,} characters without ending: "
+                        "the file is damaged (no text in it is that long)"
+                    ) from None
                 if isinstance(error, StopIteration):
                     found = self.text[error.value] if error.value < len(self.text) else ""
                     raise self._unexpected(found, "a value", what) from None
@@ -130,7 +152,14 @@ class JsonStream:
                         f"the file ends in the middle of {what} (truncated? export it again)",
                         error.pos,
                     ) from None
-                raise self.error(f"{error.msg} in {what}", error.pos) from None
+                raise self.error(_problem(error, self.text, what), error.pos) from None
+            except RecursionError:
+                raise self.error(
+                    f"{what} nests arrays or objects inside each other too deep: the file is "
+                    "damaged"
+                ) from None
+            except ValueError as error:  # a number of more than 4300 digits
+                raise self.error(f"{what} holds a number too long to read ({error})") from None
             if end == len(self.text) and not self.eof:  # a number may go on in the next chunk
                 self.read_more()
                 continue
@@ -183,7 +212,7 @@ class JsonStream:
                 continue
             try:
                 result, end = scan(text, pos)
-            except (StopIteration, json.JSONDecodeError):
+            except (StopIteration, ValueError, RecursionError):  # JSONDecodeError is a ValueError
                 end = -1
             if end < 0 or (end == len(text) and not self.eof):
                 result = self.value(element)  # the slow path: more text, a repair, or an error
@@ -222,18 +251,23 @@ class JsonStream:
                 self.pos -= 1
                 raise self._unexpected(found, "',' or ']'", what)
 
-    def skip(self, what: str) -> None:
+    def skip(self, what: str, depth: int = 0) -> None:
         """Step over a value of any size without holding all of it in memory."""
         found = self.peek()
         if found not in ("{", "["):
             self.value(what)
         elif self.value(what, limit=SKIP_WINDOW_CHARS) is _TOO_LARGE:
+            if depth >= MAX_DEPTH:
+                raise self.error(
+                    f"{what} nests arrays or objects inside each other more than {MAX_DEPTH} "
+                    "levels deep: the file is damaged"
+                )
             if found == "{":
                 for key in self.members(what):
-                    self.skip(f"`{key}` in {what}")
+                    self.skip(f"`{key}` in {what}", depth + 1)
             else:
                 for _ in self.elements(what):
-                    self.skip(f"an element of {what}")
+                    self.skip(f"an element of {what}", depth + 1)
 
     def location(self, pos: int) -> str:
         newlines = self.text.count("\n", 0, pos)
@@ -252,3 +286,19 @@ class JsonStream:
         if found == "":
             return self.error(f"the file ends in the middle of {what} (truncated? export it again)")
         return self.error(f"expected {expected} in {what}, found {found!r}")
+
+
+def _goes_on(error: StopIteration | json.JSONDecodeError) -> bool:
+    """The scanner stopped because the value had not ended yet, not at a wrong character."""
+    return isinstance(error, StopIteration) or error.msg.startswith("Unterminated")
+
+
+def _problem(error: json.JSONDecodeError, text: str, what: str) -> str:
+    """The scanner's complaint in words: its messages end in "at", for a position we add."""
+    if error.msg.startswith("Invalid control character"):
+        char = text[error.pos] if error.pos < len(text) else ""
+        return (
+            f"a raw control character (U+{ord(char or chr(0)):04X}) inside a text in {what}: "
+            "JSON writes it as an escape such as \\u0000, so the file is damaged"
+        )
+    return f"{error.msg.removesuffix(' at')} in {what}"

@@ -254,3 +254,138 @@ def test_an_export_of_another_account_is_refused_naming_both_ids(
             session.execute(select(Message.chat_id, Message.message_id, Message.from_owner))
         )
     assert after == before
+
+
+def _one_chat(text: str = "hi") -> str:
+    export = full_export([chat(ALICE[1], "personal_chat", ALICE[0], [message(1, ALICE, text)])])
+    return json.dumps(export, ensure_ascii=False, indent=1)
+
+
+def _nested(depth: int) -> bytes:
+    return _one_chat("TEXT").replace('"TEXT"', "[" * depth + "]" * depth, 1).encode()
+
+
+def _in_skipped_section(depth: int) -> bytes:
+    text = _one_chat()
+    return text.replace(
+        '"about": "Here', '"deep": ' + "[" * depth + "]" * depth + ', "about": "Here', 1
+    ).encode()
+
+
+HOSTILE_EXPORTS = {
+    "nested 1,000 deep in a message": (_nested(1000), "too deep"),
+    "nested 100,000 deep in a skipped section": (_in_skipped_section(100_000), "too deep"),
+    "cut inside a multi-byte character": (
+        _one_chat("Привет").encode()[:-1] + "П".encode()[:1],
+        "truncated",
+    ),
+    "a raw NUL in a text": (
+        _one_chat("a\x00b").replace("\\u0000", "\x00").encode(),
+        "raw control character (U+0000)",
+    ),
+    "a number of 5,000 digits": (
+        _one_chat().replace('"id": 1,', '"id": ' + "9" * 5000 + ",", 1).encode(),
+        "number too long",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_EXPORTS))
+def test_a_hostile_export_is_one_line_naming_the_file_and_the_cause(
+    tmp_path: Path, capsys, case: str
+) -> None:
+    content, expected = HOSTILE_EXPORTS[case]
+    path = tmp_path / "result.json"
+    path.write_bytes(content)
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(path)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert expected in line and str(path) in line
+
+
+def test_a_text_longer_than_any_message_is_named_as_such(
+    sqlite_database, tmp_path: Path, monkeypatch
+) -> None:
+    from harvest import json_stream
+
+    monkeypatch.setattr(json_stream, "MAX_VALUE_CHARS", 5_000)
+    monkeypatch.setattr(json_stream, "CHUNK_BYTES", 1_000)
+    monkeypatch.setattr(json_stream, "LOOKAHEAD_CHARS", 100)
+    path = tmp_path / "result.json"
+    path.write_text(_one_chat("x" * 20_000), encoding="utf-8")
+    with pytest.raises(ExportFormatError) as raised:
+        import_export(sqlite_database, ImportOptions(path))
+    error = str(raised.value)
+    assert "more than 5,000 characters" in error and "Unterminated" not in error
+
+
+@pytest.mark.timeout(20)
+def test_a_pipe_given_as_the_export_is_refused_at_once(tmp_path: Path, capsys) -> None:
+    import os
+
+    pipe = tmp_path / "result.json"
+    os.mkfifo(pipe)
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(pipe)]) == 1
+    assert "not a regular file" in error_line(capsys.readouterr().err)
+
+
+def test_a_symlink_loop_is_not_called_missing(tmp_path: Path, capsys) -> None:
+    loop = tmp_path / "result.json"
+    loop.symlink_to(loop)
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(loop)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "symbolic links" in line and "does not exist" not in line
+
+
+def test_a_name_too_long_is_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / ("x" * 300 + ".json")
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(path)]) == 1
+    assert "too long" in error_line(capsys.readouterr().err)
+
+
+def test_an_io_error_while_reading_keeps_what_was_read_and_is_one_line(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import errno
+    import io
+
+    from harvest import json_stream
+
+    monkeypatch.setattr(json_stream, "CHUNK_BYTES", 4_000)
+    monkeypatch.setattr(json_stream, "LOOKAHEAD_CHARS", 100)
+    path = write_export(tmp_path / "result.json", many_messages_export(2, 200))
+    real_open = Path.open
+
+    class FailingDisk(io.BufferedReader):
+        def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+            if self.tell() > 20_000:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read(size)
+
+    def open_failing(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            return FailingDisk(io.FileIO(self, "rb"))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_failing)
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(path)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "input/output error" in line and "byte" in line and str(path) in line
+    monkeypatch.setattr(Path, "open", real_open)
+    from storage import open_database
+
+    database = open_database(f"sqlite:///{tmp_path / 'data' / 'twin.db'}")
+    assert sum(len(ids) for ids in stored_ids(database).values()) > 0
+    database.close()
+
+
+def test_a_read_only_data_folder_says_so(tmp_path: Path, capsys) -> None:
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    if os.access(data, os.W_OK):
+        pytest.skip("running as root: a folder's mode does not stop root from writing")
+    path = write_export(tmp_path / "result.json", many_messages_export(1, 3))
+    assert main(["--data-dir", str(data), "import", str(path)]) == 1
+    assert "read-only" in error_line(capsys.readouterr().err)
