@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,17 +159,27 @@ class Database:
         self.engine.dispose()
 
 
+#: `user:password@` in any URL, and query parameters whose name says they hold a secret.
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]*):[^/\s@]+@")
+_SECRET_PARAMETER = re.compile(
+    r"([?&;][^=&\s]*(?:password|passwd|pwd|secret|token|api_?key)[^=&\s]*=)[^&\s#]+",
+    re.IGNORECASE,
+)
+
+
+def mask_url_credentials(text: str) -> str:
+    """`text` with the password of every URL in it, and `?password=`-like values, as `***`."""
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_PARAMETER.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
+
+
 def display_url(url: str | URL) -> str:
-    """An SQLite file's path, or any other URL with its password and password-like query
-    parameters (`?password=`, `sslpassword`, ...) masked: safe for errors and logs."""
+    """An SQLite file's path, or any other URL with its credentials masked: safe to show."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return str(parsed.database)
-    query = {
-        key: ("***" if "password" in key.lower() or "secret" in key.lower() else value)
-        for key, value in parsed.query.items()
-    }
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    return mask_url_credentials(parsed.render_as_string(hide_password=True))
 
 
 def open_database(url: str, *, migrate: bool = True) -> Database:

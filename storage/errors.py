@@ -89,7 +89,7 @@ def database_error_line(error: BaseException, where: str) -> str:
         return "a number is too large for the database (it takes at most 64-bit integers)"
     if isinstance(cause, OSError):
         return os_error_line(cause)
-    return f"the database {where} refused a write: {type(cause).__name__}: {text}"
+    return f"the database {where} failed: {type(cause).__name__}: {text}"
 
 
 def os_error_line(error: OSError) -> str:

@@ -211,6 +211,21 @@ def test_the_real_client_keeps_its_session_file_private(tmp_path: Path) -> None:
     assert API_HASH not in repr(options)
 
 
+@pytest.mark.parametrize("command", ["harvest", "login"])
+def test_a_damaged_session_file_is_one_line_saying_what_to_do(
+    tmp_path: Path, monkeypatch, capsys, command: str
+) -> None:
+    monkeypatch.setenv("TWIN_API_ID", "12345")
+    monkeypatch.setenv("TWIN_API_HASH", API_HASH)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "telegram.session").write_bytes(b"not a session \x00\xff" * 100)
+    monkeypatch.setattr("typer.prompt", lambda *args, **kwargs: "+10000000000")
+    assert twin(tmp_path, command) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "telegram.session" in err and "damaged" in err
+    assert "twin login" in err
+
+
 def test_login_prompts_are_plain_callables() -> None:
     prompts = LoginPrompts(phone=lambda: "+1", code=lambda: "2", password=lambda: "3")
     assert (prompts.phone(), prompts.code(), prompts.password()) == ("+1", "2", "3")
