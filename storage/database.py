@@ -22,6 +22,7 @@ from storage.errors import (
     StorageError,
     database_error_line,
 )
+from storage.locks import migration_lock
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -93,6 +94,11 @@ def upgrade(engine: Engine) -> None:
     """Migrate the database to the newest schema; refuse one migrated by a newer tgtwin."""
     if _stored_revisions(engine) == [SCHEMA_HEAD]:
         return
+    with migration_lock(engine):  # another command may be migrating it right now
+        _upgrade_locked(engine)
+
+
+def _upgrade_locked(engine: Engine) -> None:
     from alembic import command
     from alembic.script import ScriptDirectory
 
