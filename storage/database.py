@@ -20,9 +20,11 @@ from storage.errors import (
     DatabaseTooNewError,
     DatabaseUnavailableError,
     StorageError,
+    cannot_open_reason,
     database_error_line,
 )
 from storage.locks import migration_lock
+from storage.private import PRIVATE_DIR, PRIVATE_FILE, make_private
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -40,12 +42,27 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, hide_parameters=True)
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_files(Path(database).expanduser())
     engine = create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _private_sqlite_files(path: Path) -> None:
+    """The database file, created 0600 before SQLite opens it: SQLite gives its -wal and -shm
+    files the database's mode. Existing ones are made private too."""
+    try:
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if not path.exists():
+            path.touch(mode=PRIVATE_FILE)
+    except OSError as error:
+        raise StorageError(
+            f"cannot create the database {path}: {cannot_open_reason(str(path))}"
+        ) from error
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm", f"{path.name}-journal"):
+        make_private(path.with_name(name))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -78,7 +78,7 @@ def database_error_line(error: BaseException, where: str) -> str:
         if phrase in lowered:
             return f"the database {where} {meaning}"
     if "unable to open database file" in lowered:
-        return f"cannot open the database {where}: {_unopenable(where)}"
+        return f"cannot open the database {where}: {cannot_open_reason(where)}"
     if isinstance(cause, UnicodeEncodeError):
         bad = cause.object[cause.start : cause.end] if isinstance(cause.object, str) else ""
         return (
@@ -110,7 +110,8 @@ def os_error_line(error: OSError) -> str:
     return f"cannot use{name}: {hint}"
 
 
-def _unopenable(where: str) -> str:
+def cannot_open_reason(where: str) -> str:
+    """Why an SQLite file at `where` cannot be opened or created, as far as its folder says."""
     folder = Path(where).parent
     if not folder.is_dir():
         return f"its folder {folder} does not exist"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -17,6 +18,7 @@ from bot.errors import BotError
 from harvest.errors import HarvestError
 from storage import StorageError
 from storage.errors import database_error_line, os_error_line
+from storage.private import PRIVATE_UMASK
 from training.errors import TrainingError
 from twin.commands import config, dataset, db, demo, harvest, serve, train
 from twin.context import AppContext
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn our errors into one readable line and an exit code."""
     verbose = any(arg in ("-v", "--verbose") for arg in (argv or sys.argv[1:]))
     console = Console(stderr=True)
+    # Everything twin writes (database, datasets, adapters, plots) holds private chats.
+    umask = os.umask(PRIVATE_UMASK)
     try:
         app(args=argv, prog_name="twin")  # standalone: usage errors print and exit 2
     except SystemExit as done:
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(console, os_error_line(error), verbose)
     except SQLAlchemyError as error:
         return _one_line(console, database_error_line(error, "in use"), verbose)
+    finally:
+        os.umask(umask)
     return 0
 
 
