@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -105,9 +106,29 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(console, os_error_line(error), verbose)
     except SQLAlchemyError as error:
         return _one_line(console, database_error_line(error, "in use"), verbose)
+    except Exception as error:
+        if (full := _full_disk(error)) is None:
+            raise
+        return _one_line(console, full, verbose)
     finally:
         os.umask(umask)
     return 0
+
+
+#: How libraries that write without raising OSError (safetensors, Arrow, torch) say "disk full".
+_DISK_FULL_WORDS = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def _full_disk(error: BaseException) -> str | None:
+    """One line if `error`, or one it came from, is a full disk however a library wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os_error_line(seen)
+        if any(word in str(seen) for word in _DISK_FULL_WORDS):
+            return "the disk is full: free some space and run the command again"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _one_line(console: Console, message: str, verbose: bool) -> int:

@@ -151,3 +151,18 @@ def test_a_full_disk_anywhere_is_one_line(tmp_path: Path, monkeypatch, capsys) -
     assert main(["--data-dir", str(tmp_path / "data"), "import", str(export)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "disk is full" in err and "x.arrow" in err
+
+
+def test_a_full_disk_wrapped_by_a_library_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import harvest.importer
+
+    def full(*args, **kwargs):
+        message = "Error while serializing: IoError(Os { code: 28, kind: StorageFull, .. })"
+        raise RuntimeError(message)  # how safetensors reports it while an adapter is saved
+
+    monkeypatch.setattr(harvest.importer, "import_export", full)
+    export = tmp_path / "result.json"
+    export.write_text("{}")
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(export)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "disk is full" in err
