@@ -120,8 +120,11 @@ def test_commands_started_at_once_on_a_new_database_all_succeed(tmp_path, databa
         url = database_url
         if url.startswith("sqlite"):
             url = f"sqlite:///{tmp_path / f'twin-{attempt}.db'}"
-        elif attempt:
-            break  # one fresh PostgreSQL database per test
+        elif attempt:  # the same PostgreSQL database, emptied again
+            engine = make_engine(url)
+            with engine.begin() as connection:
+                connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
         results = _open_at_once(url, processes=4)
         failed = [r.stderr.strip().splitlines()[-1] for r in results if r.returncode]
         assert not failed, failed
