@@ -206,6 +206,17 @@ def test_truncated_export_keeps_stored_batches_and_rerun_completes(
         ("text", 42, "`text` is 42, expected text or a list"),
         ("from_id", 7, "`from_id` is 7"),
         ("reply_to_message_id", "5", "`reply_to_message_id` is '5'"),
+        # Absurd values: stored, they would move the chat's cursor past every real id.
+        ("id", 10**12, "`id` is 1000000000000, outside Telegram's message ids (1 to 2147483647)"),
+        ("id", 2**63 - 1, "`id` is 9223372036854775807, outside Telegram's message ids"),
+        ("id", 2**63, "`id` is 9223372036854775808, outside"),
+        ("id", 0, "`id` is 0, outside"),
+        ("reply_to_message_id", 2**63, "`reply_to_message_id` is 9223372036854775808, outside"),
+        ("from_id", f"user{2**63}", "`from_id` is 'user9223372036854775808', outside Telegram's"),
+        ("from_id", "user²", "`from_id` is 'user²', expected e.g. 'user123'"),
+        ("date_unixtime", "99999999999999", "`date_unixtime` is '99999999999999', expected"),
+        ("date_unixtime", "²", "`date_unixtime` is '²', expected seconds since 1970"),
+        ("edited_unixtime", "99999999999999", "`edited_unixtime` is '99999999999999'"),
     ],
 )
 def test_wrong_type_in_a_field_names_field_chat_message_and_line(
@@ -223,6 +234,8 @@ def test_wrong_type_in_a_field_names_field_chat_message_and_line(
     marker = next(n for n, text in enumerate(lines, 1) if '"@bot4"' in text)
     assert f"line {marker - 7}, column 6" in error  # where message #4's object begins
     assert len(stored(sqlite_database)) == 3
+    with sqlite_database.session() as session:
+        assert cursors(session) == {ALICE[0]: 3}
 
 
 @pytest.mark.parametrize(

@@ -182,36 +182,6 @@ def test_an_export_cut_short_keeps_the_messages_read_before_even_in_one_batch(
     assert stored_ids(sqlite_database) == {ALICE[0]: {1}}
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "expected"),
-    [
-        ("id", 10**12, "`id` is 1000000000000, outside Telegram's message ids (1 to 2147483647)"),
-        ("id", 2**63 - 1, "`id` is 9223372036854775807, outside Telegram's message ids"),
-        ("id", 2**63, "`id` is 9223372036854775808, outside"),
-        ("id", 0, "`id` is 0, outside"),
-        ("reply_to_message_id", 2**63, "`reply_to_message_id` is 9223372036854775808, outside"),
-        ("from_id", f"user{2**63}", "`from_id` is 'user9223372036854775808', outside Telegram's"),
-        ("from_id", "user²", "`from_id` is 'user²', expected e.g. 'user123'"),
-        ("date_unixtime", "99999999999999", "`date_unixtime` is '99999999999999', expected"),
-        ("date_unixtime", "²", "`date_unixtime` is '²', expected seconds since 1970"),
-        ("edited_unixtime", "99999999999999", "`edited_unixtime` is '99999999999999'"),
-    ],
-)
-def test_absurd_ids_and_times_are_refused_in_one_line_naming_file_and_position(
-    sqlite_database, tmp_path: Path, field: str, value: object, expected: str
-) -> None:
-    messages = [message(n, ALICE, f"ok {n}") for n in range(1, 6)]
-    messages[3][field] = value
-    export = full_export([chat(ALICE[1], "personal_chat", ALICE[0], messages)])
-    path = write_export(tmp_path / "result.json", export)
-    with pytest.raises(ExportFormatError) as raised:
-        import_export(sqlite_database, ImportOptions(path))
-    error = str(raised.value)
-    assert expected in error and str(path) in error and "message #4" in error and "line" in error
-    assert stored_ids(sqlite_database) == {ALICE[0]: {1, 2, 3}}
-    assert stored_cursors(sqlite_database) == {ALICE[0]: 3}
-
-
 @pytest.mark.parametrize("chat_id", [2**52, 2**63, 0])
 def test_a_chat_id_outside_telegrams_user_ids_is_refused(
     sqlite_database, tmp_path: Path, chat_id: int
