@@ -59,7 +59,8 @@ def import_export(
 
     Every batch is its own transaction with its chats' cursors, so an error or a kill keeps
     everything stored before it, and importing again (the same file, a fixed one, or one that
-    overlaps a harvest) completes the import without storing anything twice.
+    overlaps a harvest) completes the import without storing anything twice. The first batch
+    that fails stops the import: no later batch moves a cursor past a message not stored.
     """
     started = time.perf_counter()
     path = export_file(options.path)

@@ -166,3 +166,19 @@ def test_a_full_disk_wrapped_by_a_library_is_one_line(tmp_path: Path, monkeypatc
     assert main(["--data-dir", str(tmp_path / "data"), "import", str(export)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "disk is full" in err
+
+
+def test_a_dataset_build_writes_only_private_files(tmp_path: Path, monkeypatch) -> None:
+    from storage import open_database
+    from tests.training.chat_data import generated_store, save_tokenizer, store
+
+    data = tmp_path / "data"
+    database = open_database(f"sqlite:///{data / 'twin.db'}")
+    store(database, *generated_store(chats=3, sessions=6))
+    database.close()
+    monkeypatch.setenv("TWIN_BASE_MODEL", str(save_tokenizer(tmp_path / "tokenizer")))
+    assert main(["--data-dir", str(data), "dataset", "build"]) == 0
+    written = list((data / "datasets").rglob("*"))
+    assert any(p.suffix == ".arrow" for p in written)
+    wrong = {str(p): oct(_mode(p)) for p in written if _mode(p) not in (0o600, 0o700)}
+    assert not wrong
