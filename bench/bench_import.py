@@ -250,9 +250,9 @@ def main() -> None:
     if args.child:
         child(args.child[0], Path(args.child[1]), args.child[2])
         return
-    from harvest import export as export_module
+    from harvest import json_stream
 
-    scanner = "C" if isinstance(export_module._scan, json.scanner.c_make_scanner) else "Python"
+    scanner = "C" if isinstance(json_stream._scan, json.scanner.c_make_scanner) else "Python"
     print(f"JSON scanner used by the export reader: {scanner}")
     for messages in args.messages:
         measure_size(messages, args.keep if messages == args.messages[-1] else None)

@@ -15,6 +15,10 @@ class OwnerUnknownError(HarvestError):
     """The export does not say whose account it is, and no `--owner-id` was given."""
 
 
+class OtherAccountError(HarvestError):
+    """The export or the session belongs to another account than the one the database holds."""
+
+
 class NotLoggedInError(HarvestError):
     """No Telegram session, or Telegram no longer accepts it."""
 

@@ -1,48 +1,30 @@
 """Telegram Desktop's JSON export (`result.json`), read as a stream of chats and messages.
 
-An export can be gigabytes. It is read in chunks: the structure around the messages (the
-top-level object, the chat lists, each chat's header) is walked here, and every message object
-is decoded whole by the standard library's C scanner, so memory stays flat, the speed is the C
-parser's, and a broken spot is reported with its line and column. Key names and value shapes
-follow Telegram Desktop's serializer (`export_output_json.cpp`).
+An export can be gigabytes. `harvest.json_stream` reads it in chunks; this module walks the
+structure around the messages (the top-level object, the chat lists, each chat's header) and
+turns every message object into a record. Key names and value shapes follow Telegram Desktop's
+serializer (`export_output_json.cpp`).
 """
 
 from __future__ import annotations
 
-import codecs
-import json
-import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from harvest.errors import ExportFormatError, OwnerUnknownError
-from harvest.records import ChatRecord, MessageRecord
+from harvest.errors import ExportFormatError, HarvestError, OwnerUnknownError
+from harvest.json_stream import JsonStream
+from harvest.records import MAX_MESSAGE_ID, MAX_PEER_ID, ChatRecord, MessageRecord
+from storage.errors import os_error_line
 
 EXPORT_FILE_NAME = "result.json"
 PERSONAL_CHAT = "personal_chat"
 #: Telegram's own account ("Telegram", login codes and notices): not a person.
 TELEGRAM_SERVICE_USER_ID = 777000
-
-CHUNK_BYTES = 1 << 20
-#: Characters kept ahead of the position before a value is decoded, so a message rarely
-#: straddles the end of the window and has to be decoded twice.
-LOOKAHEAD_CHARS = 1 << 16
-#: No message comes near this (a text is at most 4096 characters); a value that does not end
-#: within it is a broken file, not a long message.
-MAX_VALUE_CHARS = 1 << 24
-#: Containers being skipped (contacts, sessions, chats not imported) are decoded whole when they
-#: end within this window and walked element by element when they do not.
-SKIP_WINDOW_CHARS = 1 << 20
-
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
-_HEX_ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
-_scan = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner where available
-_TOO_LARGE = object()
 
 # Keys Telegram Desktop writes for each kind of media, in its order, and our name for the kind
 # (its `media_type` words where it has one; documents of no special kind are "file").
@@ -61,17 +43,29 @@ _SKIPPED_MESSAGE_TYPES = frozenset({"service", "unsupported"})
 
 
 def export_file(path: Path) -> Path:
-    """The export file at `path`, or `result.json` inside it when `path` is the export folder."""
-    if path.is_dir():
+    """The export file at `path`, or `result.json` inside it when `path` is the export folder.
+
+    Refuses what cannot be read as a file (a pipe would block the import forever), saying why.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except OSError as error:  # a loop of symbolic links, a name too long, no permission
+        raise HarvestError(os_error_line(error)) from None
+    if stat.S_ISDIR(mode):
         candidate = path / EXPORT_FILE_NAME
-        if not candidate.is_file():
+        if not candidate.exists():
             raise ExportFormatError(
                 f"{path} is a folder without {EXPORT_FILE_NAME}: pass the JSON file that "
                 'Telegram Desktop wrote (Export Telegram data, format "Machine-readable JSON")'
             )
-        return candidate
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        return export_file(candidate)
+    if not stat.S_ISREG(mode):
+        raise ExportFormatError(
+            f"{path} is not a regular file (a pipe, a socket or a device?): pass the "
+            f"{EXPORT_FILE_NAME} that Telegram Desktop wrote"
+        )
     return path
 
 
@@ -99,7 +93,7 @@ class ExportReader:
         self.owner_id = owner_id
         self.stats = ExportStats()
         self.total_bytes = path.stat().st_size
-        self._window: _TextWindow | None = None
+        self._window: JsonStream | None = None
 
     @property
     def bytes_read(self) -> int:
@@ -107,10 +101,10 @@ class ExportReader:
 
     def __iter__(self) -> Iterator[ChatRecord | MessageRecord]:
         with self.path.open("rb") as file:
-            self._window = _TextWindow(self.path, file)
+            self._window = JsonStream(self.path, file)
             yield from self._root(self._window)
 
-    def _root(self, window: _TextWindow) -> Iterator[ChatRecord | MessageRecord]:
+    def _root(self, window: JsonStream) -> Iterator[ChatRecord | MessageRecord]:
         first = window.peek()
         if first == "":
             raise self._not_an_export("the file is empty")
@@ -138,9 +132,10 @@ class ExportReader:
 
     def _read_owner(self, info: Any) -> None:
         user_id = info.get("user_id") if isinstance(info, dict) else None
-        if type(user_id) is not int:
+        if type(user_id) is not int or not 0 < user_id <= MAX_PEER_ID:
             raise ExportFormatError(
-                f"{self.path}: `personal_information.user_id` is {user_id!r}, expected a number"
+                f"{self.path}: `personal_information.user_id` is {user_id!r}, expected a "
+                f"Telegram user id (a number from 1 to {MAX_PEER_ID})"
             )
         if self.owner_id is not None and self.owner_id != user_id:
             raise OwnerUnknownError(
@@ -149,7 +144,7 @@ class ExportReader:
             )
         self.owner_id = user_id
 
-    def _chat_list(self, window: _TextWindow, section: str) -> Iterator[ChatRecord | MessageRecord]:
+    def _chat_list(self, window: JsonStream, section: str) -> Iterator[ChatRecord | MessageRecord]:
         for key in window.members(f"`{section}`"):
             if key != "list":
                 window.skip(f"`{section}.{key}`")
@@ -167,7 +162,7 @@ class ExportReader:
                         window.skip(f"`{chat_key}` of {where}")
 
     def _messages(
-        self, window: _TextWindow, header: dict[str, Any], where: str, *, left: bool
+        self, window: JsonStream, header: dict[str, Any], where: str, *, left: bool
     ) -> Iterator[ChatRecord | MessageRecord]:
         chat = self._chat_record(window, header, where)
         if left or chat.kind != PERSONAL_CHAT or chat.id == TELEGRAM_SERVICE_USER_ID:
@@ -176,6 +171,10 @@ class ExportReader:
             ] += 1
             window.skip(f"the messages of {where}")
             return
+        if not 0 < chat.id <= MAX_PEER_ID:
+            raise window.error(
+                f"{where}: its `id` is {chat.id}, outside Telegram's user ids (1 to {MAX_PEER_ID})"
+            )
         owner_id = self._require_owner(chat)
         self.stats.chats += 1
         yield chat
@@ -197,7 +196,7 @@ class ExportReader:
                 yield record
         self.stats.messages += kept
 
-    def _chat_record(self, window: _TextWindow, header: dict[str, Any], where: str) -> ChatRecord:
+    def _chat_record(self, window: JsonStream, header: dict[str, Any], where: str) -> ChatRecord:
         chat_id, kind, name = header.get("id"), header.get("type"), header.get("name")
         problem = None
         if type(chat_id) is not int:
@@ -258,9 +257,14 @@ class _MessageConverter:
         message_id = raw.get("id")
         if message_id.__class__ is not int:
             raise _FieldError(f"`id` is {_short(message_id)}, expected a number")
+        if not 0 < message_id <= MAX_MESSAGE_ID:
+            raise _FieldError(_outside_message_ids("id", message_id))
         unixtime = raw.get("date_unixtime")
         if unixtime.__class__ is str and unixtime.isdigit():
-            date = datetime.fromtimestamp(int(unixtime), UTC)
+            try:
+                date = datetime.fromtimestamp(int(unixtime), UTC)
+            except (ValueError, OverflowError, OSError):  # '²' is a digit; year 5138 is too late
+                date = _unixtime(raw, "date_unixtime")  # type: ignore[assignment]
         else:
             date = _unixtime(raw, "date_unixtime") or _local_date(raw)
         text = raw.get("text", "")
@@ -286,8 +290,13 @@ class _MessageConverter:
             if sender_id is None:
                 sender_id = self._sender(from_id)
         reply_to_id = raw.get("reply_to_message_id")
-        if reply_to_id is not None and reply_to_id.__class__ is not int:
-            raise _FieldError(f"`reply_to_message_id` is {_short(reply_to_id)}, expected a number")
+        if reply_to_id is not None:
+            if reply_to_id.__class__ is not int:
+                raise _FieldError(
+                    f"`reply_to_message_id` is {_short(reply_to_id)}, expected a number"
+                )
+            if not 0 < reply_to_id <= MAX_MESSAGE_ID:
+                raise _FieldError(_outside_message_ids("reply_to_message_id", reply_to_id))
         edited_at = _unixtime(raw, "edited_unixtime") if "edited_unixtime" in raw else None
         return MessageRecord(
             self.chat_id,
@@ -310,11 +319,20 @@ class _MessageConverter:
         if from_id.__class__ is str:
             for prefix, marked in (("user", "{}"), ("channel", "-100{}"), ("chat", "-{}")):
                 digits = from_id[len(prefix) :]
-                if from_id.startswith(prefix) and digits.isdigit():
+                if from_id.startswith(prefix) and digits.isascii() and digits.isdigit():
+                    if not 0 < int(digits) <= MAX_PEER_ID:
+                        raise _FieldError(
+                            f"`from_id` is {_short(from_id)}, outside Telegram's ids "
+                            f"(1 to {MAX_PEER_ID} after '{prefix}')"
+                        )
                     sender_id = int(marked.format(digits))
                     self._senders[from_id] = sender_id
                     return sender_id
         raise _FieldError(f"`from_id` is {_short(from_id)}, expected e.g. 'user123'")
+
+
+def _outside_message_ids(key: str, value: int) -> str:
+    return f"`{key}` is {value}, outside Telegram's message ids (1 to {MAX_MESSAGE_ID})"
 
 
 def _unixtime(raw: dict[str, Any], key: str) -> datetime | None:
@@ -369,220 +387,3 @@ def _sticker_text(raw: dict[str, Any], text: str) -> str:
 def _short(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-class _TextWindow:
-    """The part of the file being parsed: decoded text, a position in it, and where it lies."""
-
-    def __init__(self, path: Path, file: BinaryIO) -> None:
-        self.path = path
-        self.text = ""
-        self.pos = 0
-        self.eof = False
-        self.bytes_read = 0
-        #: Where the last value decoded by `value()` began, as an index into `text`.
-        self.value_start = 0
-        self._file = file
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
-        self._lines_before = 0
-        self._column_before = 0
-
-    def read_more(self) -> None:
-        """Drop the text before `pos` and append the next chunk; sets `eof` at the end."""
-        while not self.eof:
-            raw = self._file.read(CHUNK_BYTES)
-            try:
-                decoded = self._decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as error:
-                raise ExportFormatError(
-                    f"{self.path}: not UTF-8 text at byte {self.bytes_read + error.start}: "
-                    "is it the JSON file Telegram Desktop wrote?"
-                ) from None
-            self.bytes_read += len(raw)
-            self.eof = not raw
-            if decoded or self.eof:
-                self._drop_consumed()
-                self.text += decoded
-                return
-
-    def _drop_consumed(self) -> None:
-        pos, text = self.pos, self.text
-        if not pos:
-            return
-        newlines = text.count("\n", 0, pos)
-        if newlines:
-            self._lines_before += newlines
-            self._column_before = pos - text.rfind("\n", 0, pos) - 1
-        else:
-            self._column_before += pos
-        self.text = text[pos:]
-        self.pos = 0
-
-    def peek(self) -> str:
-        """The next character that is not whitespace ("" at the end of the file)."""
-        while True:
-            self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
-            if self.pos < len(self.text):
-                return self.text[self.pos]
-            if self.eof:
-                return ""
-            self.read_more()
-
-    def expect(self, char: str, what: str) -> None:
-        found = self.peek()
-        if found != char:
-            raise self._unexpected(found, repr(char), what)
-        self.pos += 1
-
-    def value(self, what: str, limit: int = MAX_VALUE_CHARS) -> Any:
-        """Decode the JSON value at the position and step over it."""
-        if self.peek() == "":
-            raise self.error(f"the file ends where {what} should be (truncated?)")
-        while True:
-            if not self.eof and len(self.text) - self.pos < LOOKAHEAD_CHARS:
-                self.read_more()
-                continue
-            try:
-                result, end = _scan(self.text, self.pos)
-            except (StopIteration, json.JSONDecodeError) as error:
-                # Both also mean "the value goes on past the window" (the C scanner raises
-                # StopIteration for a value cut short inside a container).
-                if isinstance(error, json.JSONDecodeError) and self._repair_hex_escape(error):
-                    continue
-                if not self.eof and len(self.text) - self.pos < limit:
-                    self.read_more()
-                    continue
-                if limit < MAX_VALUE_CHARS:
-                    return _TOO_LARGE
-                if isinstance(error, StopIteration):
-                    found = self.text[error.value] if error.value < len(self.text) else ""
-                    raise self._unexpected(found, "a value", what) from None
-                if self.eof and (
-                    error.pos >= len(self.text.rstrip()) or error.msg.startswith("Unterminated")
-                ):
-                    raise self.error(
-                        f"the file ends in the middle of {what} (truncated? export it again)",
-                        error.pos,
-                    ) from None
-                raise self.error(f"{error.msg} in {what}", error.pos) from None
-            if end == len(self.text) and not self.eof:  # a number may go on in the next chunk
-                self.read_more()
-                continue
-            self.value_start = self.pos
-            self.pos = end
-            return result
-
-    def _repair_hex_escape(self, error: json.JSONDecodeError) -> bool:
-        r"""Telegram Desktop writes control characters as `\x1F`, which JSON lacks: use `\u001F`."""
-        if not error.msg.startswith("Invalid \\escape"):
-            return False
-        found = _HEX_ESCAPE.match(self.text, error.pos)
-        if found is None:
-            return False
-        self.text = f"{self.text[: error.pos]}\\u00{found[1]}{self.text[found.end() :]}"
-        return True
-
-    def members(self, what: str) -> Iterator[str]:
-        """The keys of the object at the position; the caller consumes each key's value."""
-        self.expect("{", what)
-        if self.peek() == "}":
-            self.pos += 1
-            return
-        while True:
-            if self.peek() != '"':
-                raise self._unexpected(self.peek(), "a key in quotes", what)
-            key = self.value(f"a key of {what}")
-            self.expect(":", what)
-            yield key
-            found = self.peek()
-            self.pos += 1
-            if found == "}":
-                return
-            if found != ",":
-                self.pos -= 1
-                raise self._unexpected(found, "',' or '}'", what)
-
-    def array_values(self, what: str) -> Iterator[Any]:
-        """Decode the elements of the array at the position one at a time: the import's hot loop."""
-        self.expect("[", what)
-        if self.peek() == "]":
-            self.pos += 1
-            return
-        scan, separator = _scan, _SEPARATOR.match
-        element = f"an element of {what}"
-        while True:
-            text, pos = self.text, self.pos
-            if len(text) - pos < LOOKAHEAD_CHARS and not self.eof:
-                self.read_more()
-                continue
-            try:
-                result, end = scan(text, pos)
-            except (StopIteration, json.JSONDecodeError):
-                end = -1
-            if end < 0 or (end == len(text) and not self.eof):
-                result = self.value(element)  # the slow path: more text, a repair, or an error
-            else:
-                self.value_start, self.pos = pos, end
-            yield result
-            found = separator(self.text, self.pos)
-            if found is not None:
-                self.pos = found.end()
-                if found[1] == "]":
-                    return
-                continue
-            after = self.peek()  # the window ended inside the whitespace, or a broken file
-            self.pos += 1
-            if after == "]":
-                return
-            if after != ",":
-                self.pos -= 1
-                raise self._unexpected(after, "',' or ']'", what)
-
-    def elements(self, what: str) -> Iterator[int]:
-        """Indexes of the array at the position; the caller consumes each element."""
-        self.expect("[", what)
-        if self.peek() == "]":
-            self.pos += 1
-            return
-        index = 0
-        while True:
-            yield index
-            index += 1
-            found = self.peek()
-            self.pos += 1
-            if found == "]":
-                return
-            if found != ",":
-                self.pos -= 1
-                raise self._unexpected(found, "',' or ']'", what)
-
-    def skip(self, what: str) -> None:
-        """Step over a value of any size without holding all of it in memory."""
-        found = self.peek()
-        if found not in ("{", "["):
-            self.value(what)
-        elif self.value(what, limit=SKIP_WINDOW_CHARS) is _TOO_LARGE:
-            if found == "{":
-                for key in self.members(what):
-                    self.skip(f"`{key}` in {what}")
-            else:
-                for _ in self.elements(what):
-                    self.skip(f"an element of {what}")
-
-    def location(self, pos: int) -> str:
-        newlines = self.text.count("\n", 0, pos)
-        line = self._lines_before + newlines + 1
-        if newlines:
-            column = pos - self.text.rfind("\n", 0, pos)
-        else:
-            column = self._column_before + pos + 1
-        return f"line {line}, column {column}"
-
-    def error(self, problem: str, pos: int | None = None) -> ExportFormatError:
-        where = self.location(self.pos if pos is None else pos)
-        return ExportFormatError(f"{self.path}, {where}: {problem}")
-
-    def _unexpected(self, found: str, expected: str, what: str) -> ExportFormatError:
-        if found == "":
-            return self.error(f"the file ends in the middle of {what} (truncated? export it again)")
-        return self.error(f"expected {expected} in {what}, found {found!r}")

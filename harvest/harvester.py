@@ -16,12 +16,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from harvest.errors import HarvestError, NotLoggedInError, TelegramConnectionError
+from harvest.importer import check_same_owner
 from harvest.records import ChatRecord, MessageRecord
 from harvest.telegram import TelegramOptions, chat_record, is_person, message_record
 from storage import Database
 from storage.chats import upsert_chats
 from storage.cursors import advance_cursor, cursors
-from storage.messages import delete_messages_missing, last_message_dates, upsert_messages
+from storage.messages import (
+    delete_messages_missing,
+    last_message_dates,
+    stored_owner_id,
+    upsert_messages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +204,10 @@ class _HarvestRun:
 
     async def all_dialogs(self) -> HarvestSummary:
         me = await self._retrying(self.client.get_me, None)
+        with self.database.session() as session:
+            owner = stored_owner_id(session)
+        if owner is not None:
+            check_same_owner(owner, me.id, "the Telegram session", self.database.where)
         dialogs = await self._retrying(self._list_dialogs, None)
         selected = self._select([dialog for dialog in dialogs if is_person(dialog)])
         self.reporter.dialogs_found(len(selected))

@@ -10,12 +10,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.exc import DataError, IntegrityError
+
+from harvest.errors import HarvestError, OtherAccountError
 from harvest.export import ExportReader, export_file
 from harvest.records import ChatRecord, MessageRecord
 from storage import Database
 from storage.chats import upsert_chats_keeping_usernames
 from storage.cursors import advance_cursor
-from storage.messages import count_messages, upsert_messages
+from storage.errors import database_error_line
+from storage.messages import count_messages, stored_owner_id, upsert_messages
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +59,16 @@ def import_export(
 
     Every batch is its own transaction with its chats' cursors, so an error or a kill keeps
     everything stored before it, and importing again (the same file, a fixed one, or one that
-    overlaps a harvest) completes the import without storing anything twice.
+    overlaps a harvest) completes the import without storing anything twice. The first batch
+    that fails stops the import: no later batch moves a cursor past a message not stored.
     """
     started = time.perf_counter()
     path = export_file(options.path)
     reader = ExportReader(path, owner_id=options.owner_id)
     with database.session() as session:
         before = count_messages(session)
-    writer = _BatchWriter(database)
+        stored_owner = stored_owner_id(session)
+    writer = _BatchWriter(database, database.where)
     try:
         for item in reader:
             if item.__class__ is MessageRecord:
@@ -72,10 +78,15 @@ def import_export(
                     if progress:
                         progress(reader.bytes_read, reader.total_bytes)
             else:
-                writer.chats.append(item)  # type: ignore[arg-type]
-    finally:
+                if stored_owner is not None:  # the owner is known once a chat is read
+                    check_same_owner(stored_owner, reader.owner_id, str(path), database.where)
+                    stored_owner = None
+                writer.add_chat(item)  # type: ignore[arg-type]
+    except BaseException as error:
         # Also on a broken export: everything read before the broken spot gets stored.
-        writer.close()
+        _close_after(writer, error)
+        raise
+    writer.close()
     if progress:
         progress(reader.total_bytes, reader.total_bytes)
     with database.session() as session:
@@ -102,46 +113,139 @@ def import_export(
     return summary
 
 
+def check_same_owner(stored: int, incoming: int | None, source: str, where: str) -> None:
+    """Refuse to mix accounts: `from_owner` of every stored message would flip."""
+    if incoming is not None and incoming != stored:
+        raise OtherAccountError(
+            f"{source} is of the account of user {incoming}, but the database {where} holds "
+            f"the chats of user {stored}: import and harvest only your own account, or use "
+            "another TWIN_DATA_DIR (or TWIN_DATABASE_URL) for the other one"
+        )
+
+
+class ImportWriteError(HarvestError):
+    """The database refused a batch; what was read before it is stored, nothing after it."""
+
+
+def _close_after(writer: _BatchWriter, error: BaseException) -> None:
+    """Store what was read before `error`; a write failure then is the earlier cause."""
+    try:
+        writer.close()
+    except ImportWriteError as write_error:
+        if write_error is not error:
+            raise write_error from error
+
+
 class _BatchWriter:
     """Chats and messages waiting to be written, committed together with their cursors.
 
     Batches are written by one background thread while the next batch is parsed: SQLite does
     its B-tree work without holding the GIL, so parsing and writing overlap. At most two
-    batches wait, so memory stays flat, and a write error surfaces at the next `flush`.
+    batches wait, so memory stays flat. After a failed batch nothing more is written, so no
+    cursor moves past a message that was not stored; the first failure is the one reported.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, where: str) -> None:
         self.database = database
-        self.chats: list[ChatRecord] = []
+        self.where = where
+        #: Kept chats, each with the number of messages read before it in this batch.
+        self.chats: list[tuple[int, ChatRecord]] = []
         self.messages: list[MessageRecord] = []
+        self.error: ImportWriteError | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
         self._pending: deque[Future[None]] = deque()
 
+    def add_chat(self, chat: ChatRecord) -> None:
+        self.chats.append((len(self.messages), chat))
+
     def flush(self) -> None:
-        """Hand the waiting chats and messages to the writer thread."""
-        if self.chats or self.messages:
+        """Hand the waiting chats and messages to the writer thread; raises a write error."""
+        if self.error is None and (self.chats or self.messages):
             self._pending.append(self._executor.submit(self._write, self.chats, self.messages))
-            self.chats, self.messages = [], []
+        self.chats, self.messages = [], []
         while len(self._pending) > 1:
             self._pending.popleft().result()
+        if self.error is not None:
+            raise self.error
 
     def close(self) -> None:
         """Write what waits and wait for every batch; raises the first write error."""
         try:
-            self.flush()
+            if self.error is None:
+                self.flush()
             while self._pending:
                 self._pending.popleft().result()
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.error is not None:
+            raise self.error
 
-    def _write(self, chats: list[ChatRecord], messages: list[MessageRecord]) -> None:
+    def _write(self, chats: list[tuple[int, ChatRecord]], messages: list[MessageRecord]) -> None:
+        """Write one batch; on failure, as much of it as goes in, and remember why."""
+        if self.error is not None:
+            return  # an earlier batch failed: writing this one could leave a cursor hole
+        try:
+            self._commit(chats, messages, len(messages))
+        except Exception as error:  # noqa: BLE001 - kept, and raised in the reading thread
+            stored = self._longest_prefix(chats, messages) if _is_about_data(error) else 0
+            self.error = ImportWriteError(self._explain(error, chats, messages, stored))
+            self.error.__cause__ = error
+
+    def _commit(
+        self, chats: list[tuple[int, ChatRecord]], messages: list[MessageRecord], count: int
+    ) -> None:
+        """The first `count` messages and the chats read before them, with their cursors."""
         newest: dict[int, int] = {}
-        for message in messages:
+        for message in messages[:count]:
             if message.message_id > newest.get(message.chat_id, -1):
                 newest[message.chat_id] = message.message_id
+        kept = [chat.to_row() for before, chat in chats if before < count or count == len(messages)]
         with self.database.session() as session:
-            if chats:
-                upsert_chats_keeping_usernames(session, [chat.to_row() for chat in chats])
-            upsert_messages(session, [message.to_row() for message in messages])
+            if kept:
+                upsert_chats_keeping_usernames(session, kept)
+            upsert_messages(session, [message.to_row() for message in messages[:count]])
             for chat_id, message_id in newest.items():
                 advance_cursor(session, chat_id, message_id)
+
+    def _longest_prefix(
+        self, chats: list[tuple[int, ChatRecord]], messages: list[MessageRecord]
+    ) -> int:
+        """Commit the longest run of the batch's first messages that the database takes.
+
+        A binary search over prefixes, each its own transaction: everything before the first
+        message the database refuses gets stored, and nothing after it.
+        """
+        good, bad = 0, len(messages)
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            try:
+                self._commit(chats, messages, middle)
+            except Exception:  # noqa: BLE001 - a refused prefix is what the search looks for
+                bad = middle
+            else:
+                good = middle
+        return good
+
+    def _explain(
+        self,
+        error: Exception,
+        chats: list[tuple[int, ChatRecord]],
+        messages: list[MessageRecord],
+        stored: int,
+    ) -> str:
+        cause = database_error_line(error, self.where)
+        if not _is_about_data(error) or stored >= len(messages):
+            return f"import stopped: {cause}"
+        refused = messages[stored]
+        return (
+            f"import stopped at message id {refused.message_id} of chat {refused.chat_id}, "
+            f"which the database refused: {cause}. Everything before it is stored; fix or "
+            "remove that message in the file and import again"
+        )
+
+
+def _is_about_data(error: Exception) -> bool:
+    """A write refused for what it carried (a value), not for the state of the database."""
+    return isinstance(
+        error, UnicodeError | OverflowError | ValueError | IntegrityError | DataError
+    ) or isinstance(getattr(error, "orig", None), UnicodeError | OverflowError | ValueError)

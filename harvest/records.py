@@ -8,6 +8,11 @@ from typing import Any, Literal
 
 MessageKind = Literal["text", "media", "service"]
 
+#: Message ids are MTProto's 32-bit signed `int`, counted from 1 in each private chat.
+MAX_MESSAGE_ID = 2**31 - 1
+#: User, chat and channel ids have at most 52 significant bits (Telegram's Bot API docs).
+MAX_PEER_ID = 2**52 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRecord:

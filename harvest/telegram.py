@@ -57,10 +57,22 @@ class LoginPrompts:
 
 def make_client(options: TelegramOptions) -> Any:
     """A Telethon client over the session file, created private (mode 0600) before first use."""
+    import sqlite3
+
     from telethon import TelegramClient
 
     _private_file(options.session_path)
-    return TelegramClient(
+    try:
+        return _telethon_client(TelegramClient, options)
+    except sqlite3.DatabaseError as error:  # Telethon's session file is an SQLite database
+        raise NotLoggedInError(
+            f"the Telegram session file {options.session_path} is damaged ({error}): delete it "
+            "and run `twin login`"
+        ) from None
+
+
+def _telethon_client(client_class: Any, options: TelegramOptions) -> Any:
+    return client_class(
         str(options.session_path),
         options.api_id,
         options.api_hash,

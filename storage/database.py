@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,10 +12,19 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import DatabaseTooNewError, StorageError
+from storage.errors import (
+    DatabaseTooNewError,
+    DatabaseUnavailableError,
+    StorageError,
+    cannot_open_reason,
+    database_error_line,
+)
+from storage.locks import migration_lock
+from storage.private import PRIVATE_DIR, PRIVATE_FILE, make_private
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -26,14 +37,32 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 def make_engine(url: str) -> Engine:
     """An engine for any SQLAlchemy URL; SQLite gets WAL, foreign keys and a busy timeout."""
     parsed = make_url(url)
+    # Statement values are message texts: an error or a log shows the SQL without them.
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _private_sqlite_files(Path(database).expanduser())
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _private_sqlite_files(path: Path) -> None:
+    """The database file, created 0600 before SQLite opens it: SQLite gives its -wal and -shm
+    files the database's mode. Existing ones are made private too."""
+    try:
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if not path.exists():
+            path.touch(mode=PRIVATE_FILE)
+    except OSError as error:
+        raise StorageError(
+            f"cannot create the database {path}: {cannot_open_reason(str(path))}"
+        ) from error
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm", f"{path.name}-journal"):
+        make_private(path.with_name(name))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -55,7 +84,8 @@ def alembic_config(engine: Engine | None = None) -> Config:
     """Alembic's configuration pointing at the migrations shipped in this package."""
     from alembic.config import Config
 
-    config = Config()
+    # Alembic's default `stdout` is the one of the moment alembic was imported.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(resources.files("storage") / "migrations"))
     if engine is not None:
         config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -81,6 +111,11 @@ def upgrade(engine: Engine) -> None:
     """Migrate the database to the newest schema; refuse one migrated by a newer tgtwin."""
     if _stored_revisions(engine) == [SCHEMA_HEAD]:
         return
+    with migration_lock(engine):  # another command may be migrating it right now
+        _upgrade_locked(engine)
+
+
+def _upgrade_locked(engine: Engine) -> None:
     from alembic import command
     from alembic.script import ScriptDirectory
 
@@ -91,7 +126,7 @@ def upgrade(engine: Engine) -> None:
             script.get_revision(current)
         except Exception as error:
             raise DatabaseTooNewError(
-                f"the database {engine.url.render_as_string(hide_password=True)} is at schema "
+                f"the database {display_url(engine.url)} is at schema "
                 f"revision {current}, which this tgtwin does not know (newest here: "
                 f"{script.get_current_head()}): it was written by a newer tgtwin; "
                 "upgrade tgtwin (pip install -U tgtwin) or point TWIN_DATABASE_URL elsewhere"
@@ -123,16 +158,51 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self.sessions.begin() as session:
-            yield session
+        """A session in one transaction: committed on success, rolled back on error.
+
+        A database that cannot be used (locked, disk full, I/O error) raises `StorageError`
+        with one line saying so, without the statement or its values.
+        """
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except OperationalError as error:
+            raise DatabaseUnavailableError(database_error_line(error, self.where)) from error
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def where(self) -> str:
+        """The database as a user names it: an SQLite file's path, or the URL without secrets."""
+        return display_url(self.engine.url)
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+#: `user:password@` in any URL, and query parameters whose name says they hold a secret.
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]*):[^/\s@]+@")
+_SECRET_PARAMETER = re.compile(
+    r"([?&;][^=&\s]*(?:password|passwd|pwd|secret|token|api_?key)[^=&\s]*=)[^&\s#]+",
+    re.IGNORECASE,
+)
+
+
+def mask_url_credentials(text: str) -> str:
+    """`text` with the password of every URL in it, and `?password=`-like values, as `***`."""
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_PARAMETER.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
+
+
+def display_url(url: str | URL) -> str:
+    """An SQLite file's path, or any other URL with its credentials masked: safe to show."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return str(parsed.database)
+    return mask_url_credentials(parsed.render_as_string(hide_password=True))
 
 
 def open_database(url: str, *, migrate: bool = True) -> Database:
@@ -146,6 +216,5 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
         raise
     except Exception as error:
         engine.dispose()
-        safe_url = make_url(url).render_as_string(hide_password=True)
-        raise StorageError(f"cannot open the database {safe_url}: {error}") from error
+        raise StorageError(database_error_line(error, display_url(url))) from error
     return Database(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

@@ -104,6 +104,16 @@ def count_messages(session: Session, chat_id: int | None = None) -> int:
     return session.scalar(query) or 0
 
 
+def stored_owner_id(session: Session) -> int | None:
+    """The sender id of a stored message of the owner: whose account the database holds."""
+    query = (
+        select(Message.sender_id)
+        .where(Message.from_owner.is_(True), Message.sender_id.is_not(None))
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
 def last_message_dates(session: Session) -> dict[int, datetime]:
     """Per chat, the date of its newest stored message."""
     query = select(Message.chat_id, func.max(Message.date)).group_by(Message.chat_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -11,10 +13,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.errors import BotError
 from harvest.errors import HarvestError
 from storage import StorageError
+from storage.errors import database_error_line, os_error_line
+from storage.private import PRIVATE_UMASK
 from training.errors import TrainingError
 from twin.commands import config, dataset, db, demo, harvest, serve, train
 from twin.context import AppContext
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn our errors into one readable line and an exit code."""
     verbose = any(arg in ("-v", "--verbose") for arg in (argv or sys.argv[1:]))
     console = Console(stderr=True)
+    # Everything twin writes (database, datasets, adapters, plots) holds private chats.
+    umask = os.umask(PRIVATE_UMASK)
     try:
         app(args=argv, prog_name="twin")  # standalone: usage errors print and exit 2
     except SystemExit as done:
@@ -94,11 +101,42 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted")
         return 130
     except USER_ERRORS as error:
-        if verbose:
-            console.print_exception()
-        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        return 1
+        return _one_line(console, str(error), verbose)
+    except OSError as error:  # a full disk, an I/O error, ... wherever it surfaces
+        return _one_line(console, os_error_line(error), verbose)
+    except SQLAlchemyError as error:
+        return _one_line(console, database_error_line(error, "in use"), verbose)
+    except Exception as error:
+        if (full := _full_disk(error)) is None:
+            raise
+        return _one_line(console, full, verbose)
+    finally:
+        os.umask(umask)
     return 0
+
+
+#: How libraries that write without raising OSError (safetensors, Arrow, torch) say "disk full".
+_DISK_FULL_WORDS = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def _full_disk(error: BaseException) -> str | None:
+    """One line if `error`, or one it came from, is a full disk however a library wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os_error_line(seen)
+        if any(word in str(seen) for word in _DISK_FULL_WORDS):
+            return "the disk is full: free some space and run the command again"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _one_line(console: Console, message: str, verbose: bool) -> int:
+    """Print an error as one line (the traceback first with -v); the exit code for it."""
+    if verbose:
+        console.print_exception()
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":

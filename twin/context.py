@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from storage import Database, open_database
+from storage.private import private_data_dir
 from twin.settings import Settings
 
 
@@ -22,7 +23,8 @@ class AppContext:
     def database(self) -> Database:
         """The configured database, migrated to the current schema on first use."""
         if self._database is None:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            # Every start: the data dir and what an older tgtwin left in it become private.
+            private_data_dir(self.settings.data_dir)
             self._database = open_database(self.settings.resolved_database_url)
         return self._database
 

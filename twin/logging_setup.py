@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.logging import RichHandler
 
+from storage.database import mask_url_credentials
+
 QUIET_LIBRARIES = (
     "alembic",
     "httpx",
@@ -25,26 +27,26 @@ REDACTED = "[secret]"
 
 
 class SecretFilter(logging.Filter):
-    """Replaces every known secret value in a record's final text, whatever logged it."""
+    """Replaces every known secret value in a record's final text, whatever logged it, and
+    masks the password of any URL in it (`user:password@`, `?password=`), known or not."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        message = record.getMessage()
+        message = self._redact(record.getMessage())
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        text = record.exc_text or ""
-        for secret in self.secrets:
-            message = message.replace(secret, REDACTED)
-            text = text.replace(secret, REDACTED)
         record.msg, record.args = message, None
         if record.exc_text:
-            record.exc_text, record.exc_info = text, None
+            record.exc_text, record.exc_info = self._redact(record.exc_text), None
         return True
+
+    def _redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return mask_url_credentials(text)
 
 
 def setup_logging(verbose: bool = False, secrets: Iterable[str] = ()) -> None:

@@ -6,11 +6,13 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.database import mask_url_credentials
 from twin.durations import format_duration, parse_duration
 
 ENV_PREFIX = "TWIN_"
@@ -70,9 +72,26 @@ class Settings(BaseSettings):
 
     @property
     def secrets(self) -> list[str]:
-        """Secret values set, so logging can redact them wherever they appear."""
+        """Secret values set, so logging can redact them wherever they appear: the tokens and
+        keys, and passwords written inside the URLs."""
         values = [self.api_hash, self.bot_token, self.openai_api_key]
-        return [value.get_secret_value() for value in values if value and value.get_secret_value()]
+        found = [value.get_secret_value() for value in values if value and value.get_secret_value()]
+        for url in (self.database_url, self.openai_base_url, self.bot_api_url):
+            found.extend(_url_passwords(url or ""))
+        return found
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password of `user:password@`, and the values of `?password=`-like parameters."""
+    parts = urlsplit(url)
+    try:
+        found = [parts.password] if parts.password else []
+    except ValueError:  # a port that is no number: no password to find either
+        found = []
+    for name, value in parse_qsl(parts.query):
+        if value and mask_url_credentials(f"?{name}=x") != f"?{name}=x":
+            found.append(value)
+    return [unquote(value) for value in found]
 
 
 def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
@@ -82,18 +101,31 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         settings = Settings(_env_file=path if path.exists() else None)  # type: ignore[call-arg]
     except ValidationError as error:
         problems = [
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in item['loc']).upper()}: {item['msg']}"
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in item['loc']).upper()}: {_unechoed(item)}"
             for item in error.errors()
         ]
         raise SettingsError("bad settings: " + "; ".join(problems)) from None
+    except UnicodeDecodeError as error:
+        raise SettingsError(
+            f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8"
+        ) from None
     values = {key: value for key, value in overrides.items() if value is not None}
     return settings.model_copy(update=values) if values else settings
+
+
+def _unechoed(item: Any) -> str:
+    """Pydantic's complaint without the value itself: it may be a secret in the wrong place."""
+    message = str(item["msg"])
+    value = item.get("input")
+    if isinstance(value, str) and value:
+        message = message.replace(repr(value), "the value").replace(value, "the value")
+    return message
 
 
 def describe(settings: Settings, env_file: Path | None = None) -> list[tuple[str, str, str]]:
     """(variable, shown value, source) for every setting; secrets masked."""
     path = env_file if env_file is not None else Path(".env")
-    from_file = dotenv_values(path) if path.exists() else {}
+    from_file = dotenv_values(path, encoding="utf-8") if path.exists() else {}
     rows = []
     for name in Settings.model_fields:
         variable = f"{ENV_PREFIX}{name.upper()}"
@@ -117,9 +149,4 @@ def _show(value: Any) -> str:
         return "(not set)"
     if isinstance(value, timedelta):
         return format_duration(value)
-    if isinstance(value, str) and "://" in value and "@" in value:
-        scheme, rest = value.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return str(value)
+    return mask_url_credentials(str(value))

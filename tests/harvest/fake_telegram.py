@@ -94,6 +94,7 @@ class FakeTelegram:
         # What the harvester asked for.
         self.history_requests: Counter[int] = Counter()
         self.history_calls: list[dict[str, Any]] = []
+        self.history_calls_via: Counter[str] = Counter()  # "client" or "takeout"
         self.dialog_requests = 0
         self.takeouts = 0
         # What goes wrong: failures by the number of the history request (1-based), raised
@@ -252,10 +253,11 @@ class FakeTelegram:
         offset_date: datetime | None = None,
         reverse: bool = False,
         wait_time: float | None = None,
+        via: str = "client",
     ) -> AsyncIterator[Any]:
         """Telethon's semantics for `reverse=True`: oldest first, strictly after `min_id`, or
         strictly after `offset_date`; pages of 100, one request each, and one more after a
-        full page."""
+        full page. `via` notes whether the takeout session or the plain client asked."""
         if not reverse or limit is not None:
             raise AssertionError("the harvester walks whole histories oldest first")
         if min_id and offset_date is not None:
@@ -264,6 +266,7 @@ class FakeTelegram:
         self.history_calls.append(
             {"peer_id": peer_id, "min_id": min_id, "offset_date": offset_date}
         )
+        self.history_calls_via[via] += 1
         history = sorted(self.histories[peer_id], key=lambda m: m.id)
         if offset_date is not None:
             selected = [m for m in history if m.date > offset_date]
@@ -290,19 +293,56 @@ class FakeTelegram:
 
     def takeout(self, finalize: bool = True, **what: Any) -> Any:
         @asynccontextmanager
-        async def session() -> AsyncIterator[FakeTelegram]:
+        async def session() -> AsyncIterator[FakeTakeout]:
             if self.takeout_failure is not None:
                 raise self.takeout_failure
             if not finalize or not what.get("users"):
                 raise AssertionError("a takeout for private chats needs users=True, finalize")
             self.takeouts += 1
-            yield self
+            takeout = FakeTakeout(self)
+            try:
+                yield takeout
+            finally:
+                takeout.finished = True
 
         return session()
 
 
-def busy_account(people: int = 5, messages_per_person: int = 250, seed: int = 7) -> FakeTelegram:
-    """A deterministic account: `people` people with mixed histories, plus chats to skip."""
+class FakeTakeout:
+    """What `client.takeout()` yields in Telethon: another client over the same account, whose
+    requests go through the takeout session (noted `via="takeout"`); unusable once it ends."""
+
+    def __init__(self, account: FakeTelegram) -> None:
+        self.account = account
+        self.finished = False
+
+    def _check(self) -> None:
+        if self.finished:
+            raise AssertionError("the takeout session was used after it ended")
+
+    async def get_me(self) -> types.User:
+        self._check()
+        return await self.account.get_me()
+
+    async def iter_dialogs(self) -> AsyncIterator[Dialog]:
+        self._check()
+        async for dialog in self.account.iter_dialogs():
+            yield dialog
+
+    async def iter_messages(self, entity: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        self._check()
+        async for message in self.account.iter_messages(entity, via="takeout", **kwargs):
+            yield message
+
+
+def busy_account(
+    people: int = 5, messages_per_person: int = 250, seed: int = 7, *, varied: bool = False
+) -> FakeTelegram:
+    """A deterministic account: `people` people with mixed histories, plus chats to skip.
+
+    `varied` adds what an export and a harvest must agree on beyond plain texts: replies,
+    edits, voice notes, videos, GIFs, files, link previews.
+    """
     rng = random.Random(seed)
     account = FakeTelegram()
     names = ["Алиса", "Bassem باسم", "Carol 🌸", "Дмитрий", "Emma", "Фёдор", "Gül", "Hiro 弘"]
@@ -331,10 +371,47 @@ def busy_account(people: int = 5, messages_per_person: int = 250, seed: int = 7)
             account.say(peer, "", out=out, media=sticker(rng.choice("😀😅🔥")))
         elif roll < 0.07:
             account.say(peer, "посмотри 📷", out=out, media=photo())
+        elif varied and roll < 0.2:
+            _say_varied(account, rng, peer, out)
         else:
             words = rng.choices(["привет", "как дела", "ok", "مرحبا", "🙂", "see you", "да"], k=3)
             account.say(peer, " ".join(words), out=out, forwarded=roll > 0.97)
     return account
+
+
+def _say_varied(account: FakeTelegram, rng: random.Random, peer: int, out: bool) -> None:
+    earlier = [m.id for m in account.histories[peer] if isinstance(m, types.Message)]
+    kind = rng.randrange(8)
+    if kind == 0 and earlier:
+        account.say(peer, "это про что?", out=out, reply_to=rng.choice(earlier))
+    elif kind == 1:
+        typo = account.say(peer, "опечатка", out=out)
+        account.edit(peer, typo.id, "исправлено", account.clock + timedelta(seconds=30))
+    else:
+        media = [voice_note, video_file, animation, plain_file, link_preview, photo][kind - 2]()
+        caption = "" if kind < 5 else rng.choice(["отчёт", "https://example.org", ""])
+        account.say(peer, caption, out=out, media=media)
+
+
+def _exported_document(document: types.Document) -> dict[str, Any]:
+    """A document's keys as Telegram Desktop writes them (`export_output_json.cpp`): a file,
+    and a `media_type` for the kinds it names; a plain file has none."""
+    item: dict[str, Any] = {"file": "(File not included)", "mime_type": document.mime_type}
+    for attribute in document.attributes:
+        if isinstance(attribute, types.DocumentAttributeSticker):
+            return {**item, "media_type": "sticker", "sticker_emoji": attribute.alt}
+    kinds = {type(a): a for a in document.attributes}
+    audio = kinds.get(types.DocumentAttributeAudio)
+    video = kinds.get(types.DocumentAttributeVideo)
+    if audio is not None and audio.voice:
+        item.update(media_type="voice_message", duration_seconds=audio.duration)
+    elif types.DocumentAttributeAnimated in kinds:
+        item.update(media_type="animation", width=video.w if video else 0)
+    elif video is not None:
+        item.update(media_type="video_file", duration_seconds=int(video.duration))
+    elif audio is not None:
+        item.update(media_type="audio_file")
+    return item
 
 
 def export_of(account: FakeTelegram, upto_id: int | None = None) -> dict[str, Any]:
@@ -362,12 +439,7 @@ def export_of(account: FakeTelegram, upto_id: int | None = None) -> dict[str, An
         if isinstance(message.media, types.MessageMediaPhoto):
             item["photo"] = "(Photo not included)"
         elif isinstance(message.media, types.MessageMediaDocument):
-            item["file"] = "(File not included)"
-            alt = next(
-                (a.alt for a in message.media.document.attributes if hasattr(a, "alt")), None
-            )
-            if alt is not None:
-                item.update(media_type="sticker", sticker_emoji=alt)
+            item.update(_exported_document(message.media.document))
         item["text"] = message.message
         item["text_entities"] = [{"type": "plain", "text": message.message}]
         return item

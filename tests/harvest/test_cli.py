@@ -14,7 +14,7 @@ from rich.console import Console
 from harvest import telegram
 from harvest.harvester import HarvestOptions, harvest
 from harvest.telegram import LoginPrompts, TelegramOptions, make_client
-from storage import open_database
+from storage import Message, open_database
 from storage.messages import count_messages
 from tests.harvest.exports import (
     ALICE,
@@ -95,9 +95,19 @@ def test_single_chat_export_takes_the_owner_from_the_flag_or_the_setting(
     assert stored_messages(tmp_path) == 2
 
 
-def test_import_help_says_groups_may_come_later(capsys) -> None:
-    assert main(["import", "--help"]) == 0
-    assert "--include-groups" in capsys.readouterr().out
+@pytest.mark.parametrize("command", ["import", "harvest", "login", "chats"])
+def test_help_names_only_flags_that_exist(capsys, command: str) -> None:
+    import re
+
+    import typer.main
+
+    from twin.cli import app
+
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    real = {name for param in click_command.params for name in getattr(param, "opts", [])}
+    assert main([command, "--help"]) == 0
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out))
+    assert named and named <= real | {"--help"}, named - real
 
 
 def test_chats_exclude_and_include_by_id_or_username(tmp_path: Path, logged_in, capsys) -> None:
@@ -133,11 +143,31 @@ def test_harvest_prints_a_summary_and_a_second_run_finds_nothing_new(
 
 
 def test_harvest_flags_reach_the_harvester(tmp_path: Path, logged_in: FakeTelegram, capsys) -> None:
+    from datetime import UTC, datetime, timedelta
+
     assert twin(tmp_path, "harvest", "--chat", "@person0", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "dry run" in out and "Алиса #0" in out and "Emma" not in out
+    assert {call["peer_id"] for call in logged_in.history_calls} == {2_000_001}
     assert stored_messages(tmp_path) == 0
+    logged_in.history_calls.clear()
     assert twin(tmp_path, "harvest", "--since", "2024-03-02", "--exclude", "2000001") == 0
+    asked = {call["peer_id"]: call for call in logged_in.history_calls}
+    assert 2_000_001 not in asked and len(asked) == 4  # --exclude
+    since = datetime(2024, 3, 2, tzinfo=UTC) - timedelta(seconds=1)
+    assert {call["offset_date"] for call in asked.values()} == {since}  # --since, in UTC
+    logged_in.history_calls.clear()
+    bassem = [m for m in logged_in.histories[2_000_002] if m.message][-1]
+    logged_in.edit(2_000_002, bassem.id, "исправлено", logged_in.clock)
+    days = (datetime.now(UTC) - logged_in.clock).days + 30  # the fake's messages are from 2024
+    assert twin(tmp_path, "harvest", "--refresh-days", str(days), "--takeout") == 0
+    assert logged_in.takeouts == 1 and set(logged_in.history_calls_via) >= {"takeout"}
+    reread = {c["peer_id"]: c["offset_date"] for c in logged_in.history_calls}
+    assert reread[2_000_002] is not None  # a harvested chat is re-read from the window's start
+    database = open_database(f"sqlite:///{tmp_path / 'data' / 'twin.db'}")
+    with database.session() as session:
+        assert session.get(Message, (2_000_002, bassem.id)).text == "исправлено"
+    database.close()
     assert twin(tmp_path, "harvest", "--refresh-days", "0") == 2  # a usage error
     assert twin(tmp_path, "harvest", "--since", "yesterday") == 2
 
@@ -209,6 +239,21 @@ def test_the_real_client_keeps_its_session_file_private(tmp_path: Path) -> None:
     finally:
         client.session.close()
     assert API_HASH not in repr(options)
+
+
+@pytest.mark.parametrize("command", ["harvest", "login"])
+def test_a_damaged_session_file_is_one_line_saying_what_to_do(
+    tmp_path: Path, monkeypatch, capsys, command: str
+) -> None:
+    monkeypatch.setenv("TWIN_API_ID", "12345")
+    monkeypatch.setenv("TWIN_API_HASH", API_HASH)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "telegram.session").write_bytes(b"not a session \x00\xff" * 100)
+    monkeypatch.setattr("typer.prompt", lambda *args, **kwargs: "+10000000000")
+    assert twin(tmp_path, command) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "telegram.session" in err and "damaged" in err
+    assert "twin login" in err
 
 
 def test_login_prompts_are_plain_callables() -> None:

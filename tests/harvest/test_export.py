@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from harvest import export as export_module
+from harvest import json_stream
 from harvest.errors import ExportFormatError, OwnerUnknownError
 from harvest.export import ExportReader
 from harvest.importer import ImportOptions, import_export
@@ -206,6 +206,17 @@ def test_truncated_export_keeps_stored_batches_and_rerun_completes(
         ("text", 42, "`text` is 42, expected text or a list"),
         ("from_id", 7, "`from_id` is 7"),
         ("reply_to_message_id", "5", "`reply_to_message_id` is '5'"),
+        # Absurd values: stored, they would move the chat's cursor past every real id.
+        ("id", 10**12, "`id` is 1000000000000, outside Telegram's message ids (1 to 2147483647)"),
+        ("id", 2**63 - 1, "`id` is 9223372036854775807, outside Telegram's message ids"),
+        ("id", 2**63, "`id` is 9223372036854775808, outside"),
+        ("id", 0, "`id` is 0, outside"),
+        ("reply_to_message_id", 2**63, "`reply_to_message_id` is 9223372036854775808, outside"),
+        ("from_id", f"user{2**63}", "`from_id` is 'user9223372036854775808', outside Telegram's"),
+        ("from_id", "user²", "`from_id` is 'user²', expected e.g. 'user123'"),
+        ("date_unixtime", "99999999999999", "`date_unixtime` is '99999999999999', expected"),
+        ("date_unixtime", "²", "`date_unixtime` is '²', expected seconds since 1970"),
+        ("edited_unixtime", "99999999999999", "`edited_unixtime` is '99999999999999'"),
     ],
 )
 def test_wrong_type_in_a_field_names_field_chat_message_and_line(
@@ -223,6 +234,8 @@ def test_wrong_type_in_a_field_names_field_chat_message_and_line(
     marker = next(n for n, text in enumerate(lines, 1) if '"@bot4"' in text)
     assert f"line {marker - 7}, column 6" in error  # where message #4's object begins
     assert len(stored(sqlite_database)) == 3
+    with sqlite_database.session() as session:
+        assert cursors(session) == {ALICE[0]: 3}
 
 
 @pytest.mark.parametrize(
@@ -273,9 +286,9 @@ def test_demo_export_shipped_with_tgtwin_imports(sqlite_database) -> None:
 
 def test_reading_in_tiny_chunks_gives_the_same_records(monkeypatch, every_case: Path) -> None:
     expected = read_all(every_case)
-    monkeypatch.setattr(export_module, "CHUNK_BYTES", 7)
-    monkeypatch.setattr(export_module, "LOOKAHEAD_CHARS", 3)
-    monkeypatch.setattr(export_module, "SKIP_WINDOW_CHARS", 50)
+    monkeypatch.setattr(json_stream, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(json_stream, "LOOKAHEAD_CHARS", 3)
+    monkeypatch.setattr(json_stream, "SKIP_WINDOW_CHARS", 50)
     assert read_all(every_case) == expected
 
 
@@ -295,8 +308,8 @@ def test_any_text_survives_any_chunking(tmp_path: Path, monkeypatch, texts, chun
     messages = [message(n, ALICE if n % 2 else None, text) for n, text in enumerate(texts, 1)]
     path = write_export(tmp_path / "p.json", full_export([chat("x", "personal_chat", 5, messages)]))
     with monkeypatch.context() as patched:
-        patched.setattr(export_module, "CHUNK_BYTES", chunk)
-        patched.setattr(export_module, "LOOKAHEAD_CHARS", 1)
+        patched.setattr(json_stream, "CHUNK_BYTES", chunk)
+        patched.setattr(json_stream, "LOOKAHEAD_CHARS", 1)
         records = [r for r in read_all(path) if isinstance(r, MessageRecord)]
     flat = [
         "".join(p if isinstance(p, str) else p["text"] for p in t) if isinstance(t, list) else t
@@ -314,8 +327,8 @@ def test_big_skipped_chats_are_streamed_not_loaded(monkeypatch, tmp_path: Path) 
     )
     person = chat(ALICE[1], "personal_chat", ALICE[0], [message(1, ALICE, "hi")])
     path = write_export(tmp_path / "result.json", full_export([group, person]))
-    monkeypatch.setattr(export_module, "SKIP_WINDOW_CHARS", 1000)
-    monkeypatch.setattr(export_module, "MAX_VALUE_CHARS", 5000)  # the group is ~60 kB
+    monkeypatch.setattr(json_stream, "SKIP_WINDOW_CHARS", 1000)
+    monkeypatch.setattr(json_stream, "MAX_VALUE_CHARS", 5000)  # the group is ~60 kB
     records = read_all(path)
     assert [type(r).__name__ for r in records] == ["ChatRecord", "MessageRecord"]
 

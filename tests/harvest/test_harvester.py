@@ -12,7 +12,12 @@ from sqlalchemy import select
 from telethon import errors
 from telethon.tl import types
 
-from harvest.errors import HarvestError, NotLoggedInError, TelegramConnectionError
+from harvest.errors import (
+    HarvestError,
+    NotLoggedInError,
+    OtherAccountError,
+    TelegramConnectionError,
+)
 from harvest.harvester import HarvestOptions, HarvestSummary, harvest
 from harvest.importer import ImportOptions, import_export
 from harvest.telegram import message_record
@@ -323,10 +328,30 @@ def test_dry_run_counts_new_messages_and_writes_nothing(sqlite_database) -> None
     assert rows(sqlite_database) == {} and chats_and_cursors(sqlite_database) == ({}, {})
 
 
-def test_takeout_session_is_used_when_asked(sqlite_database) -> None:
+def test_takeout_session_is_used_when_asked(sqlite_database, tmp_path: Path) -> None:
+    from storage import open_database
+
     account = busy_account(people=2, messages_per_person=30)
     summary, _ = run(account, sqlite_database, takeout=True)
-    assert account.takeouts == 1 and summary.new_messages > 0
+    assert account.takeouts == 1 and summary.new_messages == len(rows(sqlite_database)) > 0
+    assert set(account.history_calls_via) == {"takeout"}  # every page came through it
+    plain = busy_account(people=2, messages_per_person=30)
+    other = open_database(f"sqlite:///{tmp_path / 'plain.db'}")
+    run(plain, other)
+    other.close()
+    assert plain.takeouts == 0 and set(plain.history_calls_via) == {"client"}
+
+
+def test_a_session_of_another_account_is_refused_before_anything_is_written(
+    sqlite_database,
+) -> None:
+    run(busy_account(people=2, messages_per_person=30), sqlite_database)
+    before = rows(sqlite_database)
+    other = busy_account(people=2, messages_per_person=30)
+    other.me.id = 7_777_777
+    with pytest.raises(OtherAccountError, match=f"user 7777777.*user {OWNER_ID}"):
+        run(other, sqlite_database)
+    assert rows(sqlite_database) == before
 
 
 def test_takeout_that_telegram_delays_says_what_to_do(sqlite_database) -> None:
@@ -339,25 +364,32 @@ def test_takeout_that_telegram_delays_says_what_to_do(sqlite_database) -> None:
 def test_harvest_after_importing_an_export_of_the_same_chats_adds_no_doubles(
     sqlite_database, tmp_path: Path
 ) -> None:
-    """An export and a harvest of one chat agree on ids and on every stored field."""
+    """An export and a harvest of one chat agree on ids and on every stored field: replies,
+    edits, voice notes, videos, GIFs, files and link previews included."""
     from storage import open_database
 
-    account = busy_account()
+    account = busy_account(varied=True)
     halfway = account.histories[2_000_001][len(account.histories[2_000_001]) // 2].id
     path = write_export(tmp_path / "result.json", export_of(account, upto_id=halfway))
     imported = import_export(sqlite_database, ImportOptions(path))
     summary, _ = run(account, sqlite_database)
     harvested_only = open_database(f"sqlite:///{tmp_path / 'harvest-only.db'}")
-    run(busy_account(), harvested_only)
-    assert rows(sqlite_database) == rows(harvested_only)
-    assert imported.new_messages + summary.new_messages == len(rows(harvested_only))
+    run(busy_account(varied=True), harvested_only)
+    everything = rows(harvested_only)
+    assert rows(sqlite_database) == everything
+    assert imported.new_messages + summary.new_messages == len(everything)
+    # The comparison covers what it promises: each of these is in the rows compared.
+    media = {row[6] for row in everything.values()}
+    assert {"voice_message", "video_file", "animation", "file", "photo", "sticker"} <= media
+    assert any(row[4] is not None for row in everything.values())  # replies
+    assert any(row[8] is not None for row in everything.values())  # edits
     harvested_only.close()
 
 
 def test_importing_an_export_after_a_harvest_adds_and_changes_nothing(
     sqlite_database, tmp_path: Path
 ) -> None:
-    account = busy_account()
+    account = busy_account(varied=True)
     run(account, sqlite_database)
     before = rows(sqlite_database), chats_and_cursors(sqlite_database)
     path = write_export(tmp_path / "result.json", export_of(account))

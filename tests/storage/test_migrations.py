@@ -93,3 +93,43 @@ def test_a_database_at_the_newest_schema_opens_without_importing_alembic(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+_OPEN = "import sys; from storage import open_database; open_database(sys.argv[1]).close()"
+
+
+def _open_at_once(url: str, processes: int) -> list[subprocess.CompletedProcess[str]]:
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    return [
+        subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in started
+    ]
+
+
+@pytest.mark.slow
+def test_commands_started_at_once_on_a_new_database_all_succeed(tmp_path, database_url) -> None:
+    """The first migration is serialized: no "table alembic_version already exists"."""
+    for attempt in range(4):
+        url = database_url
+        if url.startswith("sqlite"):
+            url = f"sqlite:///{tmp_path / f'twin-{attempt}.db'}"
+        elif attempt:  # the same PostgreSQL database, emptied again
+            engine = make_engine(url)
+            with engine.begin() as connection:
+                connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
+        results = _open_at_once(url, processes=4)
+        failed = [r.stderr.strip().splitlines()[-1] for r in results if r.returncode]
+        assert not failed, failed
+        database = open_database(url)
+        try:
+            assert current_revision(database.engine) == head_revision()
+        finally:
+            database.close()

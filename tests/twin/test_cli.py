@@ -102,3 +102,83 @@ def test_help_starts_fast_without_heavy_imports() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_data_dir_and_the_database_are_private_from_creation(tmp_path: Path) -> None:
+    from tests.harvest.exports import many_messages_export, write_export
+
+    export = write_export(tmp_path / "result.json", many_messages_export(2, 20))
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "import", str(export)]) == 0
+    assert _mode(data) == 0o700
+    files = [p for p in data.iterdir() if p.name.startswith("twin.db")]
+    assert data / "twin.db" in files
+    assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
+
+
+def test_files_left_readable_by_others_are_made_private_on_the_next_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "db", "upgrade"]) == 0
+    dataset = data / "datasets" / "abc123" / "train"
+    dataset.mkdir(parents=True)
+    (dataset / "data-00000-of-00001.arrow").write_bytes(b"rows")
+    (data / "datasets" / "abc123" / "stats.json").write_text("{}")
+    for path in (data, data / "datasets", dataset.parent, dataset, data / "twin.db"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    for path in dataset.parent.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    assert main(["--data-dir", str(data), "chats"]) == 0
+    assert _mode(data) == 0o700 and _mode(data / "twin.db") == 0o600
+    everything = list((data / "datasets").rglob("*"))
+    assert everything and all(_mode(p) == (0o700 if p.is_dir() else 0o600) for p in everything)
+
+
+def test_a_full_disk_anywhere_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    import harvest.importer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.arrow"))
+
+    monkeypatch.setattr(harvest.importer, "import_export", full)
+    export = tmp_path / "result.json"
+    export.write_text("{}")
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(export)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "disk is full" in err and "x.arrow" in err
+
+
+def test_a_full_disk_wrapped_by_a_library_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import harvest.importer
+
+    def full(*args, **kwargs):
+        message = "Error while serializing: IoError(Os { code: 28, kind: StorageFull, .. })"
+        raise RuntimeError(message)  # how safetensors reports it while an adapter is saved
+
+    monkeypatch.setattr(harvest.importer, "import_export", full)
+    export = tmp_path / "result.json"
+    export.write_text("{}")
+    assert main(["--data-dir", str(tmp_path / "data"), "import", str(export)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "disk is full" in err
+
+
+def test_a_dataset_build_writes_only_private_files(tmp_path: Path, monkeypatch) -> None:
+    from storage import open_database
+    from tests.training.chat_data import generated_store, save_tokenizer, store
+
+    data = tmp_path / "data"
+    database = open_database(f"sqlite:///{data / 'twin.db'}")
+    store(database, *generated_store(chats=3, sessions=6))
+    database.close()
+    monkeypatch.setenv("TWIN_BASE_MODEL", str(save_tokenizer(tmp_path / "tokenizer")))
+    assert main(["--data-dir", str(data), "dataset", "build"]) == 0
+    written = list((data / "datasets").rglob("*"))
+    assert any(p.suffix == ".arrow" for p in written)
+    wrong = {str(p): oct(_mode(p)) for p in written if _mode(p) not in (0o600, 0o700)}
+    assert not wrong

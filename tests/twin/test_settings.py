@@ -52,7 +52,7 @@ def test_secrets_are_masked_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "0123456789abcdef0123456789abcdef" not in shown
     assert "hunter2pass" not in repr(describe(settings))
     assert settings.bot_token.get_secret_value() == TOKEN
-    assert settings.secrets == [settings.api_hash.get_secret_value(), TOKEN]
+    assert settings.secrets == [settings.api_hash.get_secret_value(), TOKEN, "hunter2pass"]
 
 
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,3 +126,65 @@ def test_settings_class_is_the_public_contract() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = sorted(name for name in names if name not in readme)
     assert not missing, f"README does not document {missing}"
+
+
+URL_PASSWORDS = ("dbquerypass1", "dbuserpass22", "openaipass333", "botpass4444")
+
+
+def _urls_with_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TWIN_DATABASE_URL",
+        "postgresql+psycopg://twin:dbuserpass22@127.0.0.1:1/twin?password=dbquerypass1",
+    )
+    monkeypatch.setenv("TWIN_OPENAI_BASE_URL", "https://bob:openaipass333@llm.example/v1")
+    monkeypatch.setenv("TWIN_BOT_API_URL", "https://carol:botpass4444@bot.example/bot")
+
+
+def test_passwords_inside_urls_never_reach_config_errors_or_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from twin.cli import main
+
+    _urls_with_passwords(monkeypatch)
+    assert main(["config"]) == 0
+    assert main(["-v", "db", "upgrade"]) == 1  # nothing listens on port 1: an error line and logs
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "TWIN_OPENAI_BASE_URL" in shown and "error:" in captured.err
+    assert not [word for word in URL_PASSWORDS if word in shown]
+    listed = " ".join(value for _, value, _ in describe(load_settings()))
+    assert "twin:***@127.0.0.1:1/twin?password=***" in listed
+    assert not [word for word in URL_PASSWORDS if word in listed]
+
+
+def test_url_passwords_are_secrets_the_log_filter_redacts(monkeypatch: pytest.MonkeyPatch) -> None:
+    _urls_with_passwords(monkeypatch)
+    settings = load_settings()
+    assert set(URL_PASSWORDS) <= set(settings.secrets)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "to %s", ("https://u:short@h",), None
+    )
+    SecretFilter(settings.secrets).filter(record)
+    assert "short" not in record.getMessage()  # a URL's password is masked however short
+
+
+def test_a_bad_value_is_not_echoed_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TWIN_SESSION_GAP", "sk-live-abcdef123456"
+    )  # a key pasted in the wrong place
+    monkeypatch.setenv("TWIN_OWNER_ID", "sk-live-abcdef123456")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert "TWIN_SESSION_GAP" in str(error.value) and "TWIN_OWNER_ID" in str(error.value)
+    assert "sk-live" not in str(error.value) and "duration" in str(error.value)
+
+
+def test_an_env_file_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from twin.cli import main
+
+    (tmp_path / ".env").write_bytes(b"TWIN_OWNER_ID=1\nTWIN_DATA_DIR=/srv/\xe9t\xe9\n")
+    assert main(["config"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ".env" in err and "UTF-8" in err

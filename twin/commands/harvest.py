@@ -147,8 +147,9 @@ def import_export(
 
     In Telegram Desktop: Settings > Advanced > Export Telegram data, format "Machine-readable
     JSON". One-to-one chats with people are imported; bots, groups, channels and saved
-    messages are skipped (an --include-groups option may come later). Importing again, or an
-    export that overlaps a harvest, stores nothing twice.
+    messages are skipped. Importing again, or an export that overlaps a harvest, stores nothing
+    twice; an import that stops (a broken file, a full disk) keeps everything before the spot
+    it names, and importing again completes it.
 
     Example: twin import ~/Downloads/Telegram\\ Desktop/DataExport/result.json
     """
