@@ -182,3 +182,50 @@ class BotState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class BlindTrial(Base):
+    """One blind test shown to a person: a context from their own chat, two replies.
+
+    `owner_first` says which button held the owner's real reply; `picked_owner` is filled in
+    when the person taps one (True: they found the owner; False: they took the twin for him).
+    """
+
+    __tablename__ = "blind_trials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    example_key: Mapped[str] = mapped_column(String(64))
+    context: Mapped[str] = mapped_column(Text)
+    owner_reply: Mapped[str] = mapped_column(Text)
+    twin_reply: Mapped[str] = mapped_column(Text)
+    owner_first: Mapped[bool] = mapped_column(Boolean)
+    picked_owner: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    answered_at: Mapped[datetime | None]
+
+    __table_args__ = (Index(None, "user_id", "example_key", unique=True), Index(None, "run_id"))
+
+
+class Preference(Base):
+    """Feedback on the twin's replies, for preference tuning: a pair, or one reply judged.
+
+    Never crosses chats: `chat_id` is the chat whose context it is, and training uses a pair
+    only with that context.
+    """
+
+    __tablename__ = "preferences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    source: Mapped[str] = mapped_column(String(16))  # correction, pick, reaction, self_play
+    context: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    chosen: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
+    verdict: Mapped[bool | None] = mapped_column(Boolean)  # one reply: good (True) or bad
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index(None, "source", "created_at"),)
