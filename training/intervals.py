@@ -112,3 +112,14 @@ def interval(
     )
     low, high = result.confidence_interval
     return Interval(value, float(low), float(high), int(data.size))
+
+
+def blind_test_text(took_twin: Sequence[bool]) -> str:
+    """The blind test's line: how often people took the twin for the owner, with its interval."""
+    found = interval([1.0 if took else 0.0 for took in took_twin])
+    if found is None:
+        return "blind test: nobody has taken it yet (/blindtest in the bot, `twin eval --blind`)"
+    return (
+        f"people took the twin for you: {found.value:.0%} of {found.count} picks "
+        f"(95% interval {found.low:.0%}–{found.high:.0%}; 50% means they could not tell)"
+    )

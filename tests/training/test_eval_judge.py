@@ -155,3 +155,35 @@ def screenshot_pixels(path: Path) -> list[tuple[int, int, int]]:
 
     with Image.open(path) as image:
         return list(image.convert("RGB").getdata())
+
+
+def test_the_owner_takes_the_blind_test_in_the_terminal_and_never_sees_a_context_twice(
+    evaluated: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from storage import blind as blind_store
+    from storage import open_database
+    from twin.cli import main
+
+    root = evaluated["root"]
+    monkeypatch.setenv("TWIN_DATABASE_URL", f"sqlite:///{root / 'twin.db'}")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\nb\nq\n"))
+    arguments = ["--data-dir", str(root / "data"), "eval", "--blind", "--samples", "5"]
+
+    assert main(arguments) == 0
+
+    said = capsys.readouterr().out
+    assert said.count("Which one did you write?") == 3
+    assert "you found your own reply" in said and "of 2" in said
+    database = open_database(f"sqlite:///{root / 'twin.db'}")
+    with database.session() as session:
+        shown = blind_store.shown_keys(session, blind_store.OWNER_USER_ID)
+        mine = blind_store.picks(session, evaluated["run"].run_id, owner=True)
+        people = blind_store.picks(session, evaluated["run"].run_id)
+    database.close()
+    assert len(shown) == 2 and len(mine.took_twin) == 2 and people.took_twin == []
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\n" * 10))
+    assert main([*arguments[:-1], "20"]) == 0
+    assert capsys.readouterr().out.count("Which one did you write?") == 6  # 8 held out, 2 seen

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from training.evaluate import EvalReport
     from training.trainer import RunResult, TrainProgress
 
+BLIND_SAMPLES = 20  # `twin eval --blind` asks at most this many at a time
+
 runs_app = typer.Typer(
     help="Training runs: list them, show one, switch the active one.\n\nExample: twin runs",
     invoke_without_command=True,
@@ -85,6 +87,12 @@ def evaluate(
         Path | None,
         typer.Option("--report", help="Also write a self-contained HTML report to this file."),
     ] = None,
+    blind: Annotated[
+        bool,
+        typer.Option(
+            "--blind", help="Take the blind test yourself: your reply or the twin's? (--samples)"
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Compare the base model and a tuned run on held-out conversations.
@@ -103,6 +111,11 @@ def evaluate(
     if problems := options.problems():
         raise TrainingError("; ".join(flag_problems(EvalOptions, problems)))
     context = app_context(ctx, data_dir)
+    if blind:
+        from twin.commands.blind import run_blind_test
+
+        run_blind_test(context, run, min(options.samples, BLIND_SAMPLES), options)
+        return
     console = Console()
     columns = (
         TextColumn("{task.description}"),
