@@ -193,7 +193,9 @@ def show(
 
     Example: twin runs show 3 --plot loss.png
     """
+    from storage.blind import picks
     from storage.runs import get_run
+    from training.intervals import blind_test_text
     from training.plots import loss_curve, save_png
     from training.run_folder import checkpoint_root, loss_history, mark_interrupted_runs
 
@@ -203,7 +205,7 @@ def show(
         mark_interrupted_runs(session, data)
         run = get_run(session, run_id)
         console = Console()
-        console.print(_run_table(run))
+        console.print(_run_table(run, blind_test_text(picks(session, run.id).took_twin)))
         adapter = run.adapter_path
     if plot is not None:
         title = f"run {run_id}: {Path(str(run.base_model)).name}"
@@ -300,6 +302,7 @@ def _result_table(result: RunResult) -> Table:
 
 
 def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
+    from storage.blind import picks
     from storage.runs import list_runs as stored_runs
     from training.run_folder import RunFigures, mark_interrupted_runs
 
@@ -310,6 +313,7 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
     table.add_column("steps", justify="right")
     table.add_column("val loss", justify="right")
     table.add_column("eval: base -> tuned", justify="right")
+    table.add_column("took the twin for you", justify="right")
     with context.database().session() as session:
         mark_interrupted_runs(session, context.settings.data_dir)
         for run in stored_runs(session):
@@ -329,11 +333,18 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
                 f"{_number(evaluation.get('base_loss'))} -> {_number(evaluation.get('tuned_loss'))}"
                 if evaluation
                 else "-",
+                _share(picks(session, run.id).took_twin),
             )
     Console().print(table if table.row_count else "no training runs yet: `twin train`")
 
 
-def _run_table(run: Any) -> Table:
+def _share(took_twin: list[bool]) -> str:
+    if not took_twin:
+        return "-"
+    return f"{sum(took_twin) / len(took_twin):.0%} of {len(took_twin)}"
+
+
+def _run_table(run: Any, blind: str) -> Table:
     table = Table(title=f"run {run.id}{' (active)' if run.active else ''}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -368,6 +379,8 @@ def _run_table(run: Any) -> Table:
             )
         if evaluation.get("report"):
             table.add_row("eval report", str(evaluation["report"]))
+    table.add_section()
+    table.add_row("blind test", blind)
     return table
 
 
