@@ -204,9 +204,9 @@ def segment_sessions(data_dir: Path, fingerprint: str, segment: str) -> Any:
 def test_rebuilds_write_only_what_they_render_and_merge_segments_when_they_pile_up(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.dataset
+    import training.dataset.cache
 
-    monkeypatch.setattr(training.dataset, "CACHE_MAX_SEGMENTS", 3)
+    monkeypatch.setattr(training.dataset.cache, "CACHE_MAX_SEGMENTS", 3)
     chats, messages = generated_store(chats=3, sessions=4, seed=21)
     store(sqlite_database, chats, messages)
     opts = options(tokenizer_path)
@@ -362,13 +362,13 @@ def test_long_sessions_are_cut_into_windows_and_a_too_long_reply_is_counted(
 def test_a_build_in_worker_processes_equals_the_one_in_process(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.dataset
+    import training.dataset.workers
 
     chats, messages = generated_store(chats=5, sessions=6, seed=11)
     pairs = [("mail ana.r@example.org", "ok, ana.r@example.org"), ("or bob@example.com?", "no")]
     store(sqlite_database, [*chats, chat(1)], [*messages, *conversation(1, pairs, 0)])
-    monkeypatch.setattr(training.dataset, "POOL_MIN_MESSAGES", 0)
-    monkeypatch.setattr(training.dataset, "POOL_CHUNK_MESSAGES", 40)  # a few chats per task
+    monkeypatch.setattr(training.dataset.workers, "POOL_MIN_MESSAGES", 0)
+    monkeypatch.setattr(training.dataset.workers, "POOL_CHUNK_MESSAGES", 40)  # a few chats per task
     opts = options(tokenizer_path)
 
     pooled = build(sqlite_database, replace(opts, workers=2), tmp_path / "pooled")
@@ -529,3 +529,4 @@ def test_a_base_model_without_chat_template_builds_with_the_fallback_template(
         trained = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab >= 0]
         owner = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"]
         assert tokenizer.decode(trained) == "".join(f"{content}</s>" for content in owner)
+
