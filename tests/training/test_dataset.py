@@ -530,3 +530,28 @@ def test_a_base_model_without_chat_template_builds_with_the_fallback_template(
         owner = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"]
         assert tokenizer.decode(trained) == "".join(f"{content}</s>" for content in owner)
 
+
+def test_a_build_reads_one_snapshot_while_an_import_writes(
+    database: Any, tokenizer_path: Path, tmp_path: Path
+) -> None:
+    chats, messages = generated_store(chats=2, sessions=3, seed=8)
+    store(database, chats, messages)
+    arrived = conversation(77, [("new friend here", "welcome, new friend")], 0)
+    later = max(m["date"] for m in messages) + timedelta(days=3)
+    also = [
+        message(chats[0]["id"], 9000, later, False, "are you building?"),
+        message(chats[0]["id"], 9001, later + timedelta(minutes=1), True, "a reply meanwhile"),
+    ]
+
+    def import_meanwhile(step: str, done: int, total: int | None) -> None:
+        if (step, done) == ("read", 0):  # after the chat list, before the messages
+            store(database, [chat(77, title="New friend")], [*arrived, *also])
+
+    during = build_dataset(database, options(tokenizer_path), tmp_path, import_meanwhile)
+    seen = trained_replies(tmp_path)
+    after = build(database, options(tokenizer_path), tmp_path)
+
+    assert "welcome, new friend" not in seen
+    assert "a reply meanwhile" not in seen
+    assert not after.skipped and after.fingerprint != during.fingerprint
+    assert {"welcome, new friend", "a reply meanwhile"} <= set(trained_replies(tmp_path))

@@ -1,7 +1,9 @@
 """`build_dataset`: stored messages -> the instruction data the twin is tuned on.
 
 select -> scrub -> sessionize -> turns -> render -> dedup -> cap -> split -> save, each step
-counted in `stats.json`. Chats whose digest is unchanged come from the cache; the others run through the `ChatPipeline`, in this
+counted in `stats.json`. The chat list and the messages are read in one database snapshot,
+so an import or harvest running meanwhile changes nothing of what a build sees. Chats whose
+digest is unchanged come from the cache; the others run through the `ChatPipeline`, in this
 process or, for big builds, in worker processes.
 """
 
@@ -65,7 +67,7 @@ def build_dataset(
     report = progress or (lambda step, done, total: None)
     root = data_dir / DATASETS_DIR
     with _collector_paused():
-        with database.session() as session:
+        with database.snapshot() as session:
             digests = training_chat_digests(session)
             files = tokenizer_files(options.base_model)
             quick = quick_key(options, digests, files)
