@@ -150,14 +150,24 @@ class _Pool:
             try:
                 kind, value = self._connections[worker].recv()
             except (EOFError, OSError) as error:
-                code = self._processes[worker].exitcode
                 raise TrainingError(
-                    f"a dataset worker process died (exit code {code}); out of memory? Build in "
-                    "one process with `twin dataset build --workers 1` (or TWIN_DATASET_WORKERS=1)"
+                    f"a dataset worker process died ({self._death(worker)}); out of memory? Build "
+                    "in one process with `twin dataset build --workers 1` (or TWIN_DATASET_WORKERS=1)"
                 ) from error
             if kind == "error":
                 raise value
             self._done[self._busy.pop(worker)] = value
+
+    def _death(self, worker: int) -> str:
+        """How a worker whose pipe closed ended: its exit code or the signal that killed it."""
+        process = self._processes[worker]
+        process.join(timeout=5)  # the pipe closes a moment before the process is reaped
+        code = process.exitcode
+        if code is None:
+            return "its pipe closed"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
 
     def close(self, kill: bool) -> None:
         for process, connection in zip(self._processes, self._connections, strict=True):
