@@ -4,34 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from storage.chats import upsert_chats
-from storage.messages import training_chat_digests, training_message_rows, upsert_messages
+from storage.messages import training_chat_digests, training_message_rows
+from tests.training.chat_data import message, store
 
 WHEN = datetime(2024, 5, 17, 21, 30, tzinfo=UTC)
 
 
 def write_chat(database, chat_id: int, texts: list[str]) -> None:
-    with database.session() as session:
-        upsert_chats(session, [{"id": chat_id, "kind": "personal_chat", "title": f"c{chat_id}"}])
-        upsert_messages(
-            session,
-            [
-                {
-                    "chat_id": chat_id,
-                    "message_id": number,
-                    "date": WHEN,
-                    "from_owner": number % 2 == 0,
-                    "sender_id": None,
-                    "text": text,
-                    "reply_to_id": None,
-                    "kind": "text",
-                    "media_type": None,
-                    "forwarded": False,
-                    "edited_at": None,
-                }
-                for number, text in enumerate(texts, start=1)
-            ],
-        )
+    chat = {"id": chat_id, "kind": "personal_chat", "title": f"c{chat_id}"}
+    rows = [message(chat_id, n, WHEN, n % 2 == 0, text) for n, text in enumerate(texts, start=1)]
+    store(database, [chat], rows)
 
 
 def test_a_snapshot_does_not_see_what_is_committed_after_its_first_read(database) -> None:
