@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.dedup import NUM_PERM, SHINGLE_CHARS
-from training.tokenizer_snapshot import tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from storage.messages import ChatDigest
@@ -83,6 +82,8 @@ def quick_key(
 
 def pipeline_hash(options: DatasetOptions, pii: PiiOptions, tokenizer: Any) -> str:
     """What the rendering of one session depends on, besides its own content."""
+    from training.tokenizer_snapshot import tokenizer_fingerprint
+
     parts = {
         "format": FORMAT_VERSION,
         "tokenizer": tokenizer_fingerprint(tokenizer),

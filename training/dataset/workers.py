@@ -8,7 +8,6 @@ killed build leaves no worker behind.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import pickle
@@ -115,11 +114,19 @@ class _Pool:
         self.close(kill=exc[0] is not None)
 
     def submit(self, chunk: list[ChatRows]) -> None:
-        """Give `chunk` to an idle worker, waiting for one to finish if none is idle."""
+        """Give `chunk` to an idle worker, waiting for one to finish if none is idle.
+
+        The chunk is pickled before the wait, so a worker that finishes gets its next task
+        at once (one task at a time: a second one sent to a busy worker could block this
+        process while the worker blocks sending its result).
+        """
+        from multiprocessing.reduction import ForkingPickler
+
+        payload = ForkingPickler.dumps(chunk)
         while len(self._busy) == len(self._processes):
             self._receive()
         worker = next(i for i in range(len(self._processes)) if i not in self._busy)
-        self._connections[worker].send(chunk)
+        self._connections[worker].send_bytes(payload)
         self._busy[worker] = self._submitted
         self._submitted += 1
 
@@ -200,6 +207,8 @@ def _work(pipeline: ChatPipeline, connection: Connection, parent: int) -> None:
 
 def _die_with_parent(parent: int) -> None:
     """Have the kernel kill this process when the build's process dies (Linux only)."""
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
