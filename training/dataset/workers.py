@@ -126,7 +126,10 @@ class _Pool:
         while len(self._busy) == len(self._processes):
             self._receive()
         worker = next(i for i in range(len(self._processes)) if i not in self._busy)
-        self._connections[worker].send_bytes(payload)
+        try:
+            self._connections[worker].send_bytes(payload)
+        except OSError as error:  # it died idle, between two tasks
+            raise self._died(worker) from error
         self._busy[worker] = self._submitted
         self._submitted += 1
 
@@ -157,24 +160,26 @@ class _Pool:
             try:
                 kind, value = self._connections[worker].recv()
             except (EOFError, OSError) as error:
-                raise TrainingError(
-                    f"a dataset worker process died ({self._death(worker)}); out of memory? Build "
-                    "in one process with `twin dataset build --workers 1` (or TWIN_DATASET_WORKERS=1)"
-                ) from error
+                raise self._died(worker) from error
             if kind == "error":
                 raise value
             self._done[self._busy.pop(worker)] = value
 
-    def _death(self, worker: int) -> str:
-        """How a worker whose pipe closed ended: its exit code or the signal that killed it."""
+    def _died(self, worker: int) -> TrainingError:
+        """The error for a worker whose pipe closed: how it ended and what to do."""
         process = self._processes[worker]
         process.join(timeout=5)  # the pipe closes a moment before the process is reaped
         code = process.exitcode
         if code is None:
-            return "its pipe closed"
-        if code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
+            how = "its pipe closed"
+        elif code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exit code {code}"
+        return TrainingError(
+            f"a dataset worker process died ({how}); out of memory? Build in one process "
+            "with `twin dataset build --workers 1` (or TWIN_DATASET_WORKERS=1)"
+        )
 
     def close(self, kill: bool) -> None:
         for process, connection in zip(self._processes, self._connections, strict=True):
