@@ -91,16 +91,28 @@ def test_the_judge_takes_the_tuned_twin_for_the_owner_more_often_than_the_base(
 def test_the_html_report_renders_with_its_figures_in_a_real_browser(
     evaluated: dict[str, Any],
 ) -> None:
+    from training.dataset import load_stats
+    from training.intervals import interval
     from training.report import write_report
     from training.run_folder import RunFolder
 
     history = RunFolder(evaluated["run"].adapter_path).history()
-    page = write_report(evaluated["report"], evaluated["root"] / "report.html", history=history)
+    stats = load_stats(evaluated["root"] / "data")
+    blind = interval([1.0, 0.0, 0.0, 1.0, 0.0])
+    page = write_report(
+        evaluated["report"],
+        evaluated["root"] / "report.html",
+        history=history,
+        stats=stats,
+        blind=blind,
+    )
 
     dom, screenshot = render_in_chromium(page, evaluated["root"] / "browser")
 
     assert 'id="figures"' in dom and "judged to be you" in dom
-    assert dom.count('src="data:image/png;base64,') == 2  # the judge's bars, the loss curves
+    # the judge's bars, the loss curves, the token lengths
+    assert dom.count('src="data:image/png;base64,') == 3
+    assert "they took the twin for you in 40% (" in " ".join(dom.split())
     assert "Replies side by side" in dom and "<script" not in dom
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
     pixels = screenshot_pixels(screenshot)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from training.dataset.build import build_dataset
 from training.dataset.options import BuildResult, DatasetOptions, DedupMethod, Progress
-from training.dataset.plot import plot_token_histograms
 from training.dataset.store import (
     dataset_path,
     latest_fingerprint,
@@ -39,6 +38,5 @@ __all__ = [
     "latest_fingerprint",
     "load_dataset_dir",
     "load_stats",
-    "plot_token_histograms",
     "trained_segments",
 ]

@@ -190,7 +190,8 @@ def stats(
 
     Example: twin dataset stats --plot tokens.png
     """
-    from training.dataset import load_stats, plot_token_histograms
+    from training.dataset import load_stats
+    from training.plots import save_png, token_histograms
 
     context = app_context(ctx, data_dir)
     built = load_stats(context.settings.data_dir, dataset)
@@ -198,7 +199,7 @@ def stats(
     console.print(steps_table(built))
     console.print(_tokens_table(built))
     if plot is not None:
-        plot_token_histograms(built, plot)
+        save_png(token_histograms(built), plot)
         console.print(f"token histograms written to {plot}")
 
 

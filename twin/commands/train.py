@@ -147,8 +147,11 @@ def evaluate(
 
 
 def _write_report(context: Any, report: EvalReport, path: Path) -> None:
+    from storage.blind import picks
     from storage.runs import get_run
+    from training.dataset import load_stats
     from training.evaluate import record_report_file
+    from training.intervals import interval
     from training.report import write_report
     from training.run_folder import loss_history
 
@@ -156,7 +159,11 @@ def _write_report(context: Any, report: EvalReport, path: Path) -> None:
     with database.session() as session:
         adapter = get_run(session, report.run_id).adapter_path
     history = loss_history(context.settings.data_dir, report.run_id, adapter)
-    write_report(report, path, history=history)
+    stats = load_stats(context.settings.data_dir, report.dataset_fingerprint)
+    with database.session() as session:
+        took_twin = picks(session, report.run_id).took_twin
+    blind = interval([1.0 if took else 0.0 for took in took_twin])
+    write_report(report, path, history=history, stats=stats, blind=blind)
     record_report_file(database, report.run_id, path.resolve())
 
 
