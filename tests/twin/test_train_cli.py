@@ -56,11 +56,18 @@ def test_train_then_list_show_plot_activate_and_eval(
     assert twin(tiny, "runs", "list") == 0
     assert "*2" in capsys.readouterr().out
 
-    assert twin(tiny, "eval", "1", "--samples", "2", "--max-new-tokens", "4") == 0
+    page = tmp_path / "report.html"
+    assert (
+        twin(tiny, "eval", "1", "--samples", "2", "--max-new-tokens", "4", "--report", str(page))
+        == 0
+    )
     evaluated = capsys.readouterr().out
     assert "loss on owner tokens" in evaluated and "style distance" in evaluated
+    assert "loss on your tokens: the tuned run is" in evaluated
+    assert "<h2>Figures (95% intervals)</h2>" in page.read_text()
     assert twin(tiny, "runs", "show", "1") == 0
-    assert "eval tuned_loss" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "eval tuned_loss" in shown and f"eval report │ {page.resolve()}" in shown
 
 
 def test_continue_with_nothing_new_says_so_with_its_own_exit_code(
