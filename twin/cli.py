@@ -22,6 +22,7 @@ from storage.errors import database_error_line, os_error_line
 from storage.private import PRIVATE_UMASK
 from training.errors import TrainingError
 from twin.commands import config, dataset, db, demo, harvest, prefs, serve, train
+from twin.commands.flags import OptionsError
 from twin.context import AppContext
 from twin.demo import DemoError
 from twin.logging_setup import setup_logging
@@ -48,6 +49,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     SettingsError,
     BotError,
     DemoError,
+    OptionsError,
     FileNotFoundError,
     PermissionError,
 )

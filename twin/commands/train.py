@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,7 +24,7 @@ from training.evaluate import EvalOptions
 from training.intervals import Interval
 from training.trainer import TrainOptions
 from twin.commands import LiveProgress
-from twin.commands.flags import flag_problems, with_options
+from twin.commands.flags import with_options
 from twin.context import DataDirOption, app_context
 
 if TYPE_CHECKING:
@@ -54,15 +52,10 @@ def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = N
     Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
     from bot.retrain import GATED_EXIT, NOTHING_NEW_EXIT
-    from training.errors import TrainingError
     from training.trainer import NothingNewError
     from training.trainer import train as run_training
 
     context = app_context(ctx, data_dir)
-    if ctx.get_parameter_source("gate_margin") is ParameterSource.DEFAULT:
-        options = replace(options, gate_margin=context.settings.gate_margin)
-    if problems := options.problems():
-        raise TrainingError("; ".join(flag_problems(TrainOptions, problems)))
     console = Console()
     try:
         with _TrainingBar(console) as bar:
@@ -105,11 +98,8 @@ def evaluate(
 
     Example: twin eval 3 --samples 200 --report twin-report.html
     """
-    from training.errors import TrainingError
     from training.evaluate import evaluate as run_eval
 
-    if problems := options.problems():
-        raise TrainingError("; ".join(flag_problems(EvalOptions, problems)))
     context = app_context(ctx, data_dir)
     if blind:
         from twin.commands.blind import run_blind_test
