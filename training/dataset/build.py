@@ -25,12 +25,11 @@ from training.dataset.keys import FORMAT_VERSION, fingerprint, quick_key, tokeni
 from training.dataset.options import BuildResult, DatasetOptions, Progress
 from training.dataset.pipeline import ChatPipeline, RenderedPart
 from training.dataset.selection import Selection, select_examples
-from training.dataset.stats import CacheFigures, ChatCounts, build_stats
+from training.dataset.stats import CacheFigures, ChatCounts, build_stats, read_stats, write_stats
 from training.dataset.store import (
     DATASETS_DIR,
     find_by_quick_key,
     publish,
-    read_stats,
     save_splits,
     start_building,
     write_latest,
@@ -196,7 +195,7 @@ class _Build:
         stats["timings"] = timer.to_json()
         stats["workers"] = self.workers
         stats["seconds"] = round(time.perf_counter() - started, 4)
-        (path / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+        write_stats(path, stats)
         self.progress("save", 1, 1)
         train, validation = len(selection.train), len(selection.validation)
         return BuildResult(name, path, False, stats, train, validation, stats["seconds"])
@@ -253,7 +252,7 @@ class _Build:
                 tables,
             )
             meta = self._meta(name, selection, digests)
-            (building / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+            write_stats(building, stats)
             (building / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             return publish(self.root, building, name)
         except BaseException:

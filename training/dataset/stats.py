@@ -7,11 +7,13 @@ figures of `stats.json` are made from them and the selection over the whole tabl
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from training.dataset.keys import FORMAT_VERSION
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from training.dataset.selection import Selection
     from training.dataset.tables import RenderedTables
 
+STATS_FILE = "stats.json"
 # The steps of a build in order, as `stats.json["timings"]` lists them.
 STEPS = (
     "read",
@@ -271,3 +274,11 @@ def histogram(values: np.ndarray) -> dict[str, Any]:
         "max": int(values.max()),
         "sample": values[:: max(1, len(values) // 5000)].tolist(),
     }
+
+
+def write_stats(build: Path, stats: dict[str, Any]) -> None:
+    (build / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+
+
+def read_stats(build: Path) -> dict[str, Any]:
+    return json.loads((build / STATS_FILE).read_text(encoding="utf-8"))

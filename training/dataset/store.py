@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.dataset.cache import prune_caches
+from training.dataset.stats import STATS_FILE, read_stats
 from training.dataset.tables import DATASET_COLUMNS, take
 from training.errors import TrainingError
 
@@ -64,12 +65,7 @@ def load_dataset_dir(
 
 def load_stats(data_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
     """stats.json of a build (the newest by default)."""
-    path = dataset_path(data_dir, fingerprint)
-    return json.loads((path / "stats.json").read_text(encoding="utf-8"))
-
-
-def read_stats(build: Path) -> dict[str, Any]:
-    return json.loads((build / "stats.json").read_text(encoding="utf-8"))
+    return read_stats(dataset_path(data_dir, fingerprint))
 
 
 def find_by_quick_key(root: Path, quick_key: str) -> Path | None:
@@ -79,7 +75,7 @@ def find_by_quick_key(root: Path, quick_key: str) -> Path | None:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if meta.get("quick_key") == quick_key and (meta_path.parent / "stats.json").is_file():
+        if meta.get("quick_key") == quick_key and (meta_path.parent / STATS_FILE).is_file():
             return meta_path.parent
     return None
 
