@@ -10,7 +10,17 @@ import pytest
 
 from bot.app import APOLOGY, NOT_ALLOWED, SLOW_DOWN
 from storage import bot as bot_store
-from tests.bot.conftest import FRIEND, OWNER, STRANGER, allow, make_run, serve
+from tests.bot.conftest import (
+    FRIEND,
+    OWNER,
+    OWNER_NAME,
+    PII_EXTRA_WORD,
+    STRANGER,
+    allow,
+    make_run,
+    real_run,
+    serve,
+)
 from tests.bot.fake_bot_api import FAKE_TOKEN
 from tests.bot.fakes import ScriptedBackend
 from training.prompt import Turn
@@ -290,16 +300,17 @@ def test_status_reports_the_run_and_sends_the_loss_curve(make_twin, fake_api, se
 
     serve(twin, scenario)
     (status,) = fake_api.texts_to(OWNER)
+    _, trained = real_run()
     for expected in (
         f"Serving: run #{run_id}",
-        "Base model: tiny-base",
+        f"Base model: {trained['base_model']}",
         "Newest training message",
         "Messages stored: 0",
         "Memory: 0 turns",
         "Uptime:",
         "Queue: 0 chats",
         "Paused: no",
-        "Validation loss: 0.640",
+        f"Validation loss: {trained['metrics']['val_loss']:.3f}",
     ):
         assert expected in status
     (photo,) = fake_api.calls_of("sendPhoto")
@@ -435,6 +446,9 @@ def test_flood_control_is_waited_out(make_twin, fake_api, served):
         await fake_api.wait_for_text(OWNER, "echo: hi", count=2)
 
     serve(twin, scenario)
+    refused, retried = fake_api.calls_of("sendMessage", OWNER)
+    assert retried.at - refused.at >= 1.0  # Telegram's retry_after, waited out
+    assert fake_api.texts_to(OWNER) == ["echo: hi", "echo: hi"]
 
 
 def test_no_log_line_or_message_ever_contains_the_bot_token(make_twin, fake_api, served, caplog):
@@ -509,29 +523,25 @@ def test_what_people_send_is_remembered_scrubbed(make_twin, fake_api, served):
     assert "canary.secret" not in str(memory(database, OWNER))
 
 
-def test_the_bot_answers_through_the_real_local_backend(
-    make_twin, fake_api, served, tiny_model, tiny_adapters
-):
-    from bot.backends import LocalBackend
+def test_the_bot_answers_through_the_real_local_backend(make_twin, fake_api, served):
+    from bot.options import ConversationOptions
     from bot.responder import split_parts
-    from training.model import ModelOptions
+    from bot.serving import BackendOptions, open_backend, served_run
+    from training.generation import Sampling
     from training.pii import Scrubber
+    from training.prompt import chat_system_prompt
 
-    database, run_id = served
-    backend = LocalBackend.load(
-        ModelOptions(str(tiny_model), quant="none"), tiny_adapters[0], run_id=run_id
-    )
+    database, _ = served
+    run = served_run(database)
+    backend = open_backend(BackendOptions(quant="none"), run)
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16}
     with database.session() as session:
         bot_store.set_state(session, "sampling", greedy)
-    from training.generation import Sampling
-
-    expected = split_parts(
-        Scrubber().scrub(
-            backend.generate([Turn("user", "hi, how are you?")], None, Sampling(**greedy)),
-            scope=OWNER,
-        )
-    )
+    trained = ConversationOptions().for_run(run.adapter_path)
+    # No chat of the owner is stored: the contact is named as Telegram names them ("Ann").
+    system = chat_system_prompt(OWNER_NAME, "Ann", enabled=True, contact_names=True)
+    raw = backend.generate([Turn("user", "hi, how are you?")], system, Sampling(**greedy))
+    expected = split_parts(Scrubber(trained.pii).scrub(raw, scope=OWNER))
     twin = make_twin(backend)
 
     async def scenario():
@@ -540,3 +550,46 @@ def test_the_bot_answers_through_the_real_local_backend(
 
     serve(twin, scenario)
     assert fake_api.texts_to(OWNER) == expected
+
+
+def test_the_owners_pii_extra_words_and_patterns_are_masked_in_replies(make_twin, fake_api, served):
+    """The served run's dataset was built with `--pii-extra`: what the bot sends and keeps
+    is scrubbed with the same extra word and pattern."""
+    database, _ = served
+    reply = f"ask {PII_EXTRA_WORD} about ticket K-1234"
+    twin = make_twin(ScriptedBackend(script=lambda turns: reply))
+
+    async def scenario():
+        fake_api.push_text(OWNER, "who knows?")
+        await fake_api.wait_for(lambda call: call.method == "sendMessage")
+
+    serve(twin, scenario)
+    (sent,) = fake_api.texts_to(OWNER)
+    remembered = " ".join(text for _, text in memory(database, OWNER))
+    for secret in (PII_EXTRA_WORD, "K-1234"):
+        assert secret not in sent and secret not in remembered
+    assert sent.startswith("ask <")
+
+
+def test_the_contact_is_named_by_the_chat_title_as_training_named_them(make_twin, fake_api, served):
+    """Training names the contact by the stored chat's title; the bot must too, not by the
+    name Telegram shows for the sender."""
+    from storage.chats import upsert_chats
+    from tests.bot.test_serving import training_rows
+
+    database, _ = served
+    row = training_rows("train")[0]
+    friend, title = int(row["chat_id"]), row["contact_name"]
+    with database.session() as session:
+        upsert_chats(session, [{"id": friend, "kind": "personal_chat", "title": title}])
+    allow(database, friend)
+    backend = ScriptedBackend()
+    twin = make_twin(backend)
+
+    async def scenario():
+        fake_api.push_text(friend, "hi", first_name="Telegram Name")
+        await fake_api.wait_for_text(friend, "echo: hi")
+
+    serve(twin, scenario)
+    assert backend.calls[0].system == row["system"]
+
