@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -362,25 +363,32 @@ class AdminCommands:
         twin = self.twin
         state = twin.state
         command = "/allow" if allowed else "/deny"
-        target = (args or [""])[0].strip()
-        if not target or not (target.isdigit() or target.startswith("@")):
-            await twin.send(chat_id, f"Usage: {command} USER, a numeric id or @username")
+        target = parse_user(args)
+        if target is None:
+            await twin.send(
+                chat_id,
+                f"Usage: {command} USER: a numeric Telegram id or a @username "
+                "(5-32 letters a-z, digits or _)",
+            )
             return
-        if target.isdigit():
-            user_id: int | None = int(target)
+        username: str | None = None
+        if isinstance(target, int):
+            user_id: int | None = target
         else:
-            known = await twin.in_session(bot_store.find_user_by_username, target)
+            username = target
+            known = await twin.in_session(bot_store.find_user_by_username, username)
             user_id = known.user_id if known is not None else None
-        username = target.lstrip("@").lower() if target.startswith("@") else None
+        target_text = str(target) if username is None else f"@{username}"
         if username:
             await twin.in_session(state.allow_username, username, allowed and user_id is None)
         if user_id is not None:
             await twin.in_session(state.allow_id, user_id, allowed)
         logger.info("owner %s %s", "allowed" if allowed else "denied", user_id or username)
         if allowed and user_id is None:
-            text = f"{target} may talk to me as soon as they write."
+            text = f"{target_text} may talk to me as soon as they write."
         else:
-            text = f"{target} {'may talk to me now' if allowed else 'no longer gets answers'}."
+            verdict = "may talk to me now" if allowed else "no longer gets answers"
+            text = f"{target_text} {verdict}."
         await twin.send(chat_id, text)
 
     async def users(self, update: Any, context: Any) -> None:
@@ -419,6 +427,25 @@ class AdminCommands:
             return
         await twin.in_session(twin.state.set_sampling, sampling)
         await twin.send(update.effective_chat.id, f"Sampling: {_sampling_text(twin)}")
+
+
+#: Telegram usernames: 5-32 of a-z, 0-9 and _, starting with a letter (ASCII only: no
+#: look-alike letters, no invisible characters).
+USERNAME_RE = re.compile(r"@?([A-Za-z][A-Za-z0-9_]{4,31})")
+#: Telegram user ids have at most 52 significant bits (Bot API, `User.id`).
+MAX_USER_ID = 2**52 - 1
+
+
+def parse_user(args: list[str] | None) -> int | str | None:
+    """The one argument of /allow and /deny: a user id, a lower-case username, or None."""
+    if not args or len(args) != 1:
+        return None
+    text = args[0]
+    if re.fullmatch(r"[0-9]{1,16}", text):
+        user_id = int(text)
+        return user_id if 0 < user_id <= MAX_USER_ID else None
+    match = USERNAME_RE.fullmatch(text)
+    return match.group(1).lower() if match else None
 
 
 def format_uptime(seconds: float) -> str:

@@ -593,3 +593,50 @@ def test_the_contact_is_named_by_the_chat_title_as_training_named_them(make_twin
     serve(twin, scenario)
     assert backend.calls[0].system == row["system"]
 
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "@",
+        "@@@",
+        "@\u0430lice_k",  # a Cyrillic "а"
+        "@alice\u200bk",  # a zero-width space inside
+        "@\uff41lice_k",  # a fullwidth "a"
+        "@abcd",  # four characters: too short
+        "@" + "a" * 33,  # too long
+        "²",
+        "12345678901234567890123",  # far beyond Telegram's ids
+        "0",
+    ],
+)
+def test_allow_answers_usage_for_what_cannot_be_a_telegram_user(
+    make_twin, fake_api, served, argument
+):
+    database, _ = served
+    twin = make_twin()
+
+    async def scenario():
+        fake_api.push_text(OWNER, f"/allow {argument}")
+        await fake_api.wait_for_text(OWNER, "Usage: /allow")
+
+    serve(twin, scenario)
+    assert twin.state.allowed_usernames == set() and twin.state.allowed_ids == set()
+    with database.session() as session:
+        assert bot_store.allowed_user_ids(session) == set()
+        assert not bot_store.get_state(session, "allowed_usernames")
+
+
+def test_allow_takes_usernames_with_or_without_the_at_and_numeric_ids(make_twin, fake_api, served):
+    twin = make_twin()
+
+    async def scenario():
+        fake_api.push_text(OWNER, "/allow @Alice_K")
+        await fake_api.wait_for_text(OWNER, "as soon as they write")
+        fake_api.push_text(OWNER, "/allow bob_smith")
+        await fake_api.wait_for_text(OWNER, "as soon as they write", count=2)
+        fake_api.push_text(OWNER, "/allow 4503599627370495")
+        await fake_api.wait_for_text(OWNER, "may talk to me now")
+
+    serve(twin, scenario)
+    assert twin.state.allowed_usernames == {"alice_k", "bob_smith"}
+    assert twin.state.allowed_ids == {2**52 - 1}
