@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -640,3 +641,43 @@ def test_allow_takes_usernames_with_or_without_the_at_and_numeric_ids(make_twin,
     serve(twin, scenario)
     assert twin.state.allowed_usernames == {"alice_k", "bob_smith"}
     assert twin.state.allowed_ids == {2**52 - 1}
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+def test_a_flooding_stranger_gets_one_refusal_and_never_delays_the_owner(
+    make_twin, fake_api, served
+):
+    """Ten owner-only commands and texts from a stranger: one refusal a day; Telegram's
+    flood wait on that refusal stays in the stranger's chat."""
+    twin = make_twin()
+    fake_api.fail_next(
+        "sendMessage",
+        {"error_code": 429, "description": "Too Many Requests", "parameters": {"retry_after": 4}},
+    )
+
+    async def scenario():
+        for number in range(10):
+            fake_api.push_text(STRANGER, "/status" if number % 2 else f"hello {number}")
+        await fake_api.wait_for(lambda call: call.chat_id == STRANGER)
+        asked = time.monotonic()
+        fake_api.push_text(OWNER, "hi")
+        await fake_api.wait_for_text(OWNER, "echo: hi")
+        assert time.monotonic() - asked < 2.0
+        await fake_api.wait_for_text(STRANGER, twin.options.refusal, count=2, timeout=10)
+
+    serve(twin, scenario)
+    assert fake_api.texts_to(STRANGER) == [twin.options.refusal] * 2  # refused once, retried
+
+
+def test_a_silent_bot_says_nothing_to_strangers_whatever_they_send(make_twin, fake_api, served):
+    twin = make_twin(refusal=None)
+
+    async def scenario():
+        for command in ("/status", "/help", "/forget", "/allow 5", "/nonsense", "hi"):
+            fake_api.push_text(STRANGER, command)
+        fake_api.push_text(OWNER, "ping")
+        await fake_api.wait_for_text(OWNER, "echo: ping")
+        await asyncio.sleep(0.3)
+
+    serve(twin, scenario)
+    assert fake_api.calls_of("sendMessage", STRANGER) == []
