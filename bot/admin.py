@@ -93,7 +93,8 @@ class RunSummary:
     active: bool
 
     @classmethod
-    def of(cls, run: Run) -> RunSummary:
+    def of(cls, run: Run, served: int | None = None) -> RunSummary:
+        """The run as the owner sees it; `served` is the run the backend answers with."""
         metrics = run.metrics or {}
         loss = metrics.get("val_loss", metrics.get("eval_loss"))
         return cls(
@@ -108,7 +109,7 @@ class RunSummary:
             ),
             val_loss=float(loss) if isinstance(loss, int | float) else None,
             adapter_path=run.adapter_path,
-            active=run.active,
+            active=run.id == served if served is not None else run.active,
         )
 
     def line(self) -> str:
@@ -158,6 +159,9 @@ class AdminCommands:
     def __init__(self, twin: TwinBot) -> None:
         self.twin = twin
         self._retrain_task: asyncio.Task[None] | None = None
+        self._switching = asyncio.Lock()
+        #: Runs activated outside that failed to load: not tried again until a restart.
+        self._unservable: set[int] = set()
 
     def commands(self) -> dict[str, Any]:
         return {
@@ -200,9 +204,10 @@ class AdminCommands:
     async def status(self, update: Any, context: Any) -> None:
         twin = self.twin
         chat_id = update.effective_chat.id
-        run, stored, remembered = await twin.in_session(_status_counts)
+        served = twin.backend.run_id
+        run, active, stored, remembered = await twin.in_session(_status_counts, served)
         lines = [
-            f"Serving: {f'run #{run.id}' if run else 'no active run'}",
+            f"Serving: {f'run #{run.id}' if run else 'no run'}",
             f"Base model: {run.base_model if run else '?'}",
             f"Newest training message: {run.newest_message if run else 'unknown'}",
             f"Backend: {twin.backend.description}",
@@ -216,6 +221,8 @@ class AdminCommands:
         ]
         if run and run.val_loss is not None:
             lines.insert(3, f"Validation loss: {run.val_loss:.3f}")
+        if active is not None and active != served:
+            lines.insert(1, f"Active in the database: run #{active} (switching to it)")
         await twin.send(chat_id, "\n".join(lines))
         if run is not None:
             picture = await asyncio.to_thread(
@@ -227,7 +234,7 @@ class AdminCommands:
                 )
 
     async def runs(self, update: Any, context: Any) -> None:
-        runs = await self.twin.in_session(_run_summaries)
+        runs = await self.twin.in_session(_run_summaries, self.twin.backend.run_id)
         text = "\n".join(run.line() for run in runs[:RUNS_SHOWN]) or "No training runs yet."
         await self.twin.send(update.effective_chat.id, text)
 
@@ -238,7 +245,7 @@ class AdminCommands:
             await self.twin.send(chat_id, "Usage: /rollback [RUN], a run number from /runs")
             return
         wanted = int(argument) if argument else None
-        target = await self.twin.in_session(_rollback_target, wanted)
+        target = await self.twin.in_session(_rollback_target, wanted, self.twin.backend.run_id)
         if isinstance(target, str):
             await self.twin.send(chat_id, target)
             return
@@ -249,24 +256,57 @@ class AdminCommands:
             return
         await self.twin.send(chat_id, f"Now serving run #{target}.")
 
-    async def switch_to(self, run_id: int) -> None:
-        """Load run `run_id`'s adapter beside the served one, switch, then mark it active."""
-        run = await self.twin.in_session(run_store.get_run, run_id)
+    async def switch_to(self, run_id: int, *, activate: bool = True) -> None:
+        """Load run `run_id`'s adapter beside the served one, switch, then mark it active.
+
+        With `activate` false the run is active already (another command activated it).
+        """
+        async with self._switching:
+            await self._switch(run_id, activate)
+
+    async def _switch(self, run_id: int, activate: bool) -> None:
+        twin = self.twin
+        run = await twin.in_session(run_store.get_run, run_id)
         if run.status != "succeeded" or not run.adapter_path:
             raise BotError(f"run #{run_id} has status {run.status}: only a finished run serves")
-        previous = await self.twin.in_session(_active_id)
-        await self.twin.in_worker(self.twin.backend.swap_adapter, Path(run.adapter_path), run_id)
+        options = twin.options.conversation.for_run(run.adapter_path)
+        previous = twin.backend.run_id
+        previous_path = await twin.in_session(_adapter_path, previous)
+        await twin.in_worker(twin.backend.swap_adapter, Path(run.adapter_path), run_id)
         try:
-            await self.twin.in_session(run_store.activate_run, run_id)
+            if activate:
+                await twin.in_session(run_store.activate_run, run_id)
         except StorageError:
-            if previous is not None:
-                old = await self.twin.in_session(run_store.get_run, previous)
-                await self.twin.in_worker(
-                    self.twin.backend.swap_adapter, Path(str(old.adapter_path)), previous
-                )
+            if previous is not None and previous_path:
+                await twin.in_worker(twin.backend.swap_adapter, Path(previous_path), previous)
             raise
-        self.twin.responder.options = self.twin.options.conversation.for_run(run.adapter_path)
+        twin.responder.options = options
         logger.info("serving run %s (was %s)", run_id, previous)
+
+    async def follow_activation(self) -> None:
+        """Serve the run the database marks active when another command activated it
+        (`twin train`, `twin runs activate`); if it cannot serve, say so once."""
+        if self.retraining or self._switching.locked():
+            return
+        twin = self.twin
+        active = await twin.in_session(_active_id)
+        served = twin.backend.run_id
+        if active is None or active == served or active in self._unservable:
+            return
+        logger.info("run %s was activated outside the bot: switching from %s", active, served)
+        try:
+            await self.switch_to(active, activate=False)
+        except (BotError, StorageError) as error:
+            self._unservable.add(active)
+            logger.error("run %s was activated but cannot serve: %s", active, error)
+            await twin.send(
+                twin.options.owner_id,
+                f"Run #{active} was made active, but I cannot serve it: {error}\n"
+                f"Still serving run #{served}; restart the bot (`twin bot`) to serve run "
+                f"#{active}, or /rollback {served} to keep this one.",
+            )
+            return
+        await twin.send(twin.options.owner_id, f"Now serving run #{active}, activated outside.")
 
     # ---- /retrain ------------------------------------------------------------------------
 
@@ -466,17 +506,26 @@ def _sampling_text(twin: TwinBot) -> str:
 # ---- queries, each run in one session on a thread ------------------------------------------
 
 
-def _status_counts(session: Session) -> tuple[RunSummary | None, int, int]:
-    run = run_store.active_run(session)
+def _status_counts(
+    session: Session, served: int | None
+) -> tuple[RunSummary | None, int | None, int, int]:
+    """The run the backend serves, the run marked active, messages and memory sizes."""
+    run = session.get(Run, served) if served is not None else None
     return (
-        RunSummary.of(run) if run else None,
+        RunSummary.of(run, served) if run else None,
+        _active_id(session),
         count_messages(session),
         bot_store.memory_size(session),
     )
 
 
-def _run_summaries(session: Session) -> list[RunSummary]:
-    return [RunSummary.of(run) for run in run_store.list_runs(session)]
+def _adapter_path(session: Session, run_id: int | None) -> str | None:
+    run = session.get(Run, run_id) if run_id is not None else None
+    return run.adapter_path if run else None
+
+
+def _run_summaries(session: Session, served: int | None) -> list[RunSummary]:
+    return [RunSummary.of(run, served) for run in run_store.list_runs(session)]
 
 
 def _active_id(session: Session) -> int | None:
@@ -502,9 +551,9 @@ def _reactivate(session: Session, run_id: int | None) -> None:
         run_store.activate_run(session, run_id)
 
 
-def _rollback_target(session: Session, wanted: int | None) -> int | str:
-    """The run to roll back to, or why there is none."""
-    active = run_store.active_run(session)
+def _rollback_target(session: Session, wanted: int | None, served: int | None) -> int | str:
+    """The run to roll back to (from the one the backend serves), or why there is none."""
+    active = session.get(Run, served) if served is not None else None
     if wanted is not None:
         run = session.get(Run, wanted)
         if run is None:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -125,6 +126,11 @@ class TwinBot:
         self._inbox: dict[int, list[_Incoming]] = defaultdict(list)
         self._slowed: dict[int, float] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self._polling = False
+        #: Why the bot stopped serving on its own (a deleted database), else None.
+        self.failure: str | None = None
+        self.stopped = asyncio.Event()
         self._token_filter = TokenFilter(options.token)
         for name in TOKEN_LOGGERS:
             logging.getLogger(name).addFilter(self._token_filter)
@@ -142,10 +148,13 @@ class TwinBot:
 
         from bot.errors import BotError
 
+        self._polling = True
         try:
             self.application.run_polling(
                 timeout=self.options.poll_timeout, allowed_updates=["message"]
             )
+            if self.failure:
+                raise BotError(self.failure)
         except InvalidToken:
             raise BotError(
                 "the Bot API server rejected TWIN_BOT_TOKEN: set the token @BotFather gave you"
@@ -189,6 +198,7 @@ class TwinBot:
             self.habits = await asyncio.to_thread(habits_from_messages, rows, gap)
             logger.info("owner pacing: %s", self.habits)
         self.scheduler.start()
+        self._watch = self.spawn(self._watch_loop(), "twin-watch")
         every = self.options.retrain_every
         job_queue = self.application.job_queue
         if every and job_queue is not None:
@@ -200,6 +210,9 @@ class TwinBot:
         )
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.scheduler.stop()
         await self.admin.stop()
         await asyncio.gather(*self._sending.values(), return_exceptions=True)
@@ -248,13 +261,53 @@ class TwinBot:
     # ---- helpers -------------------------------------------------------------------------
 
     async def in_session(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(session, *args)` in one transaction on a thread, off the event loop."""
+        """Run `work(session, *args)` in one transaction on a thread, off the event loop.
+
+        A deleted database file stops the bot (DatabaseGoneError): SQLite would go on
+        writing into a file nobody can open again.
+        """
+        self._check_database()
 
         def call() -> T:
             with self.database.session() as session:
                 return work(session, *args)
 
         return await asyncio.to_thread(call)
+
+    def _check_database(self) -> None:
+        from bot.errors import DatabaseGoneError
+
+        path = sqlite_file(self.database)
+        if path is None or path.exists():
+            return
+        message = (
+            f"the database {path} was deleted while the bot ran: stopping, as nothing it "
+            "saves would last (restore the file, or run `twin db upgrade` for a new one)"
+        )
+        self._fail(message)
+        raise DatabaseGoneError(message)
+
+    def _fail(self, message: str) -> None:
+        """Stop serving for good: one error line, then the bot shuts down."""
+        if self.failure is None:
+            self.failure = message
+            logger.error("%s", message)
+            self.stopped.set()
+            if self._polling:
+                self.application.stop_running()
+
+    async def _watch_loop(self) -> None:
+        """Notice a deleted database, and follow a run activated from outside the bot."""
+        from bot.errors import DatabaseGoneError
+
+        while True:
+            await asyncio.sleep(self.options.watch_every)
+            try:
+                await self.admin.follow_activation()
+            except DatabaseGoneError:
+                return
+            except Exception:
+                logger.exception("checking the active run failed")
 
     async def in_worker(self, work: Callable[..., T], *args: Any) -> T:
         """Run blocking model work on the reply threads."""
@@ -323,6 +376,10 @@ class TwinBot:
 
     async def on_error(self, update: object, context: Any) -> None:
         """Log every handler error with its traceback and keep serving."""
+        from bot.errors import DatabaseGoneError
+
+        if isinstance(context.error, DatabaseGoneError):
+            return  # said once, and the bot is stopping
         logger.error("handling an update failed: %s", context.error, exc_info=context.error)
 
     async def _promote(self, user_id: int, username: str, name: str) -> None:
@@ -397,6 +454,14 @@ def retry_seconds(error: Any) -> float:
         warnings.simplefilter("ignore", PTBDeprecationWarning)
         value = error.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def sqlite_file(database: Database) -> Path | None:
+    """The SQLite file behind `database`, None for other databases or in-memory SQLite."""
+    url = database.engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(str(url.database))
 
 
 def _active_adapter(session: Session) -> str | None:

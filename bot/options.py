@@ -111,6 +111,9 @@ class BotOptions:
     retrain_step_timeout: timedelta = timedelta(hours=12)
     #: getUpdates long-poll timeout in seconds (tests shorten it).
     poll_timeout: int = 10
+    #: How often, in seconds, the bot checks that its database is still there and follows
+    #: a run another command (`twin train`, `twin runs activate`) made active.
+    watch_every: float = 5.0
 
     def problems(self) -> list[str]:
         found = []

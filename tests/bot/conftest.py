@@ -132,11 +132,15 @@ def make_twin(fake_api: FakeBotApi, served: tuple[Any, int], tmp_path: Path):
             max_reply_delay=0.0,
             poll_timeout=1,
             workers=4,
+            watch_every=0.2,
         )
         options = replace(options, **overrides)
-        twin = TwinBot(
-            options, served[0], backend or ScriptedBackend(), habits=habits or OwnerHabits()
-        )
+        backend = backend or ScriptedBackend()
+        if backend.run_id is None:
+            from bot.serving import served_run
+
+            backend.run_id = served_run(served[0]).id  # what `twin bot` loads: the active run
+        twin = TwinBot(options, served[0], backend, habits=habits or OwnerHabits())
         twins.append(twin)
         return twin
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -681,3 +682,76 @@ def test_a_silent_bot_says_nothing_to_strangers_whatever_they_send(make_twin, fa
 
     serve(twin, scenario)
     assert fake_api.calls_of("sendMessage", STRANGER) == []
+
+
+def test_a_run_activated_outside_is_picked_up_and_status_tells_the_loaded_one(
+    make_twin, fake_api, served, tmp_path
+):
+    """`twin train` (or `twin runs activate`) made run 2 active while the bot serves run 1:
+    the bot switches to it; until then /status and /rollback speak of the run it serves."""
+    database, first = served
+    backend = ScriptedBackend()
+    twin = make_twin(backend)
+    second: list[int] = []
+
+    async def scenario():
+        fake_api.push_text(OWNER, "/status")
+        await fake_api.wait_for_text(OWNER, f"Serving: run #{first}")
+        second.append(make_run(database, tmp_path / "data"))  # another process activates it
+        await fake_api.wait_for_text(OWNER, f"Now serving run #{second[0]}, activated outside")
+        fake_api.push_text(OWNER, f"/rollback {second[0]}")
+        await fake_api.wait_for_text(OWNER, "already serving")
+        fake_api.push_text(OWNER, "/status")
+        await fake_api.wait_for_text(OWNER, f"Serving: run #{second[0]}")
+
+    serve(twin, scenario)
+    assert backend.swaps == [(tmp_path / "data" / "adapters" / str(second[0]), second[0])]
+    assert backend.run_id == second[0]
+
+
+def test_a_run_activated_outside_that_cannot_load_is_reported_with_what_to_do(
+    make_twin, fake_api, served, tmp_path
+):
+    database, first = served
+    backend = ScriptedBackend(fail_swap=True)
+    twin = make_twin(backend)
+    second: list[int] = []
+
+    async def scenario():
+        second.append(make_run(database, tmp_path / "data"))
+        await fake_api.wait_for_text(OWNER, "restart the bot")
+        fake_api.push_text(OWNER, "/status")
+        await fake_api.wait_for_text(OWNER, "Active in the database")
+
+    serve(twin, scenario)
+    warning, status = fake_api.texts_to(OWNER)
+    assert f"Run #{second[0]} was made active, but I cannot serve it" in warning
+    assert f"Serving: run #{first}" in status and f"run #{second[0]}" in status
+    assert backend.run_id == first
+
+
+def test_the_bot_stops_with_one_error_when_its_database_is_deleted(
+    make_twin, fake_api, served, tmp_path, caplog
+):
+    database, _ = served
+    path = Path(str(database.engine.url.database))
+    twin = make_twin()
+
+    async def scenario():
+        fake_api.push_text(OWNER, "ping")
+        await fake_api.wait_for_text(OWNER, "echo: ping")
+        for leftover in (
+            path,
+            path.with_name(path.name + "-wal"),
+            path.with_name(path.name + "-shm"),
+        ):
+            leftover.unlink(missing_ok=True)
+        fake_api.push_text(OWNER, "/allow 12345")
+        await asyncio.wait_for(twin.stopped.wait(), timeout=5)
+        await asyncio.sleep(0.5)
+
+    with caplog.at_level(logging.ERROR):
+        serve(twin, scenario)
+    assert not any("may talk to me" in text for text in fake_api.texts_to(OWNER))
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(path) in errors[0] and "deleted" in errors[0]
