@@ -11,12 +11,11 @@ import asyncio
 import logging
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,15 +46,6 @@ SLOW_DOWN = "You're writing faster than I can read. Give me a minute."
 TYPING_EVERY = 4.5
 #: Library loggers that may print request URLs, which hold the bot token.
 TOKEN_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
-
-
-@dataclass(frozen=True)
-class _Incoming:
-    """A message waiting for its chat's turn: stored only when the twin reads it."""
-
-    text: str
-    at: datetime
-    contact_name: str | None
 
 
 class TokenFilter(logging.Filter):
@@ -123,9 +113,10 @@ class TwinBot:
         )
         self.admin = AdminCommands(self)
         self._executor = ThreadPoolExecutor(options.workers, thread_name_prefix="twin-reply")
-        self._inbox: dict[int, list[_Incoming]] = defaultdict(list)
         self._slowed: dict[int, float] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
+        #: The inbox is one state value: its read-modify-writes must not interleave.
+        self._inbox_lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self._polling = False
         #: Why the bot stopped serving on its own (a deleted database), else None.
@@ -198,6 +189,10 @@ class TwinBot:
             self.habits = await asyncio.to_thread(habits_from_messages, rows, gap)
             logger.info("owner pacing: %s", self.habits)
         self.scheduler.start()
+        for chat_id in await self.in_session(bot_store.waiting_chats):
+            if self._may_answer(chat_id):
+                logger.info("chat %s waits for an answer since the last run", chat_id)
+                self.scheduler.submit(chat_id)
         self._watch = self.spawn(self._watch_loop(), "twin-watch")
         every = self.options.retrain_every
         job_queue = self.application.job_queue
@@ -358,12 +353,17 @@ class TwinBot:
             if not self.limiter.allow(user.id, time.monotonic()):
                 self._slow_down(chat.id, user.id)
                 return
-        self._inbox[chat.id].append(_Incoming(message.text, message.date, user.full_name))
+        # Kept in the database at once: a stop or a crash before the reply loses nothing.
+        async with self._inbox_lock:
+            await self.in_session(
+                bot_store.add_to_inbox, chat.id, message.text, message.date, user.full_name
+            )
         self.scheduler.submit(chat.id)
 
     async def on_forget(self, update: Any, context: TwinContext) -> None:
         chat_id = update.effective_chat.id
-        self._inbox.pop(chat_id, None)
+        async with self._inbox_lock:
+            await self.in_session(bot_store.take_inbox, chat_id)
         forgotten = await asyncio.to_thread(self.responder.forget, chat_id)
         await self.send(chat_id, f"Forgotten: {forgotten} remembered messages of this chat.")
 
@@ -382,6 +382,12 @@ class TwinBot:
             return  # said once, and the bot is stopping
         logger.error("handling an update failed: %s", context.error, exc_info=context.error)
 
+    def _may_answer(self, chat_id: int) -> bool:
+        """A private chat of the owner, or of an allowed user while the bot is not paused."""
+        if chat_id == self.options.owner_id:
+            return True
+        return chat_id in self.state.allowed_ids and not self.state.paused
+
     async def _promote(self, user_id: int, username: str, name: str) -> None:
         await self.in_session(self.state.promote, user_id, username, name)
 
@@ -395,15 +401,22 @@ class TwinBot:
         self.say(chat_id, SLOW_DOWN)
 
     async def _answer(self, chat_id: int) -> None:
-        """Read what the chat sent since the last reply, answer it, send the parts paced."""
-        incoming = self._inbox.pop(chat_id, [])
-        if not incoming:
+        """Read what the chat sent since the last reply, answer it, send the parts paced.
+
+        The reply is remembered once it is sent: a bot stopped mid-reply answers again on start.
+        """
+        async with self._inbox_lock:
+            incoming, unanswered = await self.in_session(self._hear, chat_id)
+        if not unanswered:
             return
-        await asyncio.to_thread(self._hear, chat_id, incoming)
+        name = incoming[-1][2] if incoming else None
         try:
             async with self._typing(chat_id):
                 reply = await self.in_worker(
-                    self.responder.reply, chat_id, self.state.sampling, incoming[-1].contact_name
+                    partial(self.responder.reply, remember=False),
+                    chat_id,
+                    self.state.sampling,
+                    name,
                 )
         except Exception:
             logger.exception("chat %s: generating a reply failed", chat_id)
@@ -416,10 +429,18 @@ class TwinBot:
                 await self._send_typing(chat_id)
                 await asyncio.sleep(pause)
             await self.send(chat_id, part)
+        await asyncio.to_thread(self.responder.remember, chat_id, reply)
 
-    def _hear(self, chat_id: int, incoming: list[_Incoming]) -> None:
-        for message in incoming:
-            self.responder.hear(chat_id, message.text, message.at)
+    def _hear(
+        self, session: Session, chat_id: int
+    ) -> tuple[list[tuple[str, datetime, str | None]], bool]:
+        """Move the chat's received messages into its memory (scrubbed), in one transaction;
+        whether the chat now waits for an answer."""
+        incoming = bot_store.take_inbox(session, chat_id)
+        for text, at, _name in incoming:
+            scrubbed = self.responder.scrubber.scrub(text, chat_id)
+            bot_store.append_turn(session, chat_id, "user", scrubbed, at)
+        return incoming, bot_store.last_role(session, chat_id) == "user"
 
     @asynccontextmanager
     async def _typing(self, chat_id: int) -> AsyncIterator[None]:

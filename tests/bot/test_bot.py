@@ -755,3 +755,37 @@ def test_the_bot_stops_with_one_error_when_its_database_is_deleted(
     assert not any("may talk to me" in text for text in fake_api.texts_to(OWNER))
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and str(path) in errors[0] and "deleted" in errors[0]
+
+
+def test_messages_that_arrive_while_a_reply_is_generated_survive_a_stop(
+    make_twin, fake_api, served
+):
+    """A friend sends "first", then "second" while "first" is generated; the bot stops
+    before it replies. Started again, it answers both: nothing Telegram delivered is lost."""
+    database, _ = served
+    allow(database, FRIEND)
+    slow = ScriptedBackend(delay=2.0)
+    first_bot = make_twin(slow)
+
+    async def stopped_mid_reply():
+        async with first_bot.running():
+            fake_api.push_text(FRIEND, "first")
+            for _ in range(100):
+                if slow.calls:
+                    break
+                await asyncio.sleep(0.05)
+            fake_api.push_text(FRIEND, "second")
+            await asyncio.sleep(1.0)  # "second" delivered while "first" is generated
+
+    asyncio.run(stopped_mid_reply())
+    assert fake_api.texts_to(FRIEND) == []
+
+    backend = ScriptedBackend()
+    serve(make_twin(backend), lambda: fake_api.wait_for_text(FRIEND, "second"))
+    assert [call.turns[-1].content for call in backend.calls] == ["first\nsecond"]
+    assert fake_api.texts_to(FRIEND) == ["echo: first", "second"]
+    assert memory(database, FRIEND) == [
+        ("user", "first"),
+        ("user", "second"),
+        ("assistant", "echo: first\nsecond"),
+    ]
