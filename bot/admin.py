@@ -11,12 +11,10 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.orm import Session
-
+from bot import run_queries
 from bot.backends import ReplyBackend
 from bot.errors import BotError
 from bot.options import BotOptions
@@ -28,8 +26,6 @@ from bot.state import BotState
 from storage import StorageError
 from storage import bot as bot_store
 from storage import runs as run_store
-from storage.messages import count_messages
-from storage.models import Run
 from training.generation import SamplingError
 
 logger = logging.getLogger(__name__)
@@ -77,45 +73,6 @@ OWNER_COMMANDS = {
 }
 OWNER_HELP = "Commands:\n" + "\n".join(f"/{name} – {text}" for name, text in OWNER_COMMANDS.items())
 USER_HELP = "Just write to me. /forget clears what I remember of our chat."
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What the owner sees of a run."""
-
-    id: int
-    status: str
-    base_model: str
-    created: str
-    newest_message: str
-    val_loss: float | None
-    adapter_path: str | None
-    active: bool
-
-    @classmethod
-    def of(cls, run: Run, served: int | None = None) -> RunSummary:
-        """The run as the owner sees it; `served` is the run the backend answers with."""
-        metrics = run.metrics or {}
-        loss = metrics.get("val_loss", metrics.get("eval_loss"))
-        return cls(
-            id=run.id,
-            status=run.status,
-            base_model=run.base_model,
-            created=f"{run.created_at:%Y-%m-%d %H:%M}" if run.created_at else "?",
-            newest_message=(
-                f"{run.newest_message_at:%Y-%m-%d %H:%M} UTC"
-                if run.newest_message_at
-                else "unknown"
-            ),
-            val_loss=float(loss) if isinstance(loss, int | float) else None,
-            adapter_path=run.adapter_path,
-            active=run.id == served if served is not None else run.active,
-        )
-
-    def line(self) -> str:
-        loss = f", val loss {self.val_loss:.3f}" if self.val_loss is not None else ""
-        mark = " ← serving" if self.active else ""
-        return f"#{self.id} {self.status}, {self.created}{loss}{mark}"
 
 
 class ProgressMessage:
@@ -205,7 +162,7 @@ class AdminCommands:
         twin = self.twin
         chat_id = update.effective_chat.id
         served = twin.backend.run_id
-        run, active, stored, remembered = await twin.in_session(_status_counts, served)
+        run, active, stored, remembered = await twin.in_session(run_queries.status_counts, served)
         lines = [
             f"Serving: {f'run #{run.id}' if run else 'no run'}",
             f"Base model: {run.base_model if run else '?'}",
@@ -234,7 +191,7 @@ class AdminCommands:
                 )
 
     async def runs(self, update: Any, context: Any) -> None:
-        runs = await self.twin.in_session(_run_summaries, self.twin.backend.run_id)
+        runs = await self.twin.in_session(run_queries.run_summaries, self.twin.backend.run_id)
         text = "\n".join(run.line() for run in runs[:RUNS_SHOWN]) or "No training runs yet."
         await self.twin.send(update.effective_chat.id, text)
 
@@ -245,7 +202,9 @@ class AdminCommands:
             await self.twin.send(chat_id, "Usage: /rollback [RUN], a run number from /runs")
             return
         wanted = int(argument) if argument else None
-        target = await self.twin.in_session(_rollback_target, wanted, self.twin.backend.run_id)
+        target = await self.twin.in_session(
+            run_queries.rollback_target, wanted, self.twin.backend.run_id
+        )
         if isinstance(target, str):
             await self.twin.send(chat_id, target)
             return
@@ -271,7 +230,7 @@ class AdminCommands:
             raise BotError(f"run #{run_id} has status {run.status}: only a finished run serves")
         options = twin.options.conversation.for_run(run.adapter_path)
         previous = twin.backend.run_id
-        previous_path = await twin.in_session(_adapter_path, previous)
+        previous_path = await twin.in_session(run_queries.adapter_path, previous)
         await twin.in_worker(twin.backend.swap_adapter, Path(run.adapter_path), run_id)
         try:
             if activate:
@@ -289,7 +248,7 @@ class AdminCommands:
         if self.retraining or self._switching.locked():
             return
         twin = self.twin
-        active = await twin.in_session(_active_id)
+        active = await twin.in_session(run_queries.active_id)
         served = twin.backend.run_id
         if active is None or active == served or active in self._unservable:
             return
@@ -337,7 +296,7 @@ class AdminCommands:
         progress = PipelineProgress()
         message = ProgressMessage(twin, chat_id, None)
         await message.show(progress.render())
-        newest_before, serving = await twin.in_session(_run_ids)
+        newest_before, serving = await twin.in_session(run_queries.run_ids)
         options = PipelineOptions(
             command=twin.options.retrain_command,
             harvest=twin.options.harvest_configured,
@@ -350,20 +309,20 @@ class AdminCommands:
         try:
             result = await run_pipeline(options, progress, message.update)
             if not result.ok:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
                 await message.show(
                     f"{progress.render('❌ Retrain failed')}\n{result.error}\n{still}"
                 )
                 return
-            trained = await twin.in_session(_newest_succeeded_after, newest_before)
+            trained = await twin.in_session(run_queries.newest_succeeded_after, newest_before)
             if trained is None:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
                 await message.show(f"{progress.render('✅ Nothing new to learn')}\n{still}")
                 return
             try:
                 await self.switch_to(trained)
             except (BotError, StorageError) as error:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
                 await message.show(
                     f"{progress.render('❌ Retrain failed')}\nrun #{trained} cannot serve: "
                     f"{error}\n{still}"
@@ -371,11 +330,11 @@ class AdminCommands:
                 return
         except asyncio.CancelledError:
             if trained is None:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
             raise
         except Exception as error:
             logger.exception("retrain failed")
-            await twin.in_session(_reactivate, serving)
+            await twin.in_session(run_queries.reactivate, serving)
             await message.show(f"{progress.render('❌ Retrain failed')}\n{error}\n{still}")
             return
         await message.show(f"{progress.render('✅ Retrained')}\nnow serving run #{trained}")
@@ -501,73 +460,3 @@ def format_uptime(seconds: float) -> str:
 
 def _sampling_text(twin: TwinBot) -> str:
     return twin.state.sampling.describe()
-
-
-# ---- queries, each run in one session on a thread ------------------------------------------
-
-
-def _status_counts(
-    session: Session, served: int | None
-) -> tuple[RunSummary | None, int | None, int, int]:
-    """The run the backend serves, the run marked active, messages and memory sizes."""
-    run = session.get(Run, served) if served is not None else None
-    return (
-        RunSummary.of(run, served) if run else None,
-        _active_id(session),
-        count_messages(session),
-        bot_store.memory_size(session),
-    )
-
-
-def _adapter_path(session: Session, run_id: int | None) -> str | None:
-    run = session.get(Run, run_id) if run_id is not None else None
-    return run.adapter_path if run else None
-
-
-def _run_summaries(session: Session, served: int | None) -> list[RunSummary]:
-    return [RunSummary.of(run, served) for run in run_store.list_runs(session)]
-
-
-def _active_id(session: Session) -> int | None:
-    run = run_store.active_run(session)
-    return run.id if run else None
-
-
-def _run_ids(session: Session) -> tuple[int, int | None]:
-    runs = run_store.list_runs(session)
-    return (runs[0].id if runs else 0), _active_id(session)
-
-
-def _newest_succeeded_after(session: Session, run_id: int) -> int | None:
-    for run in run_store.list_runs(session):
-        if run.id > run_id and run.status == "succeeded" and run.adapter_path:
-            return run.id
-    return None
-
-
-def _reactivate(session: Session, run_id: int | None) -> None:
-    """Make `run_id` active again if a child process activated another run."""
-    if run_id is not None and _active_id(session) != run_id:
-        run_store.activate_run(session, run_id)
-
-
-def _rollback_target(session: Session, wanted: int | None, served: int | None) -> int | str:
-    """The run to roll back to (from the one the backend serves), or why there is none."""
-    active = session.get(Run, served) if served is not None else None
-    if wanted is not None:
-        run = session.get(Run, wanted)
-        if run is None:
-            return f"No run #{wanted}: /runs lists them."
-        if run.status != "succeeded" or not run.adapter_path:
-            return f"Run #{wanted} has status {run.status}: only a finished run serves."
-        if active is not None and run.id == active.id:
-            return f"Run #{wanted} is already serving."
-        return run.id
-    for run in run_store.list_runs(session):
-        if (
-            run.status == "succeeded"
-            and run.adapter_path
-            and (active is None or run.id < active.id)
-        ):
-            return run.id
-    return "No older finished run to roll back to."

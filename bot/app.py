@@ -68,6 +68,19 @@ class TokenFilter(logging.Filter):
         return True
 
 
+class HandledUpdateQueue(asyncio.Queue[Any]):
+    """The update queue: `put` returns once every update in it has been handled.
+
+    python-telegram-bot's updater confirms updates to Telegram by asking for the next ones
+    right after putting them here; waiting for the handlers (which store each message) before
+    that means Telegram never forgets an update the bot has not stored (kill -9 safe).
+    """
+
+    async def put(self, item: Any) -> None:
+        await super().put(item)
+        await self.join()
+
+
 def bot_base_url(api_url: str) -> str:
     """The Bot API base python-telegram-bot appends the token to: `<server>/bot`."""
     url = api_url.rstrip("/")
@@ -235,6 +248,7 @@ class TwinBot:
             .token(self.options.token)
             .base_url(bot_base_url(self.options.api_url))
             .context_types(ContextTypes(context=TwinContext))
+            .update_queue(HandledUpdateQueue())
             .post_init(lambda _application: self.start())
             .post_stop(lambda _application: self.stop())
             .get_updates_read_timeout(self.options.poll_timeout + 10)

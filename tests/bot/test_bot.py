@@ -789,3 +789,34 @@ def test_messages_that_arrive_while_a_reply_is_generated_survive_a_stop(
         ("user", "second"),
         ("assistant", "echo: first\nsecond"),
     ]
+
+
+def test_an_update_is_confirmed_to_telegram_only_after_its_message_is_stored(
+    make_twin, fake_api, served, monkeypatch
+):
+    """Telegram forgets an update once the bot asks for the next ones: a kill -9 between
+    that and storing the message would lose it, so the bot stores first."""
+    import time as clock
+
+    database, _ = served
+    allow(database, FRIEND)
+    confirmed_when_stored: list[tuple[int, int]] = []
+    original = bot_store.add_to_inbox
+
+    def slow_store(session, chat_id, text, at, name):
+        clock.sleep(0.5)  # a busy disk
+        original(session, chat_id, text, at, name)
+        confirmed_when_stored.append((fake_api.confirmed, updates[text]))
+
+    monkeypatch.setattr(bot_store, "add_to_inbox", slow_store)
+    updates: dict[str, int] = {}
+    twin = make_twin()
+
+    async def scenario():
+        for text in ("one", "two"):
+            updates[text] = fake_api.push_text(FRIEND, text)
+            await fake_api.wait_for_text(FRIEND, f"echo: {text}")
+
+    serve(twin, scenario)
+    assert len(confirmed_when_stored) == 2
+    assert all(confirmed < update for confirmed, update in confirmed_when_stored)
