@@ -77,8 +77,7 @@ def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
     Both load through `training.model.serving_options`, as `twin eval` does: the run's
     `trust_remote_code` and attention kernel, its quant and dtype unless overridden.
     """
-    from training.errors import ModelLoadError
-    from training.model import load_tokenizer, serving_options
+    from training.model import ModelLoadError, load_tokenizer, serving_options
 
     if problems := options.problems():
         raise BotError("; ".join(problems))
