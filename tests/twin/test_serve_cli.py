@@ -200,25 +200,9 @@ def test_twin_bot_serves_telegram_and_stops_cleanly_on_ctrl_c(
     run_id = serve_run(data_dir)
     reply = expected_reply(data_dir, "hi, how are you?", OWNER, "Ann")
     assert reply, "the tiny model must say something for this test to mean anything"
-    environment = {
-        **os.environ,
-        "TWIN_BOT_TOKEN": FAKE_TOKEN,
-        "TWIN_OWNER_ID": str(OWNER),
-        "TWIN_BOT_API_URL": fake_api.base_url,
-        "OMP_NUM_THREADS": "1",
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "twin", "--data-dir", str(data_dir), "bot", "--workers", "2"],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    child = start_bot(data_dir, fake_api, output=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not fake_api.calls_of("setMyCommands") and time.monotonic() < deadline:
-            assert child.poll() is None, child.communicate()[0]
-            time.sleep(0.1)
         fake_api.push_text(OWNER, "/status")
         fake_api.push_text(OWNER, "hi, how are you?")
         while sent_reply(fake_api) != flat(reply) and time.monotonic() < deadline:
@@ -293,8 +277,11 @@ def test_a_token_the_server_rejects_is_one_line_without_the_token(
     assert "getMe" in captured.err  # --verbose logged the requests, redacted
 
 
-def start_bot(data_dir: Path, fake_api: FakeBotApi) -> subprocess.Popen[str]:
-    """`twin bot` as its own process against the fake Bot API, once it listens."""
+def start_bot(
+    data_dir: Path, fake_api: FakeBotApi, output: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`twin bot` as its own process against the fake Bot API, once it listens; its stdout
+    and stderr go to `output`."""
     environment = {
         **os.environ,
         "TWIN_BOT_TOKEN": FAKE_TOKEN,
@@ -302,17 +289,19 @@ def start_bot(data_dir: Path, fake_api: FakeBotApi) -> subprocess.Popen[str]:
         "TWIN_BOT_API_URL": fake_api.base_url,
         "OMP_NUM_THREADS": "1",
     }
-    listening = len(fake_api.calls_of("setMyCommands")) + 2
+    listening = len(fake_api.calls_of("setMyCommands")) + 2  # everyone's and the owner's menu
     child = subprocess.Popen(
         [sys.executable, "-m", "twin", "--data-dir", str(data_dir), "bot", "--workers", "2"],
         env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     deadline = time.monotonic() + 120
     while len(fake_api.calls_of("setMyCommands")) < listening:
-        assert child.poll() is None and time.monotonic() < deadline, "the bot did not start"
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"the bot did not start: {child.communicate()[0]}")
         time.sleep(0.1)
     return child
 
