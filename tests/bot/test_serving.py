@@ -86,3 +86,22 @@ def _greedy() -> Any:
     from training.generation import Sampling
 
     return Sampling(temperature=0.0, top_p=1.0, max_new_tokens=8)
+
+
+def test_a_run_whose_pii_extra_file_is_gone_does_not_serve(tmp_path: Path) -> None:
+    """Serving without the owner's own redactions would show what training hid: refuse, in
+    one line that names the file."""
+    import shutil
+
+    from bot.errors import BotError
+    from bot.options import ConversationOptions
+
+    folder, _ = real_run()
+    run = Path(shutil.copytree(folder, tmp_path / "run"))
+    assert ConversationOptions().for_run(run).pii.extra_words  # the real run has extras
+    saved = json.loads((run / "dataset.json").read_text())
+    saved["meta"]["options"]["pii_extra"] = str(tmp_path / "moved-away.txt")
+    (run / "dataset.json").write_text(json.dumps(saved))
+
+    with pytest.raises(BotError, match=r"--pii-extra .*moved-away\.txt.*restore that file"):
+        ConversationOptions().for_run(run)
