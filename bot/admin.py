@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.orm import Session
-
+from bot import run_queries
 from bot.backends import ReplyBackend
 from bot.errors import BotError
 from bot.options import BotOptions
@@ -27,11 +26,8 @@ from bot.state import BotState
 from storage import StorageError
 from storage import bot as bot_store
 from storage import runs as run_store
-from storage.messages import count_messages
-from storage.models import Run
-from training.gate import GateDecision
 from training.generation import SamplingError
-from training.run_folder import RunFigures, mark_interrupted_runs
+from training.run_folder import mark_interrupted_runs
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,42 +76,6 @@ OWNER_HELP = "Commands:\n" + "\n".join(f"/{name} – {text}" for name, text in O
 USER_HELP = "Just write to me. /forget clears what I remember of our chat."
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """What the owner sees of a run."""
-
-    id: int
-    status: str
-    base_model: str
-    created: str
-    newest_message: str
-    val_loss: float | None
-    adapter_path: str | None
-    active: bool
-
-    @classmethod
-    def of(cls, run: Run) -> RunSummary:
-        return cls(
-            id=run.id,
-            status=run.status,
-            base_model=run.base_model,
-            created=f"{run.created_at:%Y-%m-%d %H:%M}" if run.created_at else "?",
-            newest_message=(
-                f"{run.newest_message_at:%Y-%m-%d %H:%M} UTC"
-                if run.newest_message_at
-                else "unknown"
-            ),
-            val_loss=RunFigures.of(run.metrics).val_loss,
-            adapter_path=run.adapter_path,
-            active=run.active,
-        )
-
-    def line(self) -> str:
-        loss = f", val loss {self.val_loss:.3f}" if self.val_loss is not None else ""
-        mark = " ← serving" if self.active else ""
-        return f"#{self.id} {self.status}, {self.created}{loss}{mark}"
-
-
 class ProgressMessage:
     """One message the retrain edits as it goes, at most every `PROGRESS_EVERY` seconds."""
 
@@ -157,6 +117,9 @@ class AdminCommands:
     def __init__(self, twin: TwinBot) -> None:
         self.twin = twin
         self._retrain_task: asyncio.Task[None] | None = None
+        self._switching = asyncio.Lock()
+        #: Runs activated outside that failed to load: not tried again until a restart.
+        self._unservable: set[int] = set()
 
     def commands(self) -> dict[str, Any]:
         return {
@@ -199,10 +162,11 @@ class AdminCommands:
     async def status(self, update: Any, context: Any) -> None:
         twin = self.twin
         chat_id = update.effective_chat.id
+        served = twin.backend.run_id
         await twin.in_session(mark_interrupted_runs, twin.options.data_dir)
-        run, stored, remembered = await twin.in_session(_status_counts)
+        run, active, stored, remembered = await twin.in_session(run_queries.status_counts, served)
         lines = [
-            f"Serving: {f'run #{run.id}' if run else 'no active run'}",
+            f"Serving: {f'run #{run.id}' if run else 'no run'}",
             f"Base model: {run.base_model if run else '?'}",
             f"Newest training message: {run.newest_message if run else 'unknown'}",
             f"Backend: {twin.backend.description}",
@@ -216,6 +180,8 @@ class AdminCommands:
         ]
         if run and run.val_loss is not None:
             lines.insert(3, f"Validation loss: {run.val_loss:.3f}")
+        if active is not None and active != served:
+            lines.insert(1, f"Active in the database: run #{active} (switching to it)")
         await twin.send(chat_id, "\n".join(lines))
         if run is not None:
             picture = await asyncio.to_thread(
@@ -228,7 +194,7 @@ class AdminCommands:
 
     async def runs(self, update: Any, context: Any) -> None:
         await self.twin.in_session(mark_interrupted_runs, self.twin.options.data_dir)
-        runs = await self.twin.in_session(_run_summaries)
+        runs = await self.twin.in_session(run_queries.run_summaries, self.twin.backend.run_id)
         text = "\n".join(run.line() for run in runs[:RUNS_SHOWN]) or "No training runs yet."
         await self.twin.send(update.effective_chat.id, text)
 
@@ -239,7 +205,9 @@ class AdminCommands:
             await self.twin.send(chat_id, "Usage: /rollback [RUN], a run number from /runs")
             return
         wanted = int(argument) if argument else None
-        target = await self.twin.in_session(_rollback_target, wanted)
+        target = await self.twin.in_session(
+            run_queries.rollback_target, wanted, self.twin.backend.run_id
+        )
         if isinstance(target, str):
             await self.twin.send(chat_id, target)
             return
@@ -250,24 +218,57 @@ class AdminCommands:
             return
         await self.twin.send(chat_id, f"Now serving run #{target}.")
 
-    async def switch_to(self, run_id: int) -> None:
-        """Load run `run_id`'s adapter beside the served one, switch, then mark it active."""
-        run = await self.twin.in_session(run_store.get_run, run_id)
+    async def switch_to(self, run_id: int, *, activate: bool = True) -> None:
+        """Load run `run_id`'s adapter beside the served one, switch, then mark it active.
+
+        With `activate` false the run is active already (another command activated it).
+        """
+        async with self._switching:
+            await self._switch(run_id, activate)
+
+    async def _switch(self, run_id: int, activate: bool) -> None:
+        twin = self.twin
+        run = await twin.in_session(run_store.get_run, run_id)
         if run.status != "succeeded" or not run.adapter_path:
             raise BotError(f"run #{run_id} has status {run.status}: only a finished run serves")
-        previous = await self.twin.in_session(_active_id)
-        await self.twin.in_worker(self.twin.backend.swap_adapter, Path(run.adapter_path), run_id)
+        options = twin.options.conversation.for_run(run.adapter_path)
+        previous = twin.backend.run_id
+        previous_path = await twin.in_session(run_queries.adapter_path, previous)
+        await twin.in_worker(twin.backend.swap_adapter, Path(run.adapter_path), run_id)
         try:
-            await self.twin.in_session(run_store.activate_run, run_id)
+            if activate:
+                await twin.in_session(run_store.activate_run, run_id)
         except StorageError:
-            if previous is not None:
-                old = await self.twin.in_session(run_store.get_run, previous)
-                await self.twin.in_worker(
-                    self.twin.backend.swap_adapter, Path(str(old.adapter_path)), previous
-                )
+            if previous is not None and previous_path:
+                await twin.in_worker(twin.backend.swap_adapter, Path(previous_path), previous)
             raise
-        self.twin.responder.options = self.twin.options.conversation.for_run(run.adapter_path)
+        twin.responder.options = options
         logger.info("serving run %s (was %s)", run_id, previous)
+
+    async def follow_activation(self) -> None:
+        """Serve the run the database marks active when another command activated it
+        (`twin train`, `twin runs activate`); if it cannot serve, say so once."""
+        if self.retraining or self._switching.locked():
+            return
+        twin = self.twin
+        active = await twin.in_session(run_queries.active_id)
+        served = twin.backend.run_id
+        if active is None or active == served or active in self._unservable:
+            return
+        logger.info("run %s was activated outside the bot: switching from %s", active, served)
+        try:
+            await self.switch_to(active, activate=False)
+        except (BotError, StorageError) as error:
+            self._unservable.add(active)
+            logger.error("run %s was activated but cannot serve: %s", active, error)
+            await twin.send(
+                twin.options.owner_id,
+                f"Run #{active} was made active, but I cannot serve it: {error}\n"
+                f"Still serving run #{served}; restart the bot (`twin bot`) to serve run "
+                f"#{active}, or /rollback {served} to keep this one.",
+            )
+            return
+        await twin.send(twin.options.owner_id, f"Now serving run #{active}, activated outside.")
 
     # ---- /retrain ------------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class AdminCommands:
         progress = PipelineProgress()
         message = ProgressMessage(twin, chat_id, None)
         await message.show(progress.render())
-        newest_before, serving = await twin.in_session(_run_ids)
+        newest_before, serving = await twin.in_session(run_queries.run_ids)
         options = PipelineOptions(
             command=twin.options.retrain_command,
             harvest=twin.options.harvest_configured,
@@ -311,28 +312,28 @@ class AdminCommands:
         try:
             result = await run_pipeline(options, progress, message.update)
             if not result.ok:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
                 await message.show(
                     f"{progress.render('❌ Retrain failed')}\n{result.error}\n{still}"
                 )
                 return
-            trained = await twin.in_session(_newest_succeeded_after, newest_before)
+            trained = await twin.in_session(run_queries.newest_succeeded_after, newest_before)
             if result.gated and trained is not None:
-                await twin.in_session(_reactivate, serving)
-                gate = await twin.in_session(_gate_of, trained)
+                await twin.in_session(run_queries.reactivate, serving)
+                gate = await twin.in_session(run_queries.gate_of, trained)
                 reason = gate.reason if gate else f"run #{trained} is worse on held-out loss"
                 await message.show(
                     f"{progress.render('❎ Retrained, not switched')}\n{reason}\n{still}"
                 )
                 return
             if trained is None:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
                 await message.show(f"{progress.render('✅ Nothing new to learn')}\n{still}")
                 return
             try:
                 await self.switch_to(trained)
             except (BotError, StorageError) as error:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
                 await message.show(
                     f"{progress.render('❌ Retrain failed')}\nrun #{trained} cannot serve: "
                     f"{error}\n{still}"
@@ -340,11 +341,11 @@ class AdminCommands:
                 return
         except asyncio.CancelledError:
             if trained is None:
-                await twin.in_session(_reactivate, serving)
+                await twin.in_session(run_queries.reactivate, serving)
             raise
         except Exception as error:
             logger.exception("retrain failed")
-            await twin.in_session(_reactivate, serving)
+            await twin.in_session(run_queries.reactivate, serving)
             await message.show(f"{progress.render('❌ Retrain failed')}\n{error}\n{still}")
             return
         await message.show(f"{progress.render('✅ Retrained')}\nnow serving run #{trained}")
@@ -372,25 +373,32 @@ class AdminCommands:
         twin = self.twin
         state = twin.state
         command = "/allow" if allowed else "/deny"
-        target = (args or [""])[0].strip()
-        if not target or not (target.isdigit() or target.startswith("@")):
-            await twin.send(chat_id, f"Usage: {command} USER, a numeric id or @username")
+        target = parse_user(args)
+        if target is None:
+            await twin.send(
+                chat_id,
+                f"Usage: {command} USER: a numeric Telegram id or a @username "
+                "(5-32 letters a-z, digits or _)",
+            )
             return
-        if target.isdigit():
-            user_id: int | None = int(target)
+        username: str | None = None
+        if isinstance(target, int):
+            user_id: int | None = target
         else:
-            known = await twin.in_session(bot_store.find_user_by_username, target)
+            username = target
+            known = await twin.in_session(bot_store.find_user_by_username, username)
             user_id = known.user_id if known is not None else None
-        username = target.lstrip("@").lower() if target.startswith("@") else None
+        target_text = str(target) if username is None else f"@{username}"
         if username:
             await twin.in_session(state.allow_username, username, allowed and user_id is None)
         if user_id is not None:
             await twin.in_session(state.allow_id, user_id, allowed)
         logger.info("owner %s %s", "allowed" if allowed else "denied", user_id or username)
         if allowed and user_id is None:
-            text = f"{target} may talk to me as soon as they write."
+            text = f"{target_text} may talk to me as soon as they write."
         else:
-            text = f"{target} {'may talk to me now' if allowed else 'no longer gets answers'}."
+            verdict = "may talk to me now" if allowed else "no longer gets answers"
+            text = f"{target_text} {verdict}."
         await twin.send(chat_id, text)
 
     async def users(self, update: Any, context: Any) -> None:
@@ -431,6 +439,25 @@ class AdminCommands:
         await twin.send(update.effective_chat.id, f"Sampling: {_sampling_text(twin)}")
 
 
+#: Telegram usernames: 5-32 of a-z, 0-9 and _, starting with a letter (ASCII only: no
+#: look-alike letters, no invisible characters).
+USERNAME_RE = re.compile(r"@?([A-Za-z][A-Za-z0-9_]{4,31})")
+#: Telegram user ids have at most 52 significant bits (Bot API, `User.id`).
+MAX_USER_ID = 2**52 - 1
+
+
+def parse_user(args: list[str] | None) -> int | str | None:
+    """The one argument of /allow and /deny: a user id, a lower-case username, or None."""
+    if not args or len(args) != 1:
+        return None
+    text = args[0]
+    if re.fullmatch(r"[0-9]{1,16}", text):
+        user_id = int(text)
+        return user_id if 0 < user_id <= MAX_USER_ID else None
+    match = USERNAME_RE.fullmatch(text)
+    return match.group(1).lower() if match else None
+
+
 def format_uptime(seconds: float) -> str:
     """`3d4h`, `2h5m`, `42s`: the two largest units."""
     seconds = int(seconds)
@@ -444,68 +471,3 @@ def format_uptime(seconds: float) -> str:
 
 def _sampling_text(twin: TwinBot) -> str:
     return twin.state.sampling.describe()
-
-
-# ---- queries, each run in one session on a thread ------------------------------------------
-
-
-def _status_counts(session: Session) -> tuple[RunSummary | None, int, int]:
-    run = run_store.active_run(session)
-    return (
-        RunSummary.of(run) if run else None,
-        count_messages(session),
-        bot_store.memory_size(session),
-    )
-
-
-def _run_summaries(session: Session) -> list[RunSummary]:
-    return [RunSummary.of(run) for run in run_store.list_runs(session)]
-
-
-def _active_id(session: Session) -> int | None:
-    run = run_store.active_run(session)
-    return run.id if run else None
-
-
-def _run_ids(session: Session) -> tuple[int, int | None]:
-    runs = run_store.list_runs(session)
-    return (runs[0].id if runs else 0), _active_id(session)
-
-
-def _gate_of(session: Session, run_id: int) -> GateDecision | None:
-    return GateDecision.from_metrics(run_store.get_run(session, run_id).metrics)
-
-
-def _newest_succeeded_after(session: Session, run_id: int) -> int | None:
-    for run in run_store.list_runs(session):
-        if run.id > run_id and run.status == "succeeded" and run.adapter_path:
-            return run.id
-    return None
-
-
-def _reactivate(session: Session, run_id: int | None) -> None:
-    """Make `run_id` active again if a child process activated another run."""
-    if run_id is not None and _active_id(session) != run_id:
-        run_store.activate_run(session, run_id)
-
-
-def _rollback_target(session: Session, wanted: int | None) -> int | str:
-    """The run to roll back to, or why there is none."""
-    active = run_store.active_run(session)
-    if wanted is not None:
-        run = session.get(Run, wanted)
-        if run is None:
-            return f"No run #{wanted}: /runs lists them."
-        if run.status != "succeeded" or not run.adapter_path:
-            return f"Run #{wanted} has status {run.status}: only a finished run serves."
-        if active is not None and run.id == active.id:
-            return f"Run #{wanted} is already serving."
-        return run.id
-    for run in run_store.list_runs(session):
-        if (
-            run.status == "succeeded"
-            and run.adapter_path
-            and (active is None or run.id < active.id)
-        ):
-            return run.id
-    return "No older finished run to roll back to."

@@ -11,12 +11,12 @@ import asyncio
 import logging
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -48,15 +48,6 @@ TYPING_EVERY = 4.5
 TOKEN_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
 
 
-@dataclass(frozen=True)
-class _Incoming:
-    """A message waiting for its chat's turn: stored only when the twin reads it."""
-
-    text: str
-    at: datetime
-    contact_name: str | None
-
-
 class TokenFilter(logging.Filter):
     """Redacts the bot token from records of libraries that log request URLs."""
 
@@ -75,6 +66,19 @@ class TokenFilter(logging.Filter):
             if self.token in text:
                 record.exc_text, record.exc_info = text.replace(self.token, "[secret]"), None
         return True
+
+
+class HandledUpdateQueue(asyncio.Queue[Any]):
+    """The update queue: `put` returns once every update in it has been handled.
+
+    python-telegram-bot's updater confirms updates to Telegram by asking for the next ones
+    right after putting them here; waiting for the handlers (which store each message) before
+    that means Telegram never forgets an update the bot has not stored (kill -9 safe).
+    """
+
+    async def put(self, item: Any) -> None:
+        await super().put(item)
+        await self.join()
 
 
 def bot_base_url(api_url: str) -> str:
@@ -122,9 +126,15 @@ class TwinBot:
         )
         self.admin = AdminCommands(self)
         self._executor = ThreadPoolExecutor(options.workers, thread_name_prefix="twin-reply")
-        self._inbox: dict[int, list[_Incoming]] = defaultdict(list)
         self._slowed: dict[int, float] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
+        #: The inbox is one state value: its read-modify-writes must not interleave.
+        self._inbox_lock = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
+        self._polling = False
+        #: Why the bot stopped serving on its own (a deleted database), else None.
+        self.failure: str | None = None
+        self.stopped = asyncio.Event()
         self._token_filter = TokenFilter(options.token)
         for name in TOKEN_LOGGERS:
             logging.getLogger(name).addFilter(self._token_filter)
@@ -142,10 +152,13 @@ class TwinBot:
 
         from bot.errors import BotError
 
+        self._polling = True
         try:
             self.application.run_polling(
                 timeout=self.options.poll_timeout, allowed_updates=["message"]
             )
+            if self.failure:
+                raise BotError(self.failure)
         except InvalidToken:
             raise BotError(
                 "the Bot API server rejected TWIN_BOT_TOKEN: set the token @BotFather gave you"
@@ -189,6 +202,11 @@ class TwinBot:
             self.habits = await asyncio.to_thread(habits_from_messages, rows, gap)
             logger.info("owner pacing: %s", self.habits)
         self.scheduler.start()
+        for chat_id in await self.in_session(bot_store.waiting_chats):
+            if self._may_answer(chat_id):
+                logger.info("chat %s waits for an answer since the last run", chat_id)
+                self.scheduler.submit(chat_id)
+        self._watch = self.spawn(self._watch_loop(), "twin-watch")
         every = self.options.retrain_every
         job_queue = self.application.job_queue
         if every and job_queue is not None:
@@ -200,6 +218,9 @@ class TwinBot:
         )
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.scheduler.stop()
         await self.admin.stop()
         await asyncio.gather(*self._sending.values(), return_exceptions=True)
@@ -227,6 +248,7 @@ class TwinBot:
             .token(self.options.token)
             .base_url(bot_base_url(self.options.api_url))
             .context_types(ContextTypes(context=TwinContext))
+            .update_queue(HandledUpdateQueue())
             .post_init(lambda _application: self.start())
             .post_stop(lambda _application: self.stop())
             .get_updates_read_timeout(self.options.poll_timeout + 10)
@@ -248,13 +270,53 @@ class TwinBot:
     # ---- helpers -------------------------------------------------------------------------
 
     async def in_session(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(session, *args)` in one transaction on a thread, off the event loop."""
+        """Run `work(session, *args)` in one transaction on a thread, off the event loop.
+
+        A deleted database file stops the bot (DatabaseGoneError): SQLite would go on
+        writing into a file nobody can open again.
+        """
+        self._check_database()
 
         def call() -> T:
             with self.database.session() as session:
                 return work(session, *args)
 
         return await asyncio.to_thread(call)
+
+    def _check_database(self) -> None:
+        from bot.errors import DatabaseGoneError
+
+        path = sqlite_file(self.database)
+        if path is None or path.exists():
+            return
+        message = (
+            f"the database {path} was deleted while the bot ran: stopping, as nothing it "
+            "saves would last (restore the file, or run `twin db upgrade` for a new one)"
+        )
+        self._fail(message)
+        raise DatabaseGoneError(message)
+
+    def _fail(self, message: str) -> None:
+        """Stop serving for good: one error line, then the bot shuts down."""
+        if self.failure is None:
+            self.failure = message
+            logger.error("%s", message)
+            self.stopped.set()
+            if self._polling:
+                self.application.stop_running()
+
+    async def _watch_loop(self) -> None:
+        """Notice a deleted database, and follow a run activated from outside the bot."""
+        from bot.errors import DatabaseGoneError
+
+        while True:
+            await asyncio.sleep(self.options.watch_every)
+            try:
+                await self.admin.follow_activation()
+            except DatabaseGoneError:
+                return
+            except Exception:
+                logger.exception("checking the active run failed")
 
     async def in_worker(self, work: Callable[..., T], *args: Any) -> T:
         """Run blocking model work on the reply threads."""
@@ -305,12 +367,17 @@ class TwinBot:
             if not self.limiter.allow(user.id, time.monotonic()):
                 self._slow_down(chat.id, user.id)
                 return
-        self._inbox[chat.id].append(_Incoming(message.text, message.date, user.full_name))
+        # Kept in the database at once: a stop or a crash before the reply loses nothing.
+        async with self._inbox_lock:
+            await self.in_session(
+                bot_store.add_to_inbox, chat.id, message.text, message.date, user.full_name
+            )
         self.scheduler.submit(chat.id)
 
     async def on_forget(self, update: Any, context: TwinContext) -> None:
         chat_id = update.effective_chat.id
-        self._inbox.pop(chat_id, None)
+        async with self._inbox_lock:
+            await self.in_session(bot_store.take_inbox, chat_id)
         forgotten = await asyncio.to_thread(self.responder.forget, chat_id)
         await self.send(chat_id, f"Forgotten: {forgotten} remembered messages of this chat.")
 
@@ -323,7 +390,17 @@ class TwinBot:
 
     async def on_error(self, update: object, context: Any) -> None:
         """Log every handler error with its traceback and keep serving."""
+        from bot.errors import DatabaseGoneError
+
+        if isinstance(context.error, DatabaseGoneError):
+            return  # said once, and the bot is stopping
         logger.error("handling an update failed: %s", context.error, exc_info=context.error)
+
+    def _may_answer(self, chat_id: int) -> bool:
+        """A private chat of the owner, or of an allowed user while the bot is not paused."""
+        if chat_id == self.options.owner_id:
+            return True
+        return chat_id in self.state.allowed_ids and not self.state.paused
 
     async def _promote(self, user_id: int, username: str, name: str) -> None:
         await self.in_session(self.state.promote, user_id, username, name)
@@ -338,15 +415,22 @@ class TwinBot:
         self.say(chat_id, SLOW_DOWN)
 
     async def _answer(self, chat_id: int) -> None:
-        """Read what the chat sent since the last reply, answer it, send the parts paced."""
-        incoming = self._inbox.pop(chat_id, [])
-        if not incoming:
+        """Read what the chat sent since the last reply, answer it, send the parts paced.
+
+        The reply is remembered once it is sent: a bot stopped mid-reply answers again on start.
+        """
+        async with self._inbox_lock:
+            incoming, unanswered = await self.in_session(self._hear, chat_id)
+        if not unanswered:
             return
-        await asyncio.to_thread(self._hear, chat_id, incoming)
+        name = incoming[-1][2] if incoming else None
         try:
             async with self._typing(chat_id):
                 reply = await self.in_worker(
-                    self.responder.reply, chat_id, self.state.sampling, incoming[-1].contact_name
+                    partial(self.responder.reply, remember=False),
+                    chat_id,
+                    self.state.sampling,
+                    name,
                 )
         except Exception:
             logger.exception("chat %s: generating a reply failed", chat_id)
@@ -359,10 +443,18 @@ class TwinBot:
                 await self._send_typing(chat_id)
                 await asyncio.sleep(pause)
             await self.send(chat_id, part)
+        await asyncio.to_thread(self.responder.remember, chat_id, reply)
 
-    def _hear(self, chat_id: int, incoming: list[_Incoming]) -> None:
-        for message in incoming:
-            self.responder.hear(chat_id, message.text, message.at)
+    def _hear(
+        self, session: Session, chat_id: int
+    ) -> tuple[list[tuple[str, datetime, str | None]], bool]:
+        """Move the chat's received messages into its memory (scrubbed), in one transaction;
+        whether the chat now waits for an answer."""
+        incoming = bot_store.take_inbox(session, chat_id)
+        for text, at, _name in incoming:
+            scrubbed = self.responder.scrubber.scrub(text, chat_id)
+            bot_store.append_turn(session, chat_id, "user", scrubbed, at)
+        return incoming, bot_store.last_role(session, chat_id) == "user"
 
     @asynccontextmanager
     async def _typing(self, chat_id: int) -> AsyncIterator[None]:
@@ -397,6 +489,14 @@ def retry_seconds(error: Any) -> float:
         warnings.simplefilter("ignore", PTBDeprecationWarning)
         value = error.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def sqlite_file(database: Database) -> Path | None:
+    """The SQLite file behind `database`, None for other databases or in-memory SQLite."""
+    url = database.engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(str(url.database))
 
 
 def _active_adapter(session: Session) -> str | None:

@@ -9,3 +9,7 @@ class BotError(Exception):
 
 class BackendError(BotError):
     """A reply backend failed to generate or to switch adapters."""
+
+
+class DatabaseGoneError(BotError):
+    """The bot's SQLite database file was deleted under it: nothing it saves would last."""

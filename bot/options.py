@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field, replace
@@ -12,14 +11,13 @@ from typing import Any
 
 from bot.errors import BotError
 from training.generation import Sampling, SamplingError
-from training.pii import PiiOptions, PiiPatternError, load_extra
+from training.pii import PiiOptions, PiiPatternError, load_extra, parse_extra
+from training.run_folder import PiiRecord, RunFolder
 
 __all__ = ["BotOptions", "ConversationOptions", "Sampling", "SamplingError"]
 
 logger = logging.getLogger(__name__)
 
-#: What the trainer saves beside each adapter: the dataset's meta.json (training/runs.py).
-RUN_DATASET_FILE = "dataset.json"
 TELEGRAM_BOT_API_URL = "https://api.telegram.org/bot"
 DEFAULT_REFUSAL = "Sorry, I only chat with people I know. 🙂"
 
@@ -44,20 +42,21 @@ class ConversationOptions:
     def for_run(self, adapter_path: str | Path | None) -> ConversationOptions:
         """These options with the dataset options the run's adapter was trained on.
 
-        The trainer saves the dataset's meta.json as `dataset.json` beside the adapter; its
-        session gap, token cap, system prompt, names and PII extras shape the prompt and the
-        scrubbing the same way here. A BotError if the run's `--pii-extra` file is unreadable:
-        serving without the owner's own redactions would show what training hid.
+        The run folder keeps the dataset's options and the owner's `--pii-extra` lines
+        (`training.run_folder`); the session gap, token cap, system prompt, names and PII
+        extras shape the prompt and the scrubbing the same way here. A BotError if a run from
+        before the lines were kept names a `--pii-extra` file that cannot be read: serving
+        without the owner's own redactions would show what training hid.
         """
         if not adapter_path:
             return self
-        try:
-            saved = json.loads((Path(adapter_path) / RUN_DATASET_FILE).read_text())
-            dataset = saved["meta"]["options"]
-        except (OSError, ValueError, KeyError, TypeError):
+        folder = RunFolder(Path(adapter_path))
+        record = folder.dataset()
+        if record is None or not record.options:
             logger.info("no dataset options beside %s: using the defaults", adapter_path)
             return self
-        changes: dict[str, Any] = {"pii": _run_pii(dataset.get("pii_extra"))}
+        dataset = record.options
+        changes: dict[str, Any] = {"pii": _run_pii(folder.pii(), dataset.get("pii_extra"))}
         if isinstance(dataset.get("session_gap"), int | float) and dataset["session_gap"] > 0:
             changes["session_gap"] = timedelta(seconds=dataset["session_gap"])
         if isinstance(dataset.get("max_tokens"), int) and dataset["max_tokens"] > 0:
@@ -70,11 +69,14 @@ class ConversationOptions:
         return replace(self, **changes)
 
 
-def _run_pii(extra_file: Any) -> PiiOptions:
-    """The PII options the dataset was scrubbed with: defaults plus its `--pii-extra` file."""
+def _run_pii(kept: PiiRecord, extra_file: Any) -> PiiOptions:
+    """The PII options the dataset was scrubbed with: defaults plus its `--pii-extra` lines."""
+    if kept.extra_lines:
+        patterns, words = parse_extra(kept.extra_lines, kept.source or "pii.json")
+        return PiiOptions(extra_patterns=patterns, extra_words=words)
     if not extra_file:
         return PiiOptions()
-    path = Path(str(extra_file))
+    path = Path(str(extra_file))  # a run folder from before the lines were kept beside it
     try:
         patterns, words = load_extra(path)
     except (OSError, UnicodeDecodeError, PiiPatternError) as error:
@@ -111,6 +113,9 @@ class BotOptions:
     retrain_step_timeout: timedelta = timedelta(hours=12)
     #: getUpdates long-poll timeout in seconds (tests shorten it).
     poll_timeout: int = 10
+    #: How often, in seconds, the bot checks that its database is still there and follows
+    #: a run another command (`twin train`, `twin runs activate`) made active.
+    watch_every: float = 5.0
 
     def problems(self) -> list[str]:
         found = []

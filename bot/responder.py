@@ -116,8 +116,16 @@ class Responder:
             contact_names=options.contact_names,
         )
 
-    def reply(self, chat_id: int, sampling: Sampling, contact_name: str | None = None) -> Reply:
-        """Answer what the chat said since the twin last spoke; remember the answer.
+    def reply(
+        self,
+        chat_id: int,
+        sampling: Sampling,
+        contact_name: str | None = None,
+        *,
+        remember: bool = True,
+    ) -> Reply:
+        """Answer what the chat said since the twin last spoke; remember the answer (or,
+        with `remember` false, leave that to `remember` once the reply is delivered).
 
         `contact_name` is Telegram's name for the person, used only when no chat title is stored.
         """
@@ -125,8 +133,12 @@ class Responder:
         turns = self.history(chat_id, sampling, system)
         if not turns:
             return Reply("", [])
-        raw = self.backend.generate(turns, system, sampling)
-        return self._remember(chat_id, self.scrubber.scrub(raw, chat_id))
+        reply = as_reply(
+            self.scrubber.scrub(self.backend.generate(turns, system, sampling), chat_id)
+        )
+        if remember:
+            self.remember(chat_id, reply)
+        return reply
 
     def stream(
         self, chat_id: int, sampling: Sampling, contact_name: str | None = None
@@ -150,12 +162,21 @@ class Responder:
         with self.database.session() as session:
             return bot_store.forget(session, chat_id)
 
-    def _remember(self, chat_id: int, text: str) -> Reply:
-        parts = split_parts(text)
-        if not parts:
+    def remember(self, chat_id: int, reply: Reply) -> None:
+        """Keep the twin's reply in the chat's memory."""
+        if not reply.parts:
             logger.info("chat %s: the model had nothing to say", chat_id)
-            return Reply("", [])
-        remembered = "\n".join(parts)
+            return
         with self.database.session() as session:
-            bot_store.append_turn(session, chat_id, "assistant", remembered, utcnow())
-        return Reply(remembered, parts)
+            bot_store.append_turn(session, chat_id, "assistant", reply.text, utcnow())
+
+    def _remember(self, chat_id: int, text: str) -> Reply:
+        reply = as_reply(text)
+        self.remember(chat_id, reply)
+        return reply
+
+
+def as_reply(text: str) -> Reply:
+    """The scrubbed text as the messages it is sent as, and as it is remembered."""
+    parts = split_parts(text)
+    return Reply("\n".join(parts), parts)

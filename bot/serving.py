@@ -77,8 +77,8 @@ def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
     Both load through `training.model.serving_options`, as `twin eval` does: the run's
     `trust_remote_code` and attention kernel, its quant and dtype unless overridden.
     """
-    from training.errors import ModelLoadError, problems_text
-    from training.model import load_tokenizer, serving_options
+    from training.errors import problems_text
+    from training.model import ModelLoadError, load_tokenizer, serving_options
 
     if problems := options.problems():
         raise BotError("; ".join(problems))
@@ -92,8 +92,12 @@ def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
         raise BotError(problems_text(problems))
     if options.kind == "openai":
         assert options.openai_base_url is not None  # noqa: S101 - checked in problems()
+        # The trainer saves the tokenizer it rendered with beside the adapter: the exact one.
+        source = run.adapter_path
+        if not (source / "tokenizer_config.json").is_file():
+            source = Path(run.base_model)
         try:
-            tokenizer = load_tokenizer(run.base_model, trust_remote_code=model.trust_remote_code)
+            tokenizer = load_tokenizer(str(source), trust_remote_code=model.trust_remote_code)
         except ModelLoadError as error:
             raise BotError(
                 f"the OpenAI-compatible backend renders the training prompt itself and needs "

@@ -114,3 +114,49 @@ def chat_title(session: Session, chat_id: int) -> str | None:
     from storage.models import Chat
 
     return session.scalar(select(Chat.title).where(Chat.id == chat_id))
+
+
+#: The bot state key of messages received but not yet read by the twin, per chat.
+INBOX = "inbox"
+
+
+def add_to_inbox(session: Session, chat_id: int, text: str, at: datetime, name: str | None) -> None:
+    """Keep a message the bot received until the twin reads it (survives a stop or a crash)."""
+    inbox = dict(get_state(session, INBOX, {}) or {})
+    inbox.setdefault(str(chat_id), []).append([text, at.isoformat(), name])
+    set_state(session, INBOX, inbox)
+
+
+def take_inbox(session: Session, chat_id: int) -> list[tuple[str, datetime, str | None]]:
+    """The chat's received messages, oldest first, removed from the inbox."""
+    inbox = dict(get_state(session, INBOX, {}) or {})
+    waiting = inbox.pop(str(chat_id), [])
+    if waiting:
+        set_state(session, INBOX, inbox)
+    return [(text, datetime.fromisoformat(at), name) for text, at, name in waiting]
+
+
+def waiting_chats(session: Session) -> list[int]:
+    """Chats with received messages not yet read, or whose last remembered turn is unanswered."""
+    inbox = get_state(session, INBOX, {}) or {}
+    newest = (
+        select(MemoryTurn.chat_id, func.max(MemoryTurn.id).label("last"))
+        .group_by(MemoryTurn.chat_id)
+        .subquery()
+    )
+    unanswered = session.scalars(
+        select(MemoryTurn.chat_id)
+        .join(newest, MemoryTurn.id == newest.c.last)
+        .where(MemoryTurn.role == "user")
+    )
+    return sorted({int(chat_id) for chat_id in inbox} | set(unanswered))
+
+
+def last_role(session: Session, chat_id: int) -> str | None:
+    """Who spoke last in the chat's memory: `user`, `assistant`, or None."""
+    return session.scalar(
+        select(MemoryTurn.role)
+        .where(MemoryTurn.chat_id == chat_id)
+        .order_by(MemoryTurn.id.desc())
+        .limit(1)
+    )

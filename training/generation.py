@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     import torch
 
 
+class GenerationError(TrainingError):
+    """A model cannot generate as asked (no end-of-sequence token, ...)."""
+
+
 class SamplingError(ValueError):
     """A sampling setting has a bad name or value; the message says which and why."""
 
@@ -116,7 +120,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
         if ids and isinstance(ids[0], int) and ids[0] != tokenizer.unk_token_id:
             found.add(ids[0])
     if not found:
-        raise TrainingError("the tokenizer has no end-of-sequence token: replies would never end")
+        raise GenerationError("the tokenizer has no end-of-sequence token: replies would never end")
     return found
 
 

@@ -18,8 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from bot.backends.base import adapter_name
 from bot.errors import BackendError
-from training.errors import TrainingError
-from training.generation import RowStreamer, Sampling, generate_batch, stop_token_ids
+from training.generation import (
+    GenerationError,
+    RowStreamer,
+    Sampling,
+    generate_batch,
+    stop_token_ids,
+)
 from training.prompt import Turn, render_prompt
 
 if TYPE_CHECKING:
@@ -67,7 +72,7 @@ class LocalBackend:
         self._closed = False
         try:
             self.stop_ids = stop_token_ids(model, tokenizer)
-        except TrainingError as error:
+        except GenerationError as error:
             raise BackendError(str(error)) from error
         name = getattr(getattr(model, "config", None), "name_or_path", "") or "model"
         self.base_model = str(name)

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.backends.base import adapter_name
 from bot.errors import BackendError
-from training.errors import TrainingError
-from training.generation import Sampling, stop_token_ids
+from training.generation import GenerationError, Sampling, stop_token_ids
 from training.prompt import Turn, render_prompt
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ class OpenAIBackend:
         self.run_id = run_id
         try:
             self.stop_ids = sorted(stop_token_ids(None, tokenizer))
-        except TrainingError as error:
+        except GenerationError as error:
             raise BackendError(str(error)) from error
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.Client(timeout=timeout, headers=headers)

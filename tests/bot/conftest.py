@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import atexit
+import functools
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -27,25 +30,77 @@ def fake_api() -> Iterator[FakeBotApi]:
     api.stop()
 
 
-def make_run(database: Any, data_dir: Path, *, history: bool = True, activate: bool = True) -> int:
-    """A finished run with an adapter folder (history.json beside it), made active."""
+#: What the owner's `--pii-extra` file of the real run holds: a word and a pattern.
+PII_EXTRA_WORD = "Zorblax"
+PII_EXTRA_TEXT = f"{PII_EXTRA_WORD}\nre:\\bK-\\d{{4}}\\b\n"
+OWNER_NAME = "Sam"
+
+
+@functools.cache
+def real_run() -> tuple[Path, dict[str, Any]]:
+    """A run made once per test session by the real producers: `build_dataset` with
+    `--pii-extra`, owner name and contact names, then `train` on a tiny model.
+
+    Returns the trainer's adapter folder and the run's row as the trainer recorded it.
+    """
+    from storage import open_database
+    from storage.runs import get_run
+    from tests.training.chat_data import generated_store, store
+    from tests.training.test_trainer import built_tiny_model, tiny_options
+    from training.dataset import DatasetOptions, build_dataset
+    from training.trainer import train
+
+    root = Path(tempfile.mkdtemp(prefix="tgtwin-bot-run-"))
+    atexit.register(shutil.rmtree, root, True)
+    model_dir = Path(shutil.copytree(built_tiny_model("mistral")[0], root / "base"))
+    extra = root / "pii-extra.txt"
+    extra.write_text(PII_EXTRA_TEXT, encoding="utf-8")
+    database = open_database(f"sqlite:///{root / 'twin.db'}")
+    store(database, *generated_store(chats=2, sessions=4))
+    options = DatasetOptions(
+        base_model=str(model_dir),
+        dedup="none",
+        validation_fraction=0.2,
+        short_reply_chars=0,
+        owner_name=OWNER_NAME,
+        contact_names=True,
+        pii_extra=extra,
+    )
+    build_dataset(database, options, root / "data")
+    result = train(database, tiny_options(epochs=1, eval_every=2), root / "data")
+    with database.session() as session:
+        run = get_run(session, result.run_id)
+        row = {
+            "base_model": run.base_model,
+            "options": dict(run.options),
+            "dataset_fingerprint": run.dataset_fingerprint,
+            "newest_message_at": run.newest_message_at,
+            "metrics": dict(run.metrics),
+        }
+    database.close()
+    return Path(result.adapter_path), row
+
+
+def make_run(database: Any, data_dir: Path, *, activate: bool = True) -> int:
+    """A finished run, made active: a copy of the real trainer's run folder and its row."""
     from storage import runs
 
+    folder, row = real_run()
     with database.session() as session:
-        run = runs.create_run(session, base_model="tiny-base", options={})
+        run = runs.create_run(
+            session,
+            base_model=row["base_model"],
+            options=row["options"],
+            dataset_fingerprint=row["dataset_fingerprint"],
+            newest_message_at=row["newest_message_at"],
+        )
         adapter = data_dir / "adapters" / str(run.id)
-        adapter.mkdir(parents=True)
-        if history:
-            rows = [
-                {"step": step, "train_loss": 3.0 / step, "val_loss": 3.2 / step}
-                for step in range(1, 6)
-            ]
-            (adapter / "history.json").write_text(json.dumps(rows))
+        shutil.copytree(folder, adapter)
         runs.finish_run(
             session,
             run.id,
             status="succeeded",
-            metrics={"val_loss": 0.64},
+            metrics=row["metrics"],
             adapter_path=str(adapter),
         )
         if activate:
@@ -77,11 +132,15 @@ def make_twin(fake_api: FakeBotApi, served: tuple[Any, int], tmp_path: Path):
             max_reply_delay=0.0,
             poll_timeout=1,
             workers=4,
+            watch_every=0.2,
         )
         options = replace(options, **overrides)
-        twin = TwinBot(
-            options, served[0], backend or ScriptedBackend(), habits=habits or OwnerHabits()
-        )
+        backend = backend or ScriptedBackend()
+        if backend.run_id is None:
+            from bot.serving import served_run
+
+            backend.run_id = served_run(served[0]).id  # what `twin bot` loads: the active run
+        twin = TwinBot(options, served[0], backend, habits=habits or OwnerHabits())
         twins.append(twin)
         return twin
 

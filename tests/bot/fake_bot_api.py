@@ -64,6 +64,8 @@ class FakeBotApi:
         self.errors: dict[str, list[dict[str, Any]]] = {}
         self.delays: dict[str, float] = {}
         self._updates: list[dict[str, Any]] = []
+        #: The highest update id the bot has confirmed (asked for an offset beyond it).
+        self.confirmed = 0
         self._condition = threading.Condition()
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
@@ -238,6 +240,7 @@ class FakeBotApi:
         wait = min(float(params.get("timeout") or 0), LONG_POLL_CAP)
         deadline = time.monotonic() + wait
         with self._condition:
+            self.confirmed = max(self.confirmed, offset - 1)
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
             while not self._updates and time.monotonic() < deadline:
                 self._condition.wait(deadline - time.monotonic())

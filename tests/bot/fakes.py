@@ -26,6 +26,7 @@ class ScriptedBackend:
     script: Callable[[list[Turn]], str] = lambda turns: f"echo: {turns[-1].content}"
     delay: float = 0.0
     description: str = "scripted"
+    run_id: int | None = None
     calls: list[Generation] = field(default_factory=list)
     swaps: list[tuple[Path, int]] = field(default_factory=list)
     fail_swap: bool = False
@@ -56,6 +57,7 @@ class ScriptedBackend:
             raise BackendError(f"cannot load the adapter of run {run_id}: broken")
         self.swaps.append((Path(path), run_id))
         self.description = f"scripted run-{run_id}"
+        self.run_id = run_id
 
     def close(self) -> None:
         self.closed = True

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from bot.app import APOLOGY, NOT_ALLOWED, SLOW_DOWN
 from storage import bot as bot_store
-from tests.bot.conftest import FRIEND, OWNER, STRANGER, allow, make_run, serve
+from tests.bot.conftest import (
+    FRIEND,
+    OWNER,
+    OWNER_NAME,
+    PII_EXTRA_WORD,
+    STRANGER,
+    allow,
+    make_run,
+    real_run,
+    serve,
+)
 from tests.bot.fake_bot_api import FAKE_TOKEN
 from tests.bot.fakes import ScriptedBackend
 from training.prompt import Turn
@@ -290,16 +302,17 @@ def test_status_reports_the_run_and_sends_the_loss_curve(make_twin, fake_api, se
 
     serve(twin, scenario)
     (status,) = fake_api.texts_to(OWNER)
+    _, trained = real_run()
     for expected in (
         f"Serving: run #{run_id}",
-        "Base model: tiny-base",
+        f"Base model: {trained['base_model']}",
         "Newest training message",
         "Messages stored: 0",
         "Memory: 0 turns",
         "Uptime:",
         "Queue: 0 chats",
         "Paused: no",
-        "Validation loss: 0.640",
+        f"Validation loss: {trained['metrics']['val_loss']:.3f}",
     ):
         assert expected in status
     (photo,) = fake_api.calls_of("sendPhoto")
@@ -435,6 +448,9 @@ def test_flood_control_is_waited_out(make_twin, fake_api, served):
         await fake_api.wait_for_text(OWNER, "echo: hi", count=2)
 
     serve(twin, scenario)
+    refused, retried = fake_api.calls_of("sendMessage", OWNER)
+    assert retried.at - refused.at >= 1.0  # Telegram's retry_after, waited out
+    assert fake_api.texts_to(OWNER) == ["echo: hi", "echo: hi"]
 
 
 def test_no_log_line_or_message_ever_contains_the_bot_token(make_twin, fake_api, served, caplog):
@@ -509,29 +525,25 @@ def test_what_people_send_is_remembered_scrubbed(make_twin, fake_api, served):
     assert "canary.secret" not in str(memory(database, OWNER))
 
 
-def test_the_bot_answers_through_the_real_local_backend(
-    make_twin, fake_api, served, tiny_model, tiny_adapters
-):
-    from bot.backends import LocalBackend
+def test_the_bot_answers_through_the_real_local_backend(make_twin, fake_api, served):
+    from bot.options import ConversationOptions
     from bot.responder import split_parts
-    from training.model import ModelOptions
+    from bot.serving import BackendOptions, open_backend, served_run
+    from training.generation import Sampling
     from training.pii import Scrubber
+    from training.prompt import chat_system_prompt
 
-    database, run_id = served
-    backend = LocalBackend.load(
-        ModelOptions(str(tiny_model), quant="none"), tiny_adapters[0], run_id=run_id
-    )
+    database, _ = served
+    run = served_run(database)
+    backend = open_backend(BackendOptions(quant="none"), run)
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16}
     with database.session() as session:
         bot_store.set_state(session, "sampling", greedy)
-    from training.generation import Sampling
-
-    expected = split_parts(
-        Scrubber().scrub(
-            backend.generate([Turn("user", "hi, how are you?")], None, Sampling(**greedy)),
-            scope=OWNER,
-        )
-    )
+    trained = ConversationOptions().for_run(run.adapter_path)
+    # No chat of the owner is stored: the contact is named as Telegram names them ("Ann").
+    system = chat_system_prompt(OWNER_NAME, "Ann", enabled=True, contact_names=True)
+    raw = backend.generate([Turn("user", "hi, how are you?")], system, Sampling(**greedy))
+    expected = split_parts(Scrubber(trained.pii).scrub(raw, scope=OWNER))
     twin = make_twin(backend)
 
     async def scenario():
@@ -540,3 +552,271 @@ def test_the_bot_answers_through_the_real_local_backend(
 
     serve(twin, scenario)
     assert fake_api.texts_to(OWNER) == expected
+
+
+def test_the_owners_pii_extra_words_and_patterns_are_masked_in_replies(make_twin, fake_api, served):
+    """The served run's dataset was built with `--pii-extra`: what the bot sends and keeps
+    is scrubbed with the same extra word and pattern."""
+    database, _ = served
+    reply = f"ask {PII_EXTRA_WORD} about ticket K-1234"
+    twin = make_twin(ScriptedBackend(script=lambda turns: reply))
+
+    async def scenario():
+        fake_api.push_text(OWNER, "who knows?")
+        await fake_api.wait_for(lambda call: call.method == "sendMessage")
+
+    serve(twin, scenario)
+    (sent,) = fake_api.texts_to(OWNER)
+    remembered = " ".join(text for _, text in memory(database, OWNER))
+    for secret in (PII_EXTRA_WORD, "K-1234"):
+        assert secret not in sent and secret not in remembered
+    assert sent.startswith("ask <")
+
+
+def test_the_contact_is_named_by_the_chat_title_as_training_named_them(make_twin, fake_api, served):
+    """Training names the contact by the stored chat's title; the bot must too, not by the
+    name Telegram shows for the sender."""
+    from storage.chats import upsert_chats
+    from tests.bot.test_serving import training_rows
+
+    database, _ = served
+    row = training_rows("train")[0]
+    friend, title = int(row["chat_id"]), row["contact_name"]
+    with database.session() as session:
+        upsert_chats(session, [{"id": friend, "kind": "personal_chat", "title": title}])
+    allow(database, friend)
+    backend = ScriptedBackend()
+    twin = make_twin(backend)
+
+    async def scenario():
+        fake_api.push_text(friend, "hi", first_name="Telegram Name")
+        await fake_api.wait_for_text(friend, "echo: hi")
+
+    serve(twin, scenario)
+    assert backend.calls[0].system == row["system"]
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "@",
+        "@@@",
+        "@\u0430lice_k",  # a Cyrillic "а"
+        "@alice\u200bk",  # a zero-width space inside
+        "@\uff41lice_k",  # a fullwidth "a"
+        "@abcd",  # four characters: too short
+        "@" + "a" * 33,  # too long
+        "²",
+        "12345678901234567890123",  # far beyond Telegram's ids
+        "0",
+    ],
+)
+def test_allow_answers_usage_for_what_cannot_be_a_telegram_user(
+    make_twin, fake_api, served, argument
+):
+    database, _ = served
+    twin = make_twin()
+
+    async def scenario():
+        fake_api.push_text(OWNER, f"/allow {argument}")
+        await fake_api.wait_for_text(OWNER, "Usage: /allow")
+
+    serve(twin, scenario)
+    assert twin.state.allowed_usernames == set() and twin.state.allowed_ids == set()
+    with database.session() as session:
+        assert bot_store.allowed_user_ids(session) == set()
+        assert not bot_store.get_state(session, "allowed_usernames")
+
+
+def test_allow_takes_usernames_with_or_without_the_at_and_numeric_ids(make_twin, fake_api, served):
+    twin = make_twin()
+
+    async def scenario():
+        fake_api.push_text(OWNER, "/allow @Alice_K")
+        await fake_api.wait_for_text(OWNER, "as soon as they write")
+        fake_api.push_text(OWNER, "/allow bob_smith")
+        await fake_api.wait_for_text(OWNER, "as soon as they write", count=2)
+        fake_api.push_text(OWNER, "/allow 4503599627370495")
+        await fake_api.wait_for_text(OWNER, "may talk to me now")
+
+    serve(twin, scenario)
+    assert twin.state.allowed_usernames == {"alice_k", "bob_smith"}
+    assert twin.state.allowed_ids == {2**52 - 1}
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+def test_a_flooding_stranger_gets_one_refusal_and_never_delays_the_owner(
+    make_twin, fake_api, served
+):
+    """Ten owner-only commands and texts from a stranger: one refusal a day; Telegram's
+    flood wait on that refusal stays in the stranger's chat."""
+    twin = make_twin()
+    fake_api.fail_next(
+        "sendMessage",
+        {"error_code": 429, "description": "Too Many Requests", "parameters": {"retry_after": 4}},
+    )
+
+    async def scenario():
+        for number in range(10):
+            fake_api.push_text(STRANGER, "/status" if number % 2 else f"hello {number}")
+        await fake_api.wait_for(lambda call: call.chat_id == STRANGER)
+        asked = time.monotonic()
+        fake_api.push_text(OWNER, "hi")
+        await fake_api.wait_for_text(OWNER, "echo: hi")
+        assert time.monotonic() - asked < 2.0
+        await fake_api.wait_for_text(STRANGER, twin.options.refusal, count=2, timeout=10)
+
+    serve(twin, scenario)
+    assert fake_api.texts_to(STRANGER) == [twin.options.refusal] * 2  # refused once, retried
+
+
+def test_a_silent_bot_says_nothing_to_strangers_whatever_they_send(make_twin, fake_api, served):
+    twin = make_twin(refusal=None)
+
+    async def scenario():
+        for command in ("/status", "/help", "/forget", "/allow 5", "/nonsense", "hi"):
+            fake_api.push_text(STRANGER, command)
+        fake_api.push_text(OWNER, "ping")
+        await fake_api.wait_for_text(OWNER, "echo: ping")
+        await asyncio.sleep(0.3)
+
+    serve(twin, scenario)
+    assert fake_api.calls_of("sendMessage", STRANGER) == []
+
+
+def test_a_run_activated_outside_is_picked_up_and_status_tells_the_loaded_one(
+    make_twin, fake_api, served, tmp_path
+):
+    """`twin train` (or `twin runs activate`) made run 2 active while the bot serves run 1:
+    the bot switches to it; until then /status and /rollback speak of the run it serves."""
+    database, first = served
+    backend = ScriptedBackend()
+    twin = make_twin(backend)
+    second: list[int] = []
+
+    async def scenario():
+        fake_api.push_text(OWNER, "/status")
+        await fake_api.wait_for_text(OWNER, f"Serving: run #{first}")
+        second.append(make_run(database, tmp_path / "data"))  # another process activates it
+        await fake_api.wait_for_text(OWNER, f"Now serving run #{second[0]}, activated outside")
+        fake_api.push_text(OWNER, f"/rollback {second[0]}")
+        await fake_api.wait_for_text(OWNER, "already serving")
+        fake_api.push_text(OWNER, "/status")
+        await fake_api.wait_for_text(OWNER, f"Serving: run #{second[0]}")
+
+    serve(twin, scenario)
+    assert backend.swaps == [(tmp_path / "data" / "adapters" / str(second[0]), second[0])]
+    assert backend.run_id == second[0]
+
+
+def test_a_run_activated_outside_that_cannot_load_is_reported_with_what_to_do(
+    make_twin, fake_api, served, tmp_path
+):
+    database, first = served
+    backend = ScriptedBackend(fail_swap=True)
+    twin = make_twin(backend)
+    second: list[int] = []
+
+    async def scenario():
+        second.append(make_run(database, tmp_path / "data"))
+        await fake_api.wait_for_text(OWNER, "restart the bot")
+        fake_api.push_text(OWNER, "/status")
+        await fake_api.wait_for_text(OWNER, "Active in the database")
+
+    serve(twin, scenario)
+    warning, status = fake_api.texts_to(OWNER)
+    assert f"Run #{second[0]} was made active, but I cannot serve it" in warning
+    assert f"Serving: run #{first}" in status and f"run #{second[0]}" in status
+    assert backend.run_id == first
+
+
+def test_the_bot_stops_with_one_error_when_its_database_is_deleted(
+    make_twin, fake_api, served, tmp_path, caplog
+):
+    database, _ = served
+    path = Path(str(database.engine.url.database))
+    twin = make_twin()
+
+    async def scenario():
+        fake_api.push_text(OWNER, "ping")
+        await fake_api.wait_for_text(OWNER, "echo: ping")
+        for leftover in (
+            path,
+            path.with_name(path.name + "-wal"),
+            path.with_name(path.name + "-shm"),
+        ):
+            leftover.unlink(missing_ok=True)
+        fake_api.push_text(OWNER, "/allow 12345")
+        await asyncio.wait_for(twin.stopped.wait(), timeout=5)
+        await asyncio.sleep(0.5)
+
+    with caplog.at_level(logging.ERROR):
+        serve(twin, scenario)
+    assert not any("may talk to me" in text for text in fake_api.texts_to(OWNER))
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(path) in errors[0] and "deleted" in errors[0]
+
+
+def test_messages_that_arrive_while_a_reply_is_generated_survive_a_stop(
+    make_twin, fake_api, served
+):
+    """A friend sends "first", then "second" while "first" is generated; the bot stops
+    before it replies. Started again, it answers both: nothing Telegram delivered is lost."""
+    database, _ = served
+    allow(database, FRIEND)
+    slow = ScriptedBackend(delay=2.0)
+    first_bot = make_twin(slow)
+
+    async def stopped_mid_reply():
+        async with first_bot.running():
+            fake_api.push_text(FRIEND, "first")
+            for _ in range(100):
+                if slow.calls:
+                    break
+                await asyncio.sleep(0.05)
+            fake_api.push_text(FRIEND, "second")
+            await asyncio.sleep(1.0)  # "second" delivered while "first" is generated
+
+    asyncio.run(stopped_mid_reply())
+    assert fake_api.texts_to(FRIEND) == []
+
+    backend = ScriptedBackend()
+    serve(make_twin(backend), lambda: fake_api.wait_for_text(FRIEND, "second"))
+    assert [call.turns[-1].content for call in backend.calls] == ["first\nsecond"]
+    assert fake_api.texts_to(FRIEND) == ["echo: first", "second"]
+    assert memory(database, FRIEND) == [
+        ("user", "first"),
+        ("user", "second"),
+        ("assistant", "echo: first\nsecond"),
+    ]
+
+
+def test_an_update_is_confirmed_to_telegram_only_after_its_message_is_stored(
+    make_twin, fake_api, served, monkeypatch
+):
+    """Telegram forgets an update once the bot asks for the next ones: a kill -9 between
+    that and storing the message would lose it, so the bot stores first."""
+    import time as clock
+
+    database, _ = served
+    allow(database, FRIEND)
+    confirmed_when_stored: list[tuple[int, int]] = []
+    original = bot_store.add_to_inbox
+
+    def slow_store(session, chat_id, text, at, name):
+        clock.sleep(0.5)  # a busy disk
+        original(session, chat_id, text, at, name)
+        confirmed_when_stored.append((fake_api.confirmed, updates[text]))
+
+    monkeypatch.setattr(bot_store, "add_to_inbox", slow_store)
+    updates: dict[str, int] = {}
+    twin = make_twin()
+
+    async def scenario():
+        for text in ("one", "two"):
+            updates[text] = fake_api.push_text(FRIEND, text)
+            await fake_api.wait_for_text(FRIEND, f"echo: {text}")
+
+    serve(twin, scenario)
+    assert len(confirmed_when_stored) == 2
+    assert all(confirmed < update for confirmed, update in confirmed_when_stored)

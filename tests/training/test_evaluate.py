@@ -131,3 +131,63 @@ def test_style_distance_is_zero_for_the_same_replies_and_grows_with_difference()
     assert same["mean"] == 0
     assert different["mean"] > 0.2
     assert different["starts_upper"] == 1.0
+
+
+def test_eval_replies_stop_where_the_bots_replies_stop(tmp_path: Path) -> None:
+    """A model whose generation config names a second end token: the bot stops there, and so
+    must eval, or it judges replies the bot never sends. Both sample the same way too."""
+    import torch
+
+    from bot.backends import LocalBackend
+    from tests.training.test_trainer import built_tiny_model
+    from training.evaluate import _generate
+    from training.generation import Sampling
+    from training.model import ModelOptions, load_for_inference
+    from training.prompt import Turn, render_prompt
+
+    model, tokenizer = load_for_inference(
+        ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None
+    )
+    turns = [Turn("user", "hello how are you today")]
+    prompt = render_prompt(turns, tokenizer)
+    with torch.inference_mode():
+        free = model.generate(
+            input_ids=torch.tensor([prompt]),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(prompt) :].tolist()
+    stop = free[3]  # a token the model says fourth: the model's own end-of-turn from now on
+    assert stop not in free[:3] and stop != tokenizer.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
+    greedy = EvalOptions(samples=1, temperature=0.0, max_new_tokens=12)
+
+    (evaluated,) = _generate(model, tokenizer, [prompt], greedy, None, "tuned")
+    served = LocalBackend(model, tokenizer).generate(turns, None, Sampling(0.0, 1.0, 12))
+
+    assert evaluated == served.strip() == tokenizer.decode(free[:3], skip_special_tokens=True)
+
+
+def test_eval_samples_as_the_bot_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.training.test_trainer import built_tiny_model
+    from training.evaluate import _generate
+    from training.generation import generation_kwargs
+    from training.model import ModelOptions, load_for_inference
+
+    model, tokenizer = load_for_inference(
+        ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None
+    )
+    seen: list[dict[str, Any]] = []
+    generate = model.generate
+
+    def recording(**kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    options = EvalOptions(samples=1, temperature=0.9, top_p=0.5, max_new_tokens=4)
+    _generate(model, tokenizer, [[1, 5, 6]], options, None, "tuned")
+    assert {key: seen[0][key] for key in generation_kwargs(options.sampling())} == (
+        generation_kwargs(options.sampling())
+    )

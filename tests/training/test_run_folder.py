@@ -63,7 +63,7 @@ def test_the_bots_loss_curve_draws_the_training_loss_the_trainer_wrote(
 
 
 def test_runs_show_the_validation_loss_the_trainer_recorded(trained_run: dict[str, Any]) -> None:
-    from bot.admin import RunSummary
+    from bot.run_queries import RunSummary
 
     run = trained_run["run"]
     summary = RunSummary.of(run)

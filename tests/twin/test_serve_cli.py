@@ -13,25 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot.conftest import TINY_TEXTS, save_adapter
+from tests.bot.conftest import make_run
 from tests.bot.fake_bot_api import FAKE_TOKEN, FakeBotApi
 from twin.cli import main
 
 OWNER = 1001
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 12}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.tiny import build_tiny_model, train_tokenizer
-
-    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=300)
-    return build_tiny_model(tokenizer, tmp_path_factory.mktemp("tiny") / "base", seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_adapter(tiny_model, tmp_path_factory.mktemp("adapter") / "a", seed=11)
 
 
 @pytest.fixture
@@ -46,20 +33,19 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "twin-data"
 
 
-def serve_run(data_dir: Path, model: Path, adapter: Path) -> int:
-    """An active run of the tiny model and adapter in the data dir's default database."""
+def serve_run(data_dir: Path) -> int:
+    """An active run in the data dir's default database: a copy of a run the real dataset
+    builder and trainer made (tests/bot/conftest.py `real_run`), sampling greedy."""
     from storage import bot as bot_store
-    from storage import open_database, runs
+    from storage import open_database
 
     data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(f"sqlite:///{data_dir / 'twin.db'}")
     try:
+        run_id = make_run(database, data_dir)
         with database.session() as session:
-            run = runs.create_run(session, base_model=str(model), options={})
-            runs.finish_run(session, run.id, status="succeeded", adapter_path=str(adapter))
-            runs.activate_run(session, run.id)
             bot_store.set_state(session, "sampling", GREEDY)
-            return run.id
+        return run_id
     finally:
         database.close()
 
@@ -76,20 +62,27 @@ def memory(data_dir: Path, chat_id: int) -> list[tuple[str, str]]:
         database.close()
 
 
-def expected_reply(model: Path, adapter: Path, text: str, scope: int) -> str:
-    """What the served model says to `text`, greedy and scrubbed, generated in this process."""
-    from bot.backends import LocalBackend
+def expected_reply(data_dir: Path, text: str, chat_id: int, name: str | None = None) -> str:
+    """What the served run says to `text` in chat `chat_id`, greedy, with the run's prompt
+    options and PII extras, generated in this process on a scratch database."""
+    from bot.options import ConversationOptions
+    from bot.responder import Responder
+    from bot.serving import BackendOptions, open_backend, served_run
+    from storage import open_database
     from training.generation import Sampling
-    from training.model import ModelOptions
-    from training.pii import Scrubber
-    from training.prompt import Turn
 
-    backend = LocalBackend.load(ModelOptions(str(model), quant="none"), adapter)
+    served = open_database(f"sqlite:///{data_dir / 'twin.db'}")
+    run = served_run(served)
+    served.close()
+    scratch = open_database(f"sqlite:///{data_dir.parent / 'scratch.db'}")
+    backend = open_backend(BackendOptions(quant="none"), run)
     try:
-        raw = backend.generate([Turn("user", text)], None, Sampling(**GREEDY))
+        responder = Responder(scratch, backend, ConversationOptions().for_run(run.adapter_path))
+        responder.hear(chat_id, text)
+        return responder.reply(chat_id, Sampling(**GREEDY), name).text.strip()
     finally:
         backend.close()
-    return Scrubber().scrub(raw, scope=scope).strip()
+        scratch.close()
 
 
 def one_line(text: str) -> str:
@@ -125,12 +118,10 @@ def test_bot_with_settings_but_no_trained_run_says_which_command_makes_one(
 
 def test_bot_refuses_an_openai_backend_without_its_url(
     data_dir: Path,
-    tiny_model: Path,
-    tiny_adapter: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    serve_run(data_dir, tiny_model, tiny_adapter)
+    serve_run(data_dir)
     monkeypatch.setenv("TWIN_BOT_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
     monkeypatch.setenv("TWIN_BOT_BACKEND", "openai")
@@ -152,16 +143,14 @@ def test_chat_without_a_trained_run_says_which_command_makes_one(
 @pytest.mark.parametrize("data_dir_first", [True, False], ids=["global-option", "command-option"])
 def test_chat_answers_remembers_sets_and_forgets_without_a_telegram_token(
     data_dir: Path,
-    tiny_model: Path,
-    tiny_adapter: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     data_dir_first: bool,
 ) -> None:
     from bot.options import TERMINAL_CHAT_ID
 
-    serve_run(data_dir, tiny_model, tiny_adapter)
-    reply = expected_reply(tiny_model, tiny_adapter, "hi, how are you?", TERMINAL_CHAT_ID)
+    serve_run(data_dir)
+    reply = expected_reply(data_dir, "hi, how are you?", TERMINAL_CHAT_ID)
     assert reply, "the tiny model must say something for this test to mean anything"
     lines = [
         "hi, how are you?",
@@ -189,14 +178,12 @@ def test_chat_answers_remembers_sets_and_forgets_without_a_telegram_token(
 
 def test_chat_keeps_its_memory_between_sessions(
     data_dir: Path,
-    tiny_model: Path,
-    tiny_adapter: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from bot.options import TERMINAL_CHAT_ID
 
-    serve_run(data_dir, tiny_model, tiny_adapter)
+    serve_run(data_dir)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first words\n"))  # ends without /quit
     assert main(["--data-dir", str(data_dir), "chat"]) == 0
     monkeypatch.setattr(sys, "stdin", io.StringIO("second words\n/quit\n"))
@@ -208,30 +195,14 @@ def test_chat_keeps_its_memory_between_sessions(
 
 @pytest.mark.slow
 def test_twin_bot_serves_telegram_and_stops_cleanly_on_ctrl_c(
-    data_dir: Path, tiny_model: Path, tiny_adapter: Path, fake_api: FakeBotApi
+    data_dir: Path, fake_api: FakeBotApi
 ) -> None:
-    run_id = serve_run(data_dir, tiny_model, tiny_adapter)
-    reply = expected_reply(tiny_model, tiny_adapter, "hi, how are you?", OWNER)
+    run_id = serve_run(data_dir)
+    reply = expected_reply(data_dir, "hi, how are you?", OWNER, "Ann")
     assert reply, "the tiny model must say something for this test to mean anything"
-    environment = {
-        **os.environ,
-        "TWIN_BOT_TOKEN": FAKE_TOKEN,
-        "TWIN_OWNER_ID": str(OWNER),
-        "TWIN_BOT_API_URL": fake_api.base_url,
-        "OMP_NUM_THREADS": "1",
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "twin", "--data-dir", str(data_dir), "bot", "--workers", "2"],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    child = start_bot(data_dir, fake_api, output=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not fake_api.calls_of("setMyCommands") and time.monotonic() < deadline:
-            assert child.poll() is None, child.communicate()[0]
-            time.sleep(0.1)
         fake_api.push_text(OWNER, "/status")
         fake_api.push_text(OWNER, "hi, how are you?")
         while sent_reply(fake_api) != flat(reply) and time.monotonic() < deadline:
@@ -288,14 +259,12 @@ def test_bot_options_come_from_the_settings(
 
 def test_a_token_the_server_rejects_is_one_line_without_the_token(
     data_dir: Path,
-    tiny_model: Path,
-    tiny_adapter: Path,
     fake_api: FakeBotApi,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wrong = "999999:WRONG-TOKEN-not-real-bbbbbbbbbbbbbbbbbbbbb"
-    serve_run(data_dir, tiny_model, tiny_adapter)
+    serve_run(data_dir)
     monkeypatch.setenv("TWIN_BOT_TOKEN", wrong)
     monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
     monkeypatch.setenv("TWIN_BOT_API_URL", fake_api.base_url)
@@ -306,3 +275,86 @@ def test_a_token_the_server_rejects_is_one_line_without_the_token(
     assert "rejected TWIN_BOT_TOKEN" in one_line(captured.err)
     assert wrong not in captured.out + captured.err
     assert "getMe" in captured.err  # --verbose logged the requests, redacted
+
+
+def start_bot(
+    data_dir: Path, fake_api: FakeBotApi, output: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`twin bot` as its own process against the fake Bot API, once it listens; its stdout
+    and stderr go to `output`."""
+    environment = {
+        **os.environ,
+        "TWIN_BOT_TOKEN": FAKE_TOKEN,
+        "TWIN_OWNER_ID": str(OWNER),
+        "TWIN_BOT_API_URL": fake_api.base_url,
+        "OMP_NUM_THREADS": "1",
+    }
+    listening = len(fake_api.calls_of("setMyCommands")) + 2  # everyone's and the owner's menu
+    child = subprocess.Popen(
+        [sys.executable, "-m", "twin", "--data-dir", str(data_dir), "bot", "--workers", "2"],
+        env=environment,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(fake_api.calls_of("setMyCommands")) < listening:
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"the bot did not start: {child.communicate()[0]}")
+        time.sleep(0.1)
+    return child
+
+
+def inbox(data_dir: Path) -> dict:
+    from storage import bot as bot_store
+    from storage import open_database
+
+    database = open_database(f"sqlite:///{data_dir / 'twin.db'}")
+    try:
+        with database.session() as session:
+            return bot_store.get_state(session, bot_store.INBOX, {}) or {}
+    finally:
+        database.close()
+
+
+@pytest.mark.slow
+def test_a_bot_killed_mid_reply_answers_everything_when_started_again(
+    data_dir: Path, fake_api: FakeBotApi
+) -> None:
+    """Issue 16's scenario: "first", then "second" while the reply to "first" is on its way,
+    then kill -9. Started again, the bot answers both; nothing Telegram delivered is lost."""
+    serve_run(data_dir)
+    fake_api.slow("sendMessage", 30)  # the reply to "first" never gets through
+    child = start_bot(data_dir, fake_api)
+    try:
+        fake_api.push_text(OWNER, "first")
+        deadline = time.monotonic() + 60
+        while not fake_api.calls_of("sendMessage", OWNER):
+            assert time.monotonic() < deadline, "no reply to 'first' was attempted"
+            time.sleep(0.05)
+        fake_api.push_text(OWNER, "second")
+        while "second" not in str(inbox(data_dir)):
+            assert time.monotonic() < deadline, "'second' was never stored"
+            time.sleep(0.05)
+    finally:
+        child.kill()  # kill -9
+        child.wait(timeout=30)
+    assert memory(data_dir, OWNER) == [("user", "first")]  # heard, never answered
+
+    fake_api.delays.clear()
+    attempts = len(fake_api.calls_of("sendMessage", OWNER))
+    child = start_bot(data_dir, fake_api)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(role == "assistant" for role, _ in memory(data_dir, OWNER)):
+            assert time.monotonic() < deadline, "the restarted bot did not answer"
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+    remembered = memory(data_dir, OWNER)
+    assert [role for role, _ in remembered] == ["user", "user", "assistant"]
+    assert [text for _, text in remembered[:2]] == ["first", "second"]
+    assert len(fake_api.calls_of("sendMessage", OWNER)) > attempts
+    assert inbox(data_dir) == {}

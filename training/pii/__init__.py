@@ -19,6 +19,7 @@ from training.pii.scrubber import (
     Scrubber,
     Span,
     load_extra,
+    parse_extra,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "SecretKeyword",
     "Span",
     "load_extra",
+    "parse_extra",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,15 +88,20 @@ def load_extra(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
     Raises PiiPatternError naming the file and line of a regex that does not compile.
     """
+    return parse_extra(path.read_text(encoding="utf-8").splitlines(), str(path))
+
+
+def parse_extra(lines: Sequence[str], source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(patterns, words) of a `--pii-extra` file's lines; `source` names it in errors."""
     patterns: list[str] = []
     words: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("re:"):
             pattern = line[3:].strip()
-            _compile_extra(pattern, where=f"{path}:{number}")
+            _compile_extra(pattern, where=f"{source}:{number}")
             patterns.append(pattern)
         else:
             words.append(line)
