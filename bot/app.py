@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from bot.access import NOT_ALLOWED, AccessGate, TwinContext
 from bot.admin import OWNER_COMMANDS, AdminCommands
 from bot.backends import ReplyBackend
+from bot.log_filter import SecretFilter
 from bot.options import BotOptions
 from bot.pacing import OwnerHabits, PacingOptions, habits_from_messages, pauses, shape_parts
 from bot.ratelimit import RateLimiter
@@ -46,26 +47,6 @@ SLOW_DOWN = "You're writing faster than I can read. Give me a minute."
 TYPING_EVERY = 4.5
 #: Library loggers that may print request URLs, which hold the bot token.
 TOKEN_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
-
-
-class TokenFilter(logging.Filter):
-    """Redacts the bot token from records of libraries that log request URLs."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.token:
-            return True
-        message = record.getMessage()
-        if self.token in message:
-            record.msg, record.args = message.replace(self.token, "[secret]"), None
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            text = logging.Formatter().formatException(record.exc_info)
-            if self.token in text:
-                record.exc_text, record.exc_info = text.replace(self.token, "[secret]"), None
-        return True
 
 
 class HandledUpdateQueue(asyncio.Queue[Any]):
@@ -135,7 +116,7 @@ class TwinBot:
         #: Why the bot stopped serving on its own (a deleted database), else None.
         self.failure: str | None = None
         self.stopped = asyncio.Event()
-        self._token_filter = TokenFilter(options.token)
+        self._token_filter = SecretFilter([options.token])
         for name in TOKEN_LOGGERS:
             logging.getLogger(name).addFilter(self._token_filter)
         self.application = self._build_application()

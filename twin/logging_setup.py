@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.logging import RichHandler
 
-from storage.database import mask_url_credentials
+from bot.log_filter import SecretFilter
 
 QUIET_LIBRARIES = (
     "alembic",
@@ -23,30 +23,6 @@ QUIET_LIBRARIES = (
 )
 # Libraries whose warnings are noise to a user (bitsandbytes on a CPU without `kernels`).
 SILENT_LIBRARIES = ("bitsandbytes",)
-REDACTED = "[secret]"
-
-
-class SecretFilter(logging.Filter):
-    """Replaces every known secret value in a record's final text, whatever logged it, and
-    masks the password of any URL in it (`user:password@`, `?password=`), known or not."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = self._redact(record.getMessage())
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg, record.args = message, None
-        if record.exc_text:
-            record.exc_text, record.exc_info = self._redact(record.exc_text), None
-        return True
-
-    def _redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return mask_url_credentials(text)
 
 
 def setup_logging(verbose: bool = False, secrets: Iterable[str] = ()) -> None:

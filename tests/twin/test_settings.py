@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.log_filter import REDACTED, SecretFilter
 from twin.durations import format_duration, parse_duration
-from twin.logging_setup import REDACTED, SecretFilter
 from twin.settings import Settings, SettingsError, describe, load_settings
 
 TOKEN = "7000000001:AAFakeTokenForTestsOnly_abcdefghijklmno"
