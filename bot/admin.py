@@ -24,9 +24,11 @@ from bot.retrain import PipelineOptions, PipelineProgress, run_pipeline
 from bot.scheduler import ReplyScheduler
 from bot.state import BotState
 from storage import StorageError
+from storage import blind as blind_store
 from storage import bot as bot_store
 from storage import runs as run_store
 from training.generation import SamplingError
+from training.intervals import blind_test_text
 from training.run_folder import mark_interrupted_runs
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,10 @@ OWNER_COMMANDS = {
     "help": "this list",
 }
 OWNER_HELP = "Commands:\n" + "\n".join(f"/{name} – {text}" for name, text in OWNER_COMMANDS.items())
-USER_HELP = "Just write to me. /forget clears what I remember of our chat."
+USER_HELP = (
+    "Just write to me. /forget clears what I remember of our chat. /blindtest: can you tell "
+    "the real reply from mine?"
+)
 
 
 class ProgressMessage:
@@ -180,6 +185,9 @@ class AdminCommands:
         ]
         if run and run.val_loss is not None:
             lines.insert(3, f"Validation loss: {run.val_loss:.3f}")
+        if run is not None:
+            picks = await twin.in_session(blind_store.picks, run.id)
+            lines.insert(4, "Blind test: " + blind_test_text(picks.took_twin))
         if active is not None and active != served:
             lines.insert(1, f"Active in the database: run #{active} (switching to it)")
         await twin.send(chat_id, "\n".join(lines))

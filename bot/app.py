@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 from bot.access import NOT_ALLOWED, AccessGate, TwinContext
 from bot.admin import OWNER_COMMANDS, AdminCommands
 from bot.backends import ReplyBackend
+from bot.blindtest import CALLBACK_PREFIX as BLIND_CALLBACK
+from bot.blindtest import BlindTest
 from bot.log_filter import SecretFilter
 from bot.options import BotOptions
 from bot.pacing import OwnerHabits, PacingOptions, habits_from_messages, pauses, shape_parts
@@ -106,6 +108,7 @@ class TwinBot:
             say=self.say,
         )
         self.admin = AdminCommands(self)
+        self.blind = BlindTest(self, lambda: self.responder.options.owner_name or "the owner")
         self._executor = ThreadPoolExecutor(options.workers, thread_name_prefix="twin-reply")
         self._slowed: dict[int, float] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
@@ -217,6 +220,7 @@ class TwinBot:
         from telegram import Update
         from telegram.ext import (
             ApplicationBuilder,
+            CallbackQueryHandler,
             CommandHandler,
             ContextTypes,
             MessageHandler,
@@ -240,6 +244,10 @@ class TwinBot:
         # Commands answer without holding up the updates behind them (block=False).
         application.add_handler(CommandHandler(["start", "help"], self.on_help, block=False))
         application.add_handler(CommandHandler("forget", self.on_forget, block=False))
+        application.add_handler(CommandHandler("blindtest", self.blind.start, block=False))
+        application.add_handler(
+            CallbackQueryHandler(self.blind.pick, pattern=f"^{BLIND_CALLBACK}", block=False)
+        )
         owner = filters.User(user_id=self.options.owner_id)
         for name, callback in self.admin.commands().items():
             application.add_handler(CommandHandler(name, callback, filters=owner, block=False))

@@ -116,15 +116,17 @@ def _answer(session: Any, trial_id: int, user_id: int, picked_first: bool) -> bo
     return bool(blind_store.answer_trial(session, trial_id, user_id, picked_first).picked_owner)
 
 
-def _context_text(example: HeldOutExample) -> str:
+def _context_text(example: HeldOutExample, owner: str = "owner") -> str:
+    """The last turns of the context, as the person saw them: theirs as "you"."""
     lines = []
     for turn in example.context[-CONTEXT_TURNS:]:
-        lines.append(("you: " if turn.role == "user" else "them: ") + turn.content)
+        speaker = "you" if turn.role == "user" else owner
+        lines.append(f"{speaker}: {turn.content}")
     return "\n".join(lines)
 
 
 def _question(example: HeldOutExample, first: str, second: str, owner: str) -> str:
-    context = _context_text(example).replace("them: ", f"{owner}: ")
+    context = _context_text(example, owner)
     return (
         f"Blind test: which reply did {owner} really write?\n\n{context}\n\n"
         f"A: {first}\n\nB: {second}"

@@ -18,7 +18,7 @@ import pytest
 from tests.bot.fake_bot_api import FAKE_TOKEN, FakeBotApi
 from tests.bot.fakes import ScriptedBackend
 
-OWNER = 1001
+OWNER = 9001  # not one of the generated chats (1000, 1001, ...): those are people
 FRIEND = 2002
 STRANGER = 3003
 

@@ -149,6 +149,29 @@ class FakeBotApi:
             self._condition.notify_all()
         return update_id
 
+    def push_callback(
+        self, user_id: int, data: str, *, message_id: int, text: str = "", first_name: str = "Ann"
+    ) -> int:
+        """Queue a tap on an inline button of the bot's message `message_id` in `user_id`'s chat."""
+        query = {
+            "id": f"query-{next(self._message_ids)}",
+            "from": {"id": user_id, "is_bot": False, "first_name": first_name},
+            "chat_instance": str(user_id),
+            "data": data,
+            "message": {
+                "message_id": message_id,
+                "date": int(time.time()),
+                "chat": {"id": user_id, "type": "private", "first_name": first_name},
+                "from": BOT_USER,
+                "text": text,
+            },
+        }
+        with self._condition:
+            update_id = next(self._update_ids)
+            self._updates.append({"update_id": update_id, "callback_query": query})
+            self._condition.notify_all()
+        return update_id
+
     def slow(self, method: str, seconds: float) -> None:
         """Answer every later call of `method` only after `seconds` (recorded at once)."""
         self.delays[method] = seconds
