@@ -71,6 +71,7 @@ OWNER_COMMANDS = {
     "deny": "USER (id or @username) may not",
     "users": "who may talk to the twin",
     "set": "NAME VALUE: temperature, top_p or max_new_tokens",
+    "choose": "two replies to your last message: tap the better one (it learns from it)",
     "forget": "clear this chat's memory",
     "help": "this list",
 }

@@ -26,6 +26,7 @@ from bot.admin import OWNER_COMMANDS, AdminCommands
 from bot.backends import ReplyBackend
 from bot.blindtest import CALLBACK_PREFIX as BLIND_CALLBACK
 from bot.blindtest import BlindTest
+from bot.feedback import PICK_PREFIX, Feedback
 from bot.log_filter import SecretFilter
 from bot.options import BotOptions
 from bot.pacing import OwnerHabits, PacingOptions, habits_from_messages, pauses, shape_parts
@@ -49,6 +50,10 @@ SLOW_DOWN = "You're writing faster than I can read. Give me a minute."
 TYPING_EVERY = 4.5
 #: Library loggers that may print request URLs, which hold the bot token.
 TOKEN_LOGGERS = ("httpx", "httpcore", "telegram", "telegram.ext", "telegram.request")
+
+
+#: What the bot asks Telegram for: messages, button taps, reactions on its messages.
+ALLOWED_UPDATES = ["message", "callback_query", "message_reaction"]
 
 
 class HandledUpdateQueue(asyncio.Queue[Any]):
@@ -109,6 +114,7 @@ class TwinBot:
         )
         self.admin = AdminCommands(self)
         self.blind = BlindTest(self, lambda: self.responder.options.owner_name or "the owner")
+        self.feedback = Feedback(self)
         self._executor = ThreadPoolExecutor(options.workers, thread_name_prefix="twin-reply")
         self._slowed: dict[int, float] = {}
         self._sending: dict[int, asyncio.Task[None]] = {}
@@ -139,7 +145,7 @@ class TwinBot:
         self._polling = True
         try:
             self.application.run_polling(
-                timeout=self.options.poll_timeout, allowed_updates=["message"]
+                timeout=self.options.poll_timeout, allowed_updates=ALLOWED_UPDATES
             )
             if self.failure:
                 raise BotError(self.failure)
@@ -164,7 +170,7 @@ class TwinBot:
         await self.start()
         assert application.updater is not None  # noqa: S101 - built with an updater
         await application.updater.start_polling(
-            timeout=self.options.poll_timeout, allowed_updates=["message"]
+            timeout=self.options.poll_timeout, allowed_updates=ALLOWED_UPDATES
         )
         await application.start()
         try:
@@ -224,6 +230,7 @@ class TwinBot:
             CommandHandler,
             ContextTypes,
             MessageHandler,
+            MessageReactionHandler,
             TypeHandler,
             filters,
         )
@@ -251,6 +258,13 @@ class TwinBot:
         owner = filters.User(user_id=self.options.owner_id)
         for name, callback in self.admin.commands().items():
             application.add_handler(CommandHandler(name, callback, filters=owner, block=False))
+        application.add_handler(CommandHandler("choose", self.feedback.choose, owner, block=False))
+        application.add_handler(
+            CallbackQueryHandler(self.feedback.pick, pattern=f"^{PICK_PREFIX}", block=False)
+        )
+        application.add_handler(MessageReactionHandler(self.feedback.reaction, block=False))
+        correction = filters.TEXT & filters.REPLY & owner & ~filters.COMMAND
+        application.add_handler(MessageHandler(correction, self.feedback.correction, block=False))
         application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self.on_text))
         application.add_handler(MessageHandler(filters.COMMAND, self.on_unknown, block=False))
         application.add_error_handler(self.on_error)
@@ -431,7 +445,8 @@ class TwinBot:
             if pause > 0:
                 await self._send_typing(chat_id)
                 await asyncio.sleep(pause)
-            await self.send(chat_id, part)
+            sent = await self.send(chat_id, part)
+            self.feedback.sent(chat_id, sent, reply.text)
         await asyncio.to_thread(self.responder.remember, chat_id, reply)
 
     def _hear(

@@ -43,6 +43,7 @@ class Call:
     method: str
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    result: Any = None  # what the fake answered (a sent message has its message_id here)
 
     @property
     def chat_id(self) -> int | None:
@@ -125,8 +126,10 @@ class FakeBotApi:
         chat_id: int | None = None,
         chat_type: str = "private",
         date: float | None = None,
+        reply_to: dict[str, Any] | None = None,
     ) -> int:
-        """Queue a text message from `user_id` (a command if it starts with '/')."""
+        """Queue a text message from `user_id` (a command if it starts with '/'); `reply_to`
+        is the message it answers (a Telegram reply), as `sendMessage` answered it."""
         message: dict[str, Any] = {
             "message_id": next(self._message_ids),
             "date": int(date if date is not None else time.time()),
@@ -140,6 +143,8 @@ class FakeBotApi:
             message["chat"]["title"] = "a group"
         if username:
             message["from"]["username"] = username
+        if reply_to is not None:
+            message["reply_to_message"] = reply_to
         if text.startswith("/"):
             command = text.split()[0]
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
@@ -169,6 +174,22 @@ class FakeBotApi:
         with self._condition:
             update_id = next(self._update_ids)
             self._updates.append({"update_id": update_id, "callback_query": query})
+            self._condition.notify_all()
+        return update_id
+
+    def push_reaction(self, user_id: int, message_id: int, emoji: str) -> int:
+        """Queue `user_id` reacting with `emoji` to the bot's message `message_id` in their chat."""
+        change = {
+            "chat": {"id": user_id, "type": "private", "first_name": "Ann"},
+            "message_id": message_id,
+            "user": {"id": user_id, "is_bot": False, "first_name": "Ann"},
+            "date": int(time.time()),
+            "old_reaction": [],
+            "new_reaction": [{"type": "emoji", "emoji": emoji}],
+        }
+        with self._condition:
+            update_id = next(self._update_ids)
+            self._updates.append({"update_id": update_id, "message_reaction": change})
             self._condition.notify_all()
         return update_id
 
@@ -224,13 +245,15 @@ class FakeBotApi:
             return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
         method = path[len(prefix) :]
         params = _decode(content_type, body)
+        call = Call(method, params)
         if method != "getUpdates":
-            self.calls.append(Call(method, params))
+            self.calls.append(call)
         if self.delays.get(method):
             time.sleep(self.delays[method])
         if self.errors.get(method):
             return 400, {"ok": False, **self.errors[method].pop(0)}
-        return 200, {"ok": True, "result": self._result(method, params)}
+        call.result = self._result(method, params)
+        return 200, {"ok": True, "result": call.result}
 
     def _result(self, method: str, params: dict[str, Any]) -> Any:
         if method == "getMe":
