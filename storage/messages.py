@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Row, cast, delete, func, select
 from sqlalchemy.orm import Session
 
+from storage.chats import TRAINING_KINDS
 from storage.models import Chat, Message
 
 MESSAGE_COLUMNS = (
@@ -25,9 +27,17 @@ MESSAGE_COLUMNS = (
     "media_type",
     "forwarded",
     "edited_at",
+    "media_text",
+    "duration",
+    "sender_name",
+    "forwarded_from",
+    "via_bot",
+    "links",
+    "reactions",
 )
 _MUTABLE = [name for name in MESSAGE_COLUMNS if name not in ("chat_id", "message_id")]
 UPSERT_BATCH = 5_000
+_TRAINING_CHATS = (Chat.excluded.is_(False), Chat.kind.in_(TRAINING_KINDS))
 
 
 def upsert_messages(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -58,7 +68,8 @@ def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str,
     """The same statement as one DB-API `executemany`, values bound as the models bind them.
 
     Per-row SQLAlchemy binding is most of an import's time otherwise. Returns False, having
-    written nothing, when a row lacks a column: SQLAlchemy then fills in the defaults.
+    written nothing, when a row lacks a column: SQLAlchemy then fills in the defaults. JSON
+    columns are encoded with `json.dumps`, as SQLAlchemy's `JSON` type does.
     """
     if not _SQLITE_UPSERT_SQL:
         compiled = statement.compile(dialect=session.get_bind().dialect)
@@ -79,6 +90,13 @@ def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str,
                 row["media_type"],
                 row["forwarded"],
                 None if row["edited_at"] is None else _sqlite_time(row["edited_at"]),
+                row["media_text"],
+                row["duration"],
+                row["sender_name"],
+                row["forwarded_from"],
+                row["via_bot"],
+                None if row["links"] is None else json.dumps(row["links"]),
+                None if row["reactions"] is None else json.dumps(row["reactions"]),
             )
             for row in batch
         ]
@@ -121,11 +139,12 @@ def last_message_dates(session: Session) -> dict[int, datetime]:
 
 
 def training_messages(session: Session, batch_size: int = 10_000) -> Iterator[Row[Any]]:
-    """Every message of non-excluded private chats, ordered by chat, then time, then id."""
+    """Every message of non-excluded chats (one-to-one, and groups let in), ordered by chat,
+    then time, then id."""
     query = (
         select(*(Message.__table__.c[name] for name in MESSAGE_COLUMNS))
         .join(Chat, Chat.id == Message.chat_id)
-        .where(Chat.excluded.is_(False), Chat.kind == "personal_chat")
+        .where(*_TRAINING_CHATS)
         .order_by(Message.chat_id, Message.date, Message.message_id)
         .execution_options(yield_per=batch_size)
     )
@@ -156,7 +175,6 @@ def delete_messages_missing(
 
 # ---- the dataset builder's reads ----------------------------------------------------------
 
-_TRAINING_CHATS = (Chat.excluded.is_(False), Chat.kind == "personal_chat")
 _CHAT_ID_BATCH = 500
 
 

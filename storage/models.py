@@ -69,7 +69,8 @@ class Base(DeclarativeBase):
 
 
 class Chat(Base):
-    """A Telegram chat. Only private chats with people are harvested by default."""
+    """A Telegram chat. Only private chats with people are harvested by default; groups come in
+    with `--include-groups` and, stored any other way, start excluded from training."""
 
     __tablename__ = "chats"
 
@@ -101,6 +102,14 @@ class Message(Base):
     media_type: Mapped[str | None] = mapped_column(String(32))
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False)
     edited_at: Mapped[datetime | None]
+    # What a person saw besides the sender's words (see `harvest.records.MessageRecord`).
+    media_text: Mapped[str | None] = mapped_column(Text)
+    duration: Mapped[int | None] = mapped_column(Integer)
+    sender_name: Mapped[str | None] = mapped_column(Text)
+    forwarded_from: Mapped[str | None] = mapped_column(Text)
+    via_bot: Mapped[str | None] = mapped_column(Text)
+    links: Mapped[list[str] | None] = mapped_column(JSON)
+    reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     __table_args__ = (Index(None, "chat_id", "date"),)
 
