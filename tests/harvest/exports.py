@@ -332,6 +332,6 @@ def generation_export(generation: str, *, single_chat: bool = False) -> dict[str
     return export
 
 
-def legacy_group_id(kind: str, bare: int) -> int:
+def legacy_group_id(bare: int) -> int:
     """A group's chat `id` in exports before April 2021 (the kind in bit 33)."""
     return _LEGACY_CHAT | bare
