@@ -76,6 +76,13 @@ def rows(database) -> dict[tuple[int, int], tuple]:
                 m.media_type,
                 m.forwarded,
                 m.edited_at,
+                m.media_text,
+                m.duration,
+                m.sender_name,
+                m.forwarded_from,
+                m.via_bot,
+                m.links,
+                m.reactions,
             )
             for m in session.scalars(select(Message))
         }
@@ -120,7 +127,7 @@ def test_messages_are_stored_as_a_person_saw_them(sqlite_database) -> None:
     fixed = account.say(alice, "опечатка")
     account.edit(alice, fixed.id, "исправлено", account.clock + timedelta(minutes=1))
     run(account, sqlite_database)
-    stored = rows(sqlite_database)
+    stored = {key: row[:9] for key, row in rows(sqlite_database).items()}  # the first columns
     assert stored[alice, hello.id] == (
         hello.date,
         False,
@@ -381,8 +388,12 @@ def test_harvest_after_importing_an_export_of_the_same_chats_adds_no_doubles(
     # The comparison covers what it promises: each of these is in the rows compared.
     media = {row[6] for row in everything.values()}
     assert {"voice_message", "video_file", "animation", "file", "photo", "sticker"} <= media
+    assert {"poll", "contact", "location", "venue", "audio_file"} <= media
     assert any(row[4] is not None for row in everything.values())  # replies
     assert any(row[8] is not None for row in everything.values())  # edits
+    # Media texts, durations, forward names, inline bots, links, reactions.
+    for column in (9, 10, 12, 13, 14, 15):
+        assert any(row[column] is not None for row in everything.values()), column
     harvested_only.close()
 
 

@@ -104,12 +104,20 @@ def harvest(
             "(Telegram may ask you to confirm it in another app).",
         ),
     ] = False,
+    include_groups: Annotated[
+        bool,
+        typer.Option(
+            "--include-groups",
+            help="Also harvest the groups and supergroups you wrote in (never channels); "
+            "they are included in training (`twin chats exclude ID` keeps one out).",
+        ),
+    ] = False,
 ) -> None:
     """Download new messages of your private chats with people into the database.
 
-    Only one-to-one chats with people are read (no bots, groups or channels), each from where
-    the last harvest stopped; an interrupted harvest just continues next time. Log in first
-    with `twin login`.
+    Only one-to-one chats with people are read (no bots or channels; groups you wrote in with
+    --include-groups), each from where the last harvest stopped; an interrupted harvest just
+    continues next time. Log in first with `twin login`.
 
     Example: twin harvest --since 2024-01-01 --exclude @boss
     """
@@ -124,6 +132,7 @@ def harvest(
         refresh_days=refresh_days,
         dry_run=dry_run,
         takeout=takeout,
+        include_groups=include_groups,
     )
     console = Console()
     with _RichHarvestReporter(console) as reporter:
@@ -206,7 +215,7 @@ _CHAT_KINDS = {
     "personal_chat": "person",
     "private_group": "group",
     "private_supergroup": "supergroup",
-    "public_supergroup": "public supergroup",
+    "public_supergroup": "supergroup",
 }
 
 chats_app = typer.Typer(
@@ -217,7 +226,8 @@ chats_app = typer.Typer(
 
 @chats_app.callback()
 def chats(ctx: typer.Context) -> None:
-    """List stored chats: kind, messages, your share, first and last date (UTC), excluded or not.
+    """List stored chats: kind (and excluded or not), messages, your share, first and last date
+    (UTC).
 
     Example: twin chats
     """
@@ -230,21 +240,20 @@ def chats(ctx: typer.Context) -> None:
     if not summaries:
         Console().print("no chats stored yet: run `twin import result.json` or `twin harvest`")
         return
-    table = Table(title="chats", caption="first and last: dates in UTC")
-    columns = ("id", "kind", "name", "messages", "yours", "first (UTC)", "last (UTC)", "excluded")
-    for column in columns:
+    table = Table(title="chats (dates in UTC)")
+    for column in ("id", "kind", "name", "messages", "yours", "first", "last"):
         table.add_column(column, no_wrap=column != "name")
     for chat in summaries:
         name = chat.title + (f" (@{chat.username})" if chat.username else "")
+        kind = _CHAT_KINDS.get(chat.kind, chat.kind.replace("_", " "))
         table.add_row(
             str(chat.id),
-            _CHAT_KINDS.get(chat.kind, chat.kind.replace("_", " ")),
+            f"{kind}, excluded" if chat.excluded else kind,
             name,
             f"{chat.messages:,}",
             f"{chat.owner_share:.0%}",
             f"{chat.first_date:%Y-%m-%d}" if chat.first_date else "",
             f"{chat.last_date:%Y-%m-%d}" if chat.last_date else "",
-            "excluded" if chat.excluded else "",
         )
     Console().print(table)
 
@@ -392,6 +401,8 @@ def _harvest_table(summary: HarvestSummary) -> Table:
         f"{summary.new_messages:,} new messages, {summary.flood_waits} flood waits, "
         f"{summary.retries} retries, {summary.waited_seconds:.0f} s waited"
     )
+    if summary.groups_skipped:
+        table.caption += f"; {summary.groups_skipped} groups without a message of yours skipped"
     return table
 
 
