@@ -26,6 +26,7 @@ from tests.harvest.exports import write_export
 from tests.harvest.fake_telegram import (
     OWNER_ID,
     FakeTelegram,
+    add_group,
     animation,
     busy_account,
     export_of,
@@ -423,3 +424,40 @@ def test_options_are_validated_together() -> None:
     with pytest.raises(HarvestError, match="no time zone.*at least 1"):
         HarvestOptions(since=datetime(2024, 1, 1), refresh_days=0)  # noqa: DTZ001
     HarvestOptions(since=datetime(2024, 1, 1, tzinfo=UTC), refresh_days=3)
+
+
+def test_groups_the_owner_wrote_in_are_harvested_on_request(sqlite_database) -> None:
+    account = busy_account(people=2, messages_per_person=20)
+    friends, team, lurked = add_group(account, members=[2_000_001, 2_000_002])
+    run(account, sqlite_database)
+    chats, _ = chats_and_cursors(sqlite_database)
+    assert not {friends, team, lurked} & set(chats)  # not without the flag
+    run(account, sqlite_database, include_groups=True)
+    chats, _ = chats_and_cursors(sqlite_database)
+    assert chats[friends][0] == "private_group" and chats[team][0] == "private_supergroup"
+    assert lurked not in chats and account.history_requests[lurked] == 0
+    assert -1_000_000_000_000 - 5_000_001 not in chats  # never a channel
+    with sqlite_database.session() as session:
+        names = {
+            (m.from_owner, m.sender_id, m.sender_name)
+            for m in session.scalars(select(Message).where(Message.chat_id == friends))
+        }
+        excluded = session.get(Chat, friends).excluded
+    assert (False, 2_000_001, "Алиса #0") in names and (True, OWNER_ID, "Owner") in names
+    assert excluded is False
+
+
+def test_an_export_and_a_harvest_of_a_group_agree(sqlite_database, tmp_path: Path) -> None:
+    from storage import open_database
+
+    account = busy_account(people=2, messages_per_person=20)
+    friends, team, _ = add_group(account, members=[2_000_001, 2_000_002])
+    path = write_export(tmp_path / "result.json", export_of(account))
+    import_export(sqlite_database, ImportOptions(path, include_groups=True))
+    harvested = open_database(f"sqlite:///{tmp_path / 'harvested.db'}")
+    run(account, harvested, include_groups=True)
+    assert rows(sqlite_database) == rows(harvested)
+    assert chats_and_cursors(sqlite_database)[0].keys() == chats_and_cursors(harvested)[0].keys()
+    named = {key[0] for key, row in rows(harvested).items() if row[11]}  # sender names
+    assert named == {friends, team}
+    harvested.close()
