@@ -21,6 +21,7 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so migrations are the same on SQLite (batch mode) and PostgreSQL.
@@ -108,8 +109,11 @@ class Message(Base):
     sender_name: Mapped[str | None] = mapped_column(Text)
     forwarded_from: Mapped[str | None] = mapped_column(Text)
     via_bot: Mapped[str | None] = mapped_column(Text)
-    links: Mapped[list[str] | None] = mapped_column(JSON)
-    reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # JSONB on PostgreSQL: plain JSON has no equality there, which the upsert's "changed?" needs.
+    links: Mapped[list[str] | None] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON().with_variant(JSONB(), "postgresql")
+    )
 
     __table_args__ = (Index(None, "chat_id", "date"),)
 

@@ -7,7 +7,7 @@ Create Date: 2026-12-01
 
 from alembic import op
 import sqlalchemy as sa
-
+from sqlalchemy.dialects import postgresql
 
 revision = "0003"
 down_revision = "0002"
@@ -22,8 +22,20 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("sender_name", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("forwarded_from", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("via_bot", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("links", sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column("reactions", sa.JSON(), nullable=True))
+        batch_op.add_column(
+            sa.Column(
+                "links",
+                sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+                nullable=True,
+            )
+        )
+        batch_op.add_column(
+            sa.Column(
+                "reactions",
+                sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+                nullable=True,
+            )
+        )
 
 
 def downgrade() -> None:
