@@ -232,29 +232,47 @@ class ExportReader:
     def _converted(
         self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
     ) -> Iterator[MessageRecord]:
-        """The chat's messages as records; a broken one stops the read, naming its spot."""
-        convert = MessageConverter(
-            chat.id, owner_id, self.times, group=chat.kind in GROUP_KINDS
-        ).record
+        """A group's messages as records; a broken one stops the read, naming its spot."""
+        convert = MessageConverter(chat.id, owner_id, self.times, group=True).record
         for index, raw in enumerate(raws, 1):
             try:
                 record = convert(raw)
             except FieldError as error:
-                raise window.error(
-                    f"{error} ({where} {chat.title!r} id {chat.id}, message #{index}"
-                    f"{_message_id_note(raw)})",
-                    window.value_start,
-                ) from None
+                raise self._broken(window, error, chat, where, index, raw) from None
             if record is None:
                 self.stats.skipped_messages += 1
             else:
                 yield record
 
+    def _broken(
+        self,
+        window: JsonStream,
+        error: FieldError,
+        chat: ChatRecord,
+        where: str,
+        index: int,
+        raw: Any,
+    ) -> ExportFormatError:
+        return window.error(
+            f"{error} ({where} {chat.title!r} id {chat.id}, message #{index}"
+            f"{_message_id_note(raw)})",
+            window.value_start,
+        )
+
     def _chat(
         self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
     ) -> Iterator[Item]:
-        kept = owner = 0
-        for record in self._converted(window, chat, owner_id, raws, where):
+        """A one-to-one chat: the import's hot loop, so the conversion is inlined here."""
+        convert = MessageConverter(chat.id, owner_id, self.times).record
+        kept = owner = skipped = 0
+        for index, raw in enumerate(raws, 1):
+            try:
+                record = convert(raw)
+            except FieldError as error:
+                raise self._broken(window, error, chat, where, index, raw) from None
+            if record is None:
+                skipped += 1
+                continue
             if not kept:
                 yield chat  # the chat lands with its first message, never empty by accident
             kept += 1
@@ -262,6 +280,7 @@ class ExportReader:
             yield record
         if not kept:
             yield chat  # an empty chat of the export, read to its end
+        self.stats.skipped_messages += skipped
         self.stats.chats += 1
         self.stats.messages += kept
         if kept and not owner:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harvest.local_times import LocalTimes
-from harvest.records import MAX_MESSAGE_ID, MAX_PEER_ID, MessageRecord, Reaction
+from harvest.records import MAX_MESSAGE_ID, MAX_PEER_ID, MessageDetails, MessageRecord, Reaction
 
 #: Desktop before April 2021 wrote peer ids as numbers with the kind in bits 32 and 33.
 LEGACY_USER_SHIFT = 1 << 32
@@ -33,10 +33,17 @@ _MEDIA_KEYS = (
     ("poll", "poll"),
 )
 _MEDIA_KEY_SET = frozenset(key for key, _ in _MEDIA_KEYS)
-#: Keys that only some messages have; one test for all keeps the common message fast.
-_RARE_KEYS = frozenset(
-    {"forwarded_from", "via_bot", "reactions", "reply_to_peer_id", "duration_seconds"}
-)
+#: Keys that only some messages have; one look for all keeps the common message fast.
+_SPECIAL_KEYS = _MEDIA_KEY_SET | {
+    "media_type",
+    "edited",
+    "edited_unixtime",
+    "forwarded_from",
+    "via_bot",
+    "reactions",
+    "reply_to_peer_id",
+    "duration_seconds",
+}
 _SKIPPED_MESSAGE_TYPES = frozenset({"service", "unsupported"})
 _NOT_INCLUDED = "("  # "(File not included. ...)" and the like stand where a path would
 
@@ -93,23 +100,12 @@ class MessageConverter:
                 date = _unixtime(raw, "date_unixtime")  # type: ignore[assignment]
         else:
             date = _unixtime(raw, "date_unixtime") or self._local_date(raw)
-        links: list[str] = []
         text = raw.get("text", "")
+        links: tuple[str, ...] = ()
         if text.__class__ is not str:
-            text = flatten(text, links)
-        media_type = raw.get("media_type")
-        if media_type is None:
-            if not _MEDIA_KEY_SET.isdisjoint(raw):
-                media_type = next(name for key, name in _MEDIA_KEYS if key in raw)
-        elif media_type.__class__ is not str:
-            raise FieldError(f"`media_type` is {short(media_type)}, expected text")
-        media_text = None
-        if media_type is not None:
-            if media_type == "sticker":
-                text = _sticker_text(raw, text)
-            elif media_type == "location" and "live_location_period_seconds" in raw:
-                media_type = "live_location"
-            media_text = media_description(raw, media_type)
+            found: list[str] = []
+            text = flatten(text, found)
+            links = tuple(found)
         from_id = raw.get("from_id")
         if from_id == self._owner_from_id:
             from_owner, sender_id = True, self.owner_id
@@ -126,13 +122,65 @@ class MessageConverter:
                 )
             if not 0 < reply_to_id <= MAX_MESSAGE_ID:
                 raise FieldError(_outside_message_ids("reply_to_message_id", reply_to_id))
-        if "edited_unixtime" in raw:
+        special = _SPECIAL_KEYS.intersection(raw)  # one look at the keys for everything rare
+        if not special:
+            details = None
+            if links or self.group:
+                details = MessageDetails.of(sender_name=self._sender_name(raw), links=links)
+            return MessageRecord(
+                self.chat_id, message_id, date, from_owner, sender_id, text, reply_to_id, "text",
+                None, False, None, details,
+            )  # fmt: skip
+        return self._special(raw, special, message_id, date, from_owner, sender_id, text, links)
+
+    def _special(
+        self,
+        raw: dict[str, Any],
+        special: frozenset[str],
+        message_id: int,
+        date: datetime,
+        from_owner: bool,
+        sender_id: int | None,
+        text: str,
+        links: tuple[str, ...],
+    ) -> MessageRecord:
+        """A message with media, an edit, a forward, a bot, a duration or reactions; a reply
+        into another chat is no reply here."""
+        media_type = raw.get("media_type")
+        if media_type is None:
+            if not _MEDIA_KEY_SET.isdisjoint(special):
+                media_type = next(name for key, name in _MEDIA_KEYS if key in raw)
+        elif media_type.__class__ is not str:
+            raise FieldError(f"`media_type` is {short(media_type)}, expected text")
+        media_text = None
+        if media_type is not None:
+            if media_type == "sticker":
+                text = _sticker_text(raw, text)
+            elif media_type == "location" and "live_location_period_seconds" in raw:
+                media_type = "live_location"
+            media_text = media_description(raw, media_type)
+        if "edited_unixtime" in special:
             edited_at = _unixtime(raw, "edited_unixtime")
-        elif "edited" in raw:
+        elif "edited" in special:
             edited_at = self._local_edit(raw)
         else:
             edited_at = None
-        record = MessageRecord(
+        duration = raw.get("duration_seconds") if "duration_seconds" in special else None
+        if duration is not None and duration.__class__ is not int:
+            raise FieldError(f"`duration_seconds` is {short(duration)}, expected a number")
+        reply_to_id = raw.get("reply_to_message_id")
+        if "reply_to_peer_id" in special and self._peer(raw["reply_to_peer_id"]) != self.chat_id:
+            reply_to_id = None
+        sender_name = self._sender_name(raw)
+        forwarded_from = _name(raw, "forwarded_from") if "forwarded_from" in special else None
+        via_bot = _name(raw, "via_bot") if "via_bot" in special else None
+        reactions = self._reactions(raw["reactions"]) if "reactions" in special else ()
+        details = None
+        if media_text or duration or sender_name or forwarded_from or via_bot or links or reactions:
+            details = MessageDetails(
+                media_text, duration or None, sender_name, forwarded_from, via_bot, links, reactions
+            )
+        return MessageRecord(
             self.chat_id,
             message_id,
             date,
@@ -142,37 +190,13 @@ class MessageConverter:
             reply_to_id,
             "text" if media_type is None else "media",
             media_type,
-            "forwarded_from" in raw,
+            "forwarded_from" in special,
             edited_at,
-            media_text,
-            None,
-            _name(raw, "from") if self.group else None,
-            None,
-            None,
-            tuple(links),
+            details,
         )
-        if _RARE_KEYS.isdisjoint(raw):
-            return record
-        return self._with_rare_keys(record, raw)
 
-    def _with_rare_keys(self, record: MessageRecord, raw: dict[str, Any]) -> MessageRecord:
-        """Forward names, bots, durations, reactions; a reply into another chat is no reply."""
-        from dataclasses import replace
-
-        duration = raw.get("duration_seconds")
-        if duration is not None and duration.__class__ is not int:
-            raise FieldError(f"`duration_seconds` is {short(duration)}, expected a number")
-        reply_to_id = record.reply_to_id
-        if "reply_to_peer_id" in raw and self._peer(raw["reply_to_peer_id"]) != self.chat_id:
-            reply_to_id = None
-        return replace(
-            record,
-            reply_to_id=reply_to_id,
-            duration=duration or None,
-            forwarded_from=_name(raw, "forwarded_from"),
-            via_bot=_name(raw, "via_bot"),
-            reactions=self._reactions(raw.get("reactions")),
-        )
+    def _sender_name(self, raw: dict[str, Any]) -> str | None:
+        return _name(raw, "from") if self.group else None
 
     def sender(self, from_id: Any) -> int | None:
         """Telethon's marked id for an export's `from_id`: user123 -> 123, channel123 ->

@@ -67,12 +67,34 @@ class Reaction:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageDetails:
+    """What a person saw of a message beyond its sender's words; most messages have none.
+
+    `media_text` is what a media showed (a poll's question and options, a contact's name,
+    "📍 place", a file's name), `duration` the seconds of a voice, video or song,
+    `sender_name` the sender's name in a group (one-to-one chats are named by their title).
+    """
+
+    media_text: str | None = None
+    duration: int | None = None
+    sender_name: str | None = None
+    forwarded_from: str | None = None
+    via_bot: str | None = None
+    links: tuple[str, ...] = ()
+    reactions: tuple[Reaction, ...] = ()
+
+    @classmethod
+    def of(cls, **values: Any) -> MessageDetails | None:
+        """The details with these values, or None when every one is empty."""
+        return cls(**values) if any(values.values()) else None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     """One message, flattened to the plain text a person saw. Times are UTC-aware.
 
-    `text` is only what the sender wrote (a caption for media); what a media showed is
-    `media_text` (a poll's question and options, a contact's name, "📍 place", a file's name)
-    and `duration` (seconds of a voice or video). `sender_name` is set in groups only.
+    `text` is only what the sender wrote (a caption for media); the rest of what a person saw
+    is in `details` (None for most messages, which keeps a million-message import fast).
     """
 
     chat_id: int
@@ -86,16 +108,32 @@ class MessageRecord:
     media_type: str | None = None
     forwarded: bool = False
     edited_at: datetime | None = None
-    media_text: str | None = None
-    duration: int | None = None
-    sender_name: str | None = None
-    forwarded_from: str | None = None
-    via_bot: str | None = None
-    links: tuple[str, ...] = ()
-    reactions: tuple[Reaction, ...] = ()
+    details: MessageDetails | None = None
 
     def to_row(self) -> dict[str, Any]:
         """The mapping `storage.messages.upsert_messages` takes."""
+        details = self.details
+        if details is None:
+            return {
+                "chat_id": self.chat_id,
+                "message_id": self.message_id,
+                "date": self.date,
+                "from_owner": self.from_owner,
+                "sender_id": self.sender_id,
+                "text": self.text,
+                "reply_to_id": self.reply_to_id,
+                "kind": self.kind,
+                "media_type": self.media_type,
+                "forwarded": self.forwarded,
+                "edited_at": self.edited_at,
+                "media_text": None,
+                "duration": None,
+                "sender_name": None,
+                "forwarded_from": None,
+                "via_bot": None,
+                "links": None,
+                "reactions": None,
+            }
         return {
             "chat_id": self.chat_id,
             "message_id": self.message_id,
@@ -108,11 +146,11 @@ class MessageRecord:
             "media_type": self.media_type,
             "forwarded": self.forwarded,
             "edited_at": self.edited_at,
-            "media_text": self.media_text,
-            "duration": self.duration,
-            "sender_name": self.sender_name,
-            "forwarded_from": self.forwarded_from,
-            "via_bot": self.via_bot,
-            "links": list(self.links) if self.links else None,
-            "reactions": [r.to_json() for r in self.reactions] if self.reactions else None,
+            "media_text": details.media_text,
+            "duration": details.duration,
+            "sender_name": details.sender_name,
+            "forwarded_from": details.forwarded_from,
+            "via_bot": details.via_bot,
+            "links": list(details.links) if details.links else None,
+            "reactions": [r.to_json() for r in details.reactions] if details.reactions else None,
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from harvest.export_message import contact_text, file_text, place_text, poll_text
-from harvest.records import MessageRecord, Reaction
+from harvest.records import MessageDetails, MessageRecord, Reaction
 
 
 def message_record(
@@ -48,17 +48,19 @@ def message_record(
         media_type=media_type,
         forwarded=message.fwd_from is not None,
         edited_at=None if message.edit_hide else message.edit_date,
-        media_text=_media_text(message.media, types),
-        duration=_duration(message.media, types),
-        sender_name=_display_name(message.sender, utils) if group else None,
-        forwarded_from=_forwarded_from(message, utils),
-        via_bot=_via_bot(message),
-        links=tuple(
-            entity.url
-            for entity in message.entities or ()
-            if isinstance(entity, types.MessageEntityTextUrl)
+        details=MessageDetails.of(
+            media_text=_media_text(message.media, types),
+            duration=_duration(message.media, types),
+            sender_name=_display_name(message.sender, utils) if group else None,
+            forwarded_from=_forwarded_from(message, utils),
+            via_bot=_via_bot(message),
+            links=tuple(
+                entity.url
+                for entity in message.entities or ()
+                if isinstance(entity, types.MessageEntityTextUrl)
+            ),
+            reactions=_reactions(message.reactions, types, utils),
         ),
-        reactions=_reactions(message.reactions, types, utils),
     )
 
 

@@ -62,23 +62,32 @@ def upsert_messages(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
 
 
 _SQLITE_UPSERT_SQL: dict[str, str] = {}
+#: The columns most messages have; the others (what media showed, names, reactions) are
+#: NULL for them, and SQLite binds 11 values faster than 18.
+_COMMON_COLUMNS = MESSAGE_COLUMNS[:11]
 
 
 def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str, Any]]) -> bool:
-    """The same statement as one DB-API `executemany`, values bound as the models bind them.
+    """The same statement as DB-API `executemany`s, values bound as the models bind them.
 
-    Per-row SQLAlchemy binding is most of an import's time otherwise. Returns False, having
-    written nothing, when a row lacks a column: SQLAlchemy then fills in the defaults. JSON
-    columns are encoded with `json.dumps`, as SQLAlchemy's `JSON` type does.
+    Per-row SQLAlchemy binding is most of an import's time otherwise. Rows whose rarer
+    columns are all empty go in through a statement naming only the common columns (its
+    conflict update still sets the others: to NULL). Returns False, having written nothing,
+    when a row lacks a column: SQLAlchemy then fills in the defaults. JSON columns are
+    encoded with `json.dumps`, as SQLAlchemy's `JSON` type does.
     """
     if not _SQLITE_UPSERT_SQL:
-        compiled = statement.compile(dialect=session.get_bind().dialect)
-        if tuple(compiled.positiontup) != MESSAGE_COLUMNS:
-            raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
-        _SQLITE_UPSERT_SQL["sql"] = str(compiled)
+        dialect = session.get_bind().dialect
+        for name, columns in (("all", MESSAGE_COLUMNS), ("common", _COMMON_COLUMNS)):
+            compiled = statement.compile(dialect=dialect, column_keys=list(columns))
+            if tuple(compiled.positiontup) != columns:
+                raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
+            _SQLITE_UPSERT_SQL[name] = str(compiled)
+    common: list[tuple[Any, ...]] = []
+    every: list[tuple[Any, ...]] = []
     try:
-        parameters = [
-            (
+        for row in batch:
+            values = (
                 row["chat_id"],
                 row["message_id"],
                 _sqlite_time(row["date"]),
@@ -90,19 +99,37 @@ def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str,
                 row["media_type"],
                 row["forwarded"],
                 None if row["edited_at"] is None else _sqlite_time(row["edited_at"]),
-                row["media_text"],
-                row["duration"],
-                row["sender_name"],
-                row["forwarded_from"],
-                row["via_bot"],
-                None if row["links"] is None else json.dumps(row["links"]),
-                None if row["reactions"] is None else json.dumps(row["reactions"]),
             )
-            for row in batch
-        ]
+            if (
+                row["media_text"] is None
+                and row["duration"] is None
+                and row["sender_name"] is None
+                and row["forwarded_from"] is None
+                and row["via_bot"] is None
+                and row["links"] is None
+                and row["reactions"] is None
+            ):
+                common.append(values)
+                continue
+            every.append(
+                (
+                    *values,
+                    row["media_text"],
+                    row["duration"],
+                    row["sender_name"],
+                    row["forwarded_from"],
+                    row["via_bot"],
+                    None if row["links"] is None else json.dumps(row["links"]),
+                    None if row["reactions"] is None else json.dumps(row["reactions"]),
+                )
+            )
     except KeyError:
         return False
-    session.connection().exec_driver_sql(_SQLITE_UPSERT_SQL["sql"], parameters)
+    connection = session.connection()
+    if common:
+        connection.exec_driver_sql(_SQLITE_UPSERT_SQL["common"], common)
+    if every:
+        connection.exec_driver_sql(_SQLITE_UPSERT_SQL["all"], every)
     return True
 
 
