@@ -13,15 +13,12 @@ import threading
 import unicodedata
 from collections.abc import Hashable
 
+from training.pii import ANY_KEYWORD_RE as _KEYWORD_RE
 from training.pii import Scrubber
 
 logger = logging.getLogger(__name__)
 
 _PLAIN_PUNCTUATION = frozenset(".,!?;'\"()-…—–«»¿¡“”‘’")
-# Words that may introduce a secret ("password", "pin", "code", ...), in the scrubber's languages.
-_KEYWORD_RE = re.compile(
-    r"pass|pwd|pin|otp|code|парол|пасс|пин|код|كلمة|کلمه|رمز|گذرواژه|پسورد|کد", re.IGNORECASE
-)
 
 
 def _plain_word(word: str) -> bool:

@@ -169,6 +169,25 @@ class Database:
         except OperationalError as error:
             raise DatabaseUnavailableError(database_error_line(error, self.where)) from error
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read-only session whose reads all see the database as of its first read.
+
+        What writers commit meanwhile (an import, a harvest) is neither seen nor blocked: on
+        SQLite a transaction begun before the first read (in WAL mode it reads one snapshot
+        until it ends), on PostgreSQL a REPEATABLE READ transaction. Rolled back at the end.
+        """
+        with self.sessions() as session:
+            if self.dialect == "sqlite":
+                # pysqlite begins a transaction only before a write; begin it for the reads.
+                session.connection().exec_driver_sql("BEGIN")
+            else:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            try:
+                yield session
+            finally:
+                session.rollback()
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name

@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.prompt import Turn
 
 IGNORE_INDEX = -100
 BATCH_TOKENS = 8192  # padded tokens per forward pass
@@ -91,3 +95,77 @@ def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
+
+
+@dataclass(frozen=True)
+class HeldOutExample:
+    """One held-out (validation) example: its context turns, the owner's reply, the prompt."""
+
+    key: str  # a digest of the session and its messages: one context
+    chat_id: int
+    context: list[Turn]
+    owner_reply: str
+    system: str | None
+
+
+def held_out_examples(
+    data_dir: Path, fingerprint: str, chat_id: int | None = None
+) -> list[HeldOutExample]:
+    """The validation split's examples (scrubbed, as trained), of one chat or of all."""
+    import json
+
+    from training.dataset import load_dataset_dir
+    from training.prompt import Turn
+
+    dataset, _ = load_dataset_dir(Path(data_dir), fingerprint)
+    validation = dataset.get("validation")
+    if validation is None or len(validation) == 0:
+        return []
+    if chat_id is not None:
+        rows = [i for i, chat in enumerate(validation["chat_id"]) if chat == chat_id]
+        validation = validation.select(rows)
+    examples = []
+    for row in validation:
+        messages = json.loads(row["messages"])
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            continue
+        context = [Turn(m["role"], m["content"]) for m in messages[:-1] if m["role"] != "system"]
+        examples.append(
+            HeldOutExample(
+                key=_context_key(row["session_key"], row["messages"]),
+                chat_id=int(row["chat_id"]),
+                context=context,
+                owner_reply=messages[-1]["content"],
+                system=row.get("system") or None,
+            )
+        )
+    return examples
+
+
+def _context_key(session_key: str, messages: str) -> str:
+    """The same context gets the same key across rebuilds: never shown twice to a person."""
+    import hashlib
+
+    return hashlib.sha256(f"{session_key}\n{messages}".encode()).hexdigest()[:40]
+
+
+def replies_to(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[HeldOutExample],
+    sampling: Any,
+    *,
+    batch_size: int = 8,
+) -> list[str]:
+    """The model's reply to each example's context, through the bot's generation loop."""
+    from training.generation import generate_batch, stop_token_ids
+    from training.prompt import render_prompt
+
+    stop_ids = stop_token_ids(model, tokenizer)
+    replies: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        prompts = [render_prompt(e.context, tokenizer, e.system) for e in batch]
+        generated = generate_batch(model, tokenizer, prompts, sampling, stop_ids=stop_ids)
+        replies.extend(reply.strip() for reply in generated)
+    return replies

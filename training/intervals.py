@@ -50,7 +50,6 @@ def ratio_interval(
     Examples are resampled whole: a long reply weighs by its tokens, as in the pooled mean.
     """
     import numpy as np
-    from scipy.stats import bootstrap
 
     top = np.asarray(numerators, dtype=float)
     bottom = np.asarray(denominators, dtype=float)
@@ -65,18 +64,8 @@ def ratio_interval(
     def ratio(a: Any, b: Any, axis: int = -1) -> Any:
         return a.sum(axis=axis) / b.sum(axis=axis)
 
-    result = bootstrap(
-        (top, bottom),
-        ratio,
-        paired=True,
-        vectorized=True,
-        n_resamples=RESAMPLES,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
-    return Interval(value, float(low), float(high), int(top.size))
+    low, high = _bootstrap((top, bottom), ratio, vectorized=True, resamples=RESAMPLES, seed=seed)
+    return Interval(value, low, high, int(top.size))
 
 
 def interval(
@@ -91,7 +80,6 @@ def interval(
     A custom `statistic` is called once per resample with the resampled values.
     """
     import numpy as np
-    from scipy.stats import bootstrap
 
     data = np.asarray(values, dtype=float)
     if data.size == 0:
@@ -101,9 +89,28 @@ def interval(
     value = float(statistic(data))
     if data.size == 1 or np.all(data == data[0]):
         return Interval(value, value, value, int(data.size))
+    low, high = _bootstrap(
+        (data,), statistic, vectorized=vectorized, resamples=resamples, seed=seed
+    )
+    return Interval(value, low, high, int(data.size))
+
+
+def _bootstrap(
+    samples: tuple[Any, ...],
+    statistic: Callable[..., Any],
+    *,
+    vectorized: bool,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """The 95% percentile interval of `statistic` over resamples (paired, when several)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
     result = bootstrap(
-        (data,),
+        samples,
         statistic,
+        paired=len(samples) > 1,
         vectorized=vectorized,
         n_resamples=resamples,
         confidence_level=CONFIDENCE,
@@ -111,4 +118,15 @@ def interval(
         rng=np.random.default_rng(seed),
     )
     low, high = result.confidence_interval
-    return Interval(value, float(low), float(high), int(data.size))
+    return float(low), float(high)
+
+
+def blind_test_text(took_twin: Sequence[bool]) -> str:
+    """The blind test's line: how often people took the twin for the owner, with its interval."""
+    found = interval([1.0 if took else 0.0 for took in took_twin])
+    if found is None:
+        return "blind test: nobody has taken it yet (/blindtest in the bot, `twin eval --blind`)"
+    return (
+        f"people took the twin for you: {found.value:.0%} of {found.count} picks "
+        f"(95% interval {found.low:.0%}–{found.high:.0%}; 50% means they could not tell)"
+    )

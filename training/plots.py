@@ -1,7 +1,7 @@
 """Every picture tgtwin draws, as matplotlib `Figure`s (no pyplot: no global state, no GUI).
 
-`twin runs show --plot`, the bot's `/status` and `twin dataset stats --plot` draw through here,
-and `save_png` / `png_bytes` turn a figure into a file or into bytes to send.
+`twin runs show --plot`, the bot's `/status`, `twin dataset stats --plot` and the eval report
+draw through here, and `save_png` / `png_bytes` turn a figure into a file or into bytes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -38,6 +38,30 @@ def loss_curve(history: Sequence[LossPoint], title: str = "") -> Figure | None:
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def token_histograms(stats: dict[str, Any]) -> Figure:
+    """Token lengths of context, reply and whole example in a build (`twin dataset stats`)."""
+    tokens = stats["tokens"]
+    names = ("context", "reply", "example")
+    figure = _figure(13, 4)
+    for index, name in enumerate(names, 1):
+        axis = figure.add_subplot(1, len(names), index)
+        histogram = tokens[name]
+        if histogram["count"]:
+            edges = [max(edge, 0.5) for edge in histogram["edges"]]
+            axis.stairs(histogram["counts"], edges, fill=True, alpha=0.7)
+            axis.set_xscale("log", base=2)
+            for percentile in ("p50", "p90", "p99"):
+                axis.axvline(max(histogram[percentile], 0.5), linestyle=":", linewidth=1)
+        axis.axvline(tokens["max_tokens"], color="red", linewidth=1, label="--max-tokens")
+        axis.set_title(f"{name} tokens (n={histogram['count']:,}, p90={histogram['p90']})")
+        axis.set_xlabel("tokens (log scale; dotted: p50, p90, p99)")
+        axis.set_ylabel("count")
+        axis.grid(alpha=0.3)
+        axis.legend()
     figure.tight_layout()
     return figure
 

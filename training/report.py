@@ -2,7 +2,8 @@
 
 The page holds everything inline (pictures as PNG data, no script, no outside file or font):
 the verdicts, every figure with its interval, the judge's scores, the loss curves, the
-blind-test results where people took one, and sample replies side by side. Rendered with
+dataset's token lengths, the blind-test results where people took one, and sample replies
+side by side. Rendered with
 jinja2 (autoescaped: the replies are chat text).
 """
 
@@ -13,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from training.plots import interval_bars, loss_curve, png_bytes
+from training.plots import interval_bars, loss_curve, png_bytes, token_histograms
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,6 +67,8 @@ twin is to the ceiling, the more it sounds like you.</p>
 you in {{ blind.text(percent=True) }} of their picks (50% means they could not tell).</p>{% endif %}
 {% if loss_png %}<h2>Training</h2>
 <img id="loss" alt="loss curves" src="data:image/png;base64,{{ loss_png }}">{% endif %}
+{% if tokens_png %}<h2>The dataset</h2>
+<img id="tokens" alt="token lengths" src="data:image/png;base64,{{ tokens_png }}">{% endif %}
 {% if report.per_contact %}<h2>By contact</h2>
 <table><tr><th>contact</th><th>held-out examples</th><th>base loss</th><th>twin loss</th></tr>
 {% for row in report.per_contact %}<tr><td>{{ row.contact }}</td><td>{{ row.examples }}</td>
@@ -92,9 +95,10 @@ def write_report(
     path: Path,
     *,
     history: Sequence[LossPoint] = (),
+    stats: dict[str, Any] | None = None,
     blind: Interval | None = None,
 ) -> Path:
-    """Write the HTML report of `report` (and the run's loss history) to `path`."""
+    """Write the HTML report of `report` (the run's loss history, its dataset's stats)."""
     import jinja2
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -110,6 +114,7 @@ def write_report(
         judge_png=_png(interval_bars(judge_rows)),
         blind=blind,
         loss_png=_png(loss_curve(history, "loss by step")),
+        tokens_png=_png(token_histograms(stats)) if stats and "tokens" in stats else None,
         samples=report.samples[:SAMPLES_SHOWN],
     )
     path = Path(path)

@@ -98,9 +98,25 @@ def save_snapshot(tokenizer: Any, folder: Path) -> bool:
         shutil.rmtree(building, ignore_errors=True)
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything in a tokenizer that changes the ids or the template.
+
+    The dataset build keys its cache with it (`training.dataset.keys.pipeline_hash`) and a
+    snapshot is checked against it, so both live here, below the dataset package.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    )
+    template = getattr(tokenizer, "chat_template", None)
+    extra = json.dumps([template, sorted(tokenizer.special_tokens_map.items())], default=str)
+    return hashlib.blake2b((body + extra).encode("utf-8"), digest_size=16).hexdigest()
+
+
 def behaviour(tokenizer: Any) -> dict[str, Any]:
     """What the dataset build uses of a tokenizer, on probe texts and conversations."""
-    from training.dataset import tokenizer_fingerprint
     from training.prompt import control_tokens, fallback_template_needed
 
     backend = tokenizer.backend_tokenizer
@@ -141,8 +157,6 @@ def _load(folder: Path) -> Any:
 
 def _load_snapshot(folder: Path) -> Any | None:
     """The snapshot in `folder`, or None if it is unreadable or no longer matches its check."""
-    from training.dataset import tokenizer_fingerprint
-
     try:
         check = json.loads((folder / _CHECK_FILE).read_text(encoding="utf-8"))
         tokenizer = _load(folder)

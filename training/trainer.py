@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from storage.runs import (
 from training.errors import TrainingError, problems_text
 from training.gate import GateDecision, judge_retrain
 from training.model import LoraOptions, ModelOptions, resolve_quant
+from training.options import option
 from training.run_folder import (
     CheckpointState,
     DatasetRecord,
@@ -71,12 +72,6 @@ class NothingNewError(TrainingError):
     """`--continue` found no session newer than what the active run saw: nothing to do."""
 
 
-def _option(default: Any, help: str, flag: str | None = None) -> Any:
-    """A field with its command-line help (and flag, where it is not `--field-name`)."""
-    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class TrainOptions:
     """Everything a training run needs besides the data; saved with the run to reproduce it.
@@ -85,55 +80,54 @@ class TrainOptions:
     is written only here.
     """
 
-    base_model: str | None = _option(
+    base_model: str | None = option(
         None, "Hub name or folder (default: the model the dataset was built for)."
     )
-    quant: str = _option("auto", "4bit (QLoRA), 8bit or none; auto: 4bit on a GPU.")
-    dtype: str = _option("auto", "bfloat16, float16 or float32; auto: by hardware.")
-    trust_remote_code: bool = _option(False, "Run the model repository's own code.")
-    target_modules: tuple[str, ...] | None = _option(
+    quant: str = option("auto", "4bit (QLoRA), 8bit or none; auto: 4bit on a GPU.")
+    dtype: str = option("auto", "bfloat16, float16 or float32; auto: by hardware.")
+    trust_remote_code: bool = option(False, "Run the model repository's own code.")
+    target_modules: tuple[str, ...] | None = option(
         None, "Layers to adapt, comma separated (default: by architecture)."
     )
-    attention: str = _option("auto", "sdpa, eager or flash_attention_2; auto: best.")
-    rank: int = _option(16, "LoRA rank.")
-    alpha: int = _option(32, "LoRA alpha (scaling).")
-    dropout: float = _option(0.05, "LoRA dropout.")
-    epochs: float = _option(2.0, "Passes over the data.")
-    max_steps: int | None = _option(None, "Stop after this many steps.")
-    learning_rate: float = _option(2e-4, "Peak learning rate.", "--lr")
-    warmup_ratio: float = _option(0.03, "Share of the steps that warm the learning rate up.")
-    weight_decay: float = _option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _option(1.0, "Clip gradients to this norm (0: no clipping).")
-    batch_tokens: int = _option(16384, "Trained-on tokens per optimizer step, all GPUs together.")
-    row_tokens: int | None = _option(
+    attention: str = option("auto", "sdpa, eager or flash_attention_2; auto: best.")
+    rank: int = option(16, "LoRA rank.")
+    alpha: int = option(32, "LoRA alpha (scaling).")
+    dropout: float = option(0.05, "LoRA dropout.")
+    epochs: float = option(2.0, "Passes over the data.")
+    max_steps: int | None = option(None, "Stop after this many steps.")
+    learning_rate: float = option(2e-4, "Peak learning rate.", "--lr")
+    warmup_ratio: float = option(0.03, "Share of the steps that warm the learning rate up.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Clip gradients to this norm (0: no clipping).")
+    batch_tokens: int = option(16384, "Trained-on tokens per optimizer step, all GPUs together.")
+    row_tokens: int | None = option(
         None, "Packed sequence length (default: 4096 with FlashAttention-2, 2048 GPU, 512 CPU)."
     )
-    eval_every: int = _option(50, "Validation loss every N steps (0: at the end).")
-    checkpoint_every: int = _option(100, "Checkpoint every N steps (0: never).")
-    activation_checkpointing: bool = _option(
+    eval_every: int = option(50, "Validation loss every N steps (0: at the end).")
+    checkpoint_every: int = option(100, "Checkpoint every N steps (0: never).")
+    activation_checkpointing: bool = option(
         True,
         "Recompute activations in the backward pass: less memory, a little slower.",
         "--activation-checkpointing/--no-activation-checkpointing",
     )
-    optimizer: str = _option("auto", "adamw or paged_adamw_8bit (GPU); auto: by device.")
-    continue_training: bool = _option(
+    optimizer: str = option("auto", "adamw or paged_adamw_8bit (GPU); auto: by device.")
+    continue_training: bool = option(
         False,
         "Continue the active run's adapter on sessions newer than it saw, plus replay.",
         "--continue",
     )
-    replay: float = _option(0.2, "With --continue: older examples mixed in, x new count.")
-    resume: bool = _option(False, "Finish the last killed run from its checkpoint.")
-    dataset: str | None = _option(None, "Dataset fingerprint (default: the newest).")
-    activate: bool = _option(
-        True, "Serve the new run once it succeeds.", "--activate/--no-activate"
-    )
-    gate_margin: float = _option(
+    replay: float = option(0.2, "With --continue: older examples mixed in, x new count.")
+    resume: bool = option(False, "Finish the last killed run from its checkpoint.")
+    dataset: str | None = option(None, "Dataset fingerprint (default: the newest).")
+    activate: bool = option(True, "Serve the new run once it succeeds.", "--activate/--no-activate")
+    gate_margin: float = option(
         0.0,
         "With --continue: how much worse (a share) the held-out loss may be than the serving "
         "run's before the new run is kept from serving (default: TWIN_GATE_MARGIN).",
+        setting="gate_margin",
     )
-    force: bool = _option(False, "With --continue: serve the new run even if it is worse.")
-    seed: int = _option(0, "Seed for data order and LoRA init.")
+    force: bool = option(False, "With --continue: serve the new run even if it is worse.")
+    seed: int = option(0, "Seed for data order and LoRA init.")
 
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid value as (field, message), so the CLI reports them all at once."""

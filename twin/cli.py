@@ -21,7 +21,8 @@ from storage import StorageError
 from storage.errors import database_error_line, os_error_line
 from storage.private import PRIVATE_UMASK
 from training.errors import TrainingError
-from twin.commands import config, dataset, db, demo, harvest, serve, train
+from twin.commands import config, dataset, db, demo, harvest, prefs, serve, train
+from twin.commands.flags import OptionsError
 from twin.context import AppContext
 from twin.demo import DemoError
 from twin.logging_setup import setup_logging
@@ -37,7 +38,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-for module in (config, db, harvest, dataset, train, serve, demo):
+for module in (config, db, harvest, dataset, train, prefs, serve, demo):
     module.register(app)
 
 #: Errors that mean "the user can fix this": printed as one line, traceback only with -v.
@@ -48,6 +49,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     SettingsError,
     BotError,
     DemoError,
+    OptionsError,
     FileNotFoundError,
     PermissionError,
 )

@@ -81,6 +81,8 @@ class DemoResult:
     val_loss_end: float | None = None
     base_loss: float | None = None
     tuned_loss: float | None = None
+    judged: dict[str, float] = field(default_factory=dict)  # "judged to be you", by whose
+    report_path: Path | None = None
     conversation: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -324,9 +326,35 @@ def _evaluate(
     )
     result.base_loss = report.base_loss
     result.tuned_loss = report.tuned_loss
+    result.judged = {who: figure.value for who, figure in report.judge.items()}
     from twin.commands.train import _eval_table
 
     reporter.table(_eval_table(report))
+    if {"tuned", "base", "owner"} <= set(report.judge):
+        judged = report.judge
+        reporter.done(
+            f"judged to be you: the twin {judged['tuned'].text(percent=True)}, the base model "
+            f"{judged['base'].text(percent=True)}; your own held-out replies "
+            f"{judged['owner'].text(percent=True)}"
+        )
+    for verdict in report.verdicts():
+        reporter.done(verdict)
+    result.report_path = _report(database, options, report)
+    reporter.done(f"report written to {result.report_path} (`twin eval --report`)")
+
+
+def _report(database: Database, options: DemoOptions, report: Any) -> Path:
+    from training.dataset import load_stats
+    from training.evaluate import record_report_file
+    from training.report import write_report
+    from training.run_folder import RunFolder
+
+    path = options.directory / "report.html"
+    history = RunFolder.of(options.directory, report.run_id).history()
+    stats = load_stats(options.directory, report.dataset_fingerprint)
+    write_report(report, path, history=history, stats=stats)
+    record_report_file(database, report.run_id, path.resolve())
+    return path
 
 
 def _chat(database: Database, options: DemoOptions, reporter: Reporter, result: DemoResult) -> None:

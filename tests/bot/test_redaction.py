@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.redaction import SafeScrubber, ScrubbedStream
-from training.pii import Scrubber
+from training.pii import SECRET_KEYWORDS, Scrubber
 
 CANARIES = [
     "+1 415 555 0132",
@@ -38,6 +39,15 @@ def test_a_phone_number_is_held_back_and_scrubbed() -> None:
     shown, text = stream("call me at +1 415 555 0132 tonight", list(range(0, 40, 2)))
     assert "".join(shown) == text == "call me at <PHONE_1> tonight"
     assert all("415" not in piece for piece in shown)
+
+
+@pytest.mark.parametrize("word", [keyword.example for keyword in SECRET_KEYWORDS])
+def test_the_stream_holds_back_from_every_secret_keyword_of_the_scrubbers_table(
+    word: str,
+) -> None:
+    for spelling in dict.fromkeys([word, word.capitalize(), word.upper()]):
+        scrubbed = ScrubbedStream(SafeScrubber(Scrubber()), scope=7)
+        assert scrubbed.feed(f"ok then {spelling} tomorrow ") == "ok then "
 
 
 @settings(max_examples=60, deadline=None)

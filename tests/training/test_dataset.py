@@ -177,15 +177,29 @@ def test_an_edited_message_is_read_again(
     store(sqlite_database, chats, messages)
     build(sqlite_database, options(tokenizer_path), tmp_path)
     owner = next(m for m in messages if m["from_owner"])
+    before = owner_turns(tmp_path)
+    [turn] = [turn for turn in before if owner["text"] in turn.split("\n")]
     edited = {**owner, "text": "an edited reply", "edited_at": owner["date"] + timedelta(minutes=1)}
     store(sqlite_database, [], [edited])
 
     rebuilt = build(sqlite_database, options(tokenizer_path), tmp_path)
 
+    lines = turn.split("\n")
+    edited_turn = "\n".join("an edited reply" if line == owner["text"] else line for line in lines)
     assert not rebuilt.skipped and rebuilt.stats["cache"]["sessions_rendered"] == 1
-    texts = [m["content"] for row in all_rows(tmp_path) for m in json.loads(row["messages"])]
-    assert any("an edited reply" in text for text in texts)
-    assert owner["text"] not in [text for text in texts if "an edited reply" in text]
+    assert owner_turns(tmp_path) == Counter(
+        {edited_turn if text == turn else text: count for text, count in before.items()}
+    )
+
+
+def owner_turns(data_dir: Path) -> Counter[str]:
+    """The owner turns of every example of the newest build, each as many times as it occurs."""
+    return Counter(
+        m["content"]
+        for row in all_rows(data_dir)
+        for m in json.loads(row["messages"])
+        if m["role"] == "assistant"
+    )
 
 
 def cache_index(data_dir: Path, fingerprint: str) -> dict[str, Any]:
@@ -204,9 +218,9 @@ def segment_sessions(data_dir: Path, fingerprint: str, segment: str) -> Any:
 def test_rebuilds_write_only_what_they_render_and_merge_segments_when_they_pile_up(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.dataset
+    import training.dataset.cache
 
-    monkeypatch.setattr(training.dataset, "CACHE_MAX_SEGMENTS", 3)
+    monkeypatch.setattr(training.dataset.cache, "CACHE_MAX_SEGMENTS", 3)
     chats, messages = generated_store(chats=3, sessions=4, seed=21)
     store(sqlite_database, chats, messages)
     opts = options(tokenizer_path)
@@ -362,13 +376,13 @@ def test_long_sessions_are_cut_into_windows_and_a_too_long_reply_is_counted(
 def test_a_build_in_worker_processes_equals_the_one_in_process(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.dataset
+    import training.dataset.workers
 
     chats, messages = generated_store(chats=5, sessions=6, seed=11)
     pairs = [("mail ana.r@example.org", "ok, ana.r@example.org"), ("or bob@example.com?", "no")]
     store(sqlite_database, [*chats, chat(1)], [*messages, *conversation(1, pairs, 0)])
-    monkeypatch.setattr(training.dataset, "POOL_MIN_MESSAGES", 0)
-    monkeypatch.setattr(training.dataset, "POOL_CHUNK_MESSAGES", 40)  # a few chats per task
+    monkeypatch.setattr(training.dataset.workers, "POOL_MIN_MESSAGES", 0)
+    monkeypatch.setattr(training.dataset.workers, "POOL_CHUNK_MESSAGES", 40)  # a few chats per task
     opts = options(tokenizer_path)
 
     pooled = build(sqlite_database, replace(opts, workers=2), tmp_path / "pooled")
@@ -529,3 +543,29 @@ def test_a_base_model_without_chat_template_builds_with_the_fallback_template(
         trained = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab >= 0]
         owner = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"]
         assert tokenizer.decode(trained) == "".join(f"{content}</s>" for content in owner)
+
+
+def test_a_build_reads_one_snapshot_while_an_import_writes(
+    database: Any, tokenizer_path: Path, tmp_path: Path
+) -> None:
+    chats, messages = generated_store(chats=2, sessions=3, seed=8)
+    store(database, chats, messages)
+    arrived = conversation(77, [("new friend here", "welcome, new friend")], 0)
+    later = max(m["date"] for m in messages) + timedelta(days=3)
+    also = [
+        message(chats[0]["id"], 9000, later, False, "are you building?"),
+        message(chats[0]["id"], 9001, later + timedelta(minutes=1), True, "a reply meanwhile"),
+    ]
+
+    def import_meanwhile(step: str, done: int, total: int | None) -> None:
+        if (step, done) == ("read", 0):  # after the chat list, before the messages
+            store(database, [chat(77, title="New friend")], [*arrived, *also])
+
+    during = build_dataset(database, options(tokenizer_path), tmp_path, import_meanwhile)
+    seen = trained_replies(tmp_path)
+    after = build(database, options(tokenizer_path), tmp_path)
+
+    assert "welcome, new friend" not in seen
+    assert "a reply meanwhile" not in seen
+    assert not after.skipped and after.fingerprint != during.fingerprint
+    assert {"welcome, new friend", "a reply meanwhile"} <= set(trained_replies(tmp_path))

@@ -91,16 +91,28 @@ def test_the_judge_takes_the_tuned_twin_for_the_owner_more_often_than_the_base(
 def test_the_html_report_renders_with_its_figures_in_a_real_browser(
     evaluated: dict[str, Any],
 ) -> None:
+    from training.dataset import load_stats
+    from training.intervals import interval
     from training.report import write_report
     from training.run_folder import RunFolder
 
     history = RunFolder(evaluated["run"].adapter_path).history()
-    page = write_report(evaluated["report"], evaluated["root"] / "report.html", history=history)
+    stats = load_stats(evaluated["root"] / "data")
+    blind = interval([1.0, 0.0, 0.0, 1.0, 0.0])
+    page = write_report(
+        evaluated["report"],
+        evaluated["root"] / "report.html",
+        history=history,
+        stats=stats,
+        blind=blind,
+    )
 
     dom, screenshot = render_in_chromium(page, evaluated["root"] / "browser")
 
     assert 'id="figures"' in dom and "judged to be you" in dom
-    assert dom.count('src="data:image/png;base64,') == 2  # the judge's bars, the loss curves
+    # the judge's bars, the loss curves, the token lengths
+    assert dom.count('src="data:image/png;base64,') == 3
+    assert "they took the twin for you in 40% (" in " ".join(dom.split())
     assert "Replies side by side" in dom and "<script" not in dom
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
     pixels = screenshot_pixels(screenshot)
@@ -155,3 +167,35 @@ def screenshot_pixels(path: Path) -> list[tuple[int, int, int]]:
 
     with Image.open(path) as image:
         return list(image.convert("RGB").getdata())
+
+
+def test_the_owner_takes_the_blind_test_in_the_terminal_and_never_sees_a_context_twice(
+    evaluated: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from storage import blind as blind_store
+    from storage import open_database
+    from twin.cli import main
+
+    root = evaluated["root"]
+    monkeypatch.setenv("TWIN_DATABASE_URL", f"sqlite:///{root / 'twin.db'}")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\nb\nq\n"))
+    arguments = ["--data-dir", str(root / "data"), "eval", "--blind", "--samples", "5"]
+
+    assert main(arguments) == 0
+
+    said = capsys.readouterr().out
+    assert said.count("Which one did you write?") == 3
+    assert "you found your own reply" in said and "of 2" in said
+    database = open_database(f"sqlite:///{root / 'twin.db'}")
+    with database.session() as session:
+        shown = blind_store.shown_keys(session, blind_store.OWNER_USER_ID)
+        mine = blind_store.picks(session, evaluated["run"].run_id, owner=True)
+        people = blind_store.picks(session, evaluated["run"].run_id)
+    database.close()
+    assert len(shown) == 2 and len(mine.took_twin) == 2 and people.took_twin == []
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\n" * 10))
+    assert main([*arguments[:-1], "20"]) == 0
+    assert capsys.readouterr().out.count("Which one did you write?") == 6  # 8 held out, 2 seen

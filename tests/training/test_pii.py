@@ -13,12 +13,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.pii import ALL_KINDS, PiiOptions, PiiPatternError, Scrubber, Span, load_extra
+from training.pii import (
+    ALL_KINDS,
+    SECRET_KEYWORDS,
+    PiiOptions,
+    PiiPatternError,
+    Scrubber,
+    Span,
+    load_extra,
+)
 
 SEED = 20240512
 PLANTED_PER_KIND = 60
@@ -469,6 +478,19 @@ def test_secret_after_a_keyword_is_redacted_and_the_keyword_kept() -> None:
     assert Scrubber().scrub(text) == (
         "пароль: <SECRET_1>, password is <SECRET_2>, كلمة السر: <SECRET_3>, رمز عبور: <SECRET_4>"
     )
+
+
+def spelled_every_way(word: str) -> list[str]:
+    return list(dict.fromkeys([word, word.capitalize(), word.upper()]))
+
+
+@pytest.mark.parametrize("keyword", SECRET_KEYWORDS, ids=lambda keyword: keyword.example)
+def test_every_keyword_of_the_table_introduces_a_secret_in_any_case(keyword: Any) -> None:
+    scrubber = Scrubber()
+    for word in spelled_every_way(keyword.example):
+        assert scrubber.scrub(f"{word}: Zx8kLm94", scope=word) == f"{word}: <SECRET_1>"
+        if keyword.strong:  # no digit, '@', ':' or '=': only the keyword passes the prefilter
+            assert scrubber.scrub(f"{word} QwErTyx", scope=word) == f"{word} <SECRET_2>"
 
 
 def test_url_with_credentials_or_token_is_redacted_whole_and_plain_url_kept() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.training.chat_data import save_tokenizer
-from training.dataset import _tokenizer_files
+from training.dataset.keys import tokenizer_files
 from training.tokenizer_snapshot import (
     SNAPSHOTS_DIR,
     behaviour,
@@ -78,7 +78,7 @@ def test_the_second_load_comes_from_a_snapshot_that_behaves_like_the_original(
     else:
         template = "mistral" if kind == "mistral-template" else None
         path = save_tokenizer(tmp_path / "model", chat_template=template)
-    files = _tokenizer_files(str(path))
+    files = tokenizer_files(str(path))
 
     first = load_dataset_tokenizer(str(path), files, tmp_path / "datasets")
     (snapshot,) = snapshots(tmp_path / "datasets")
@@ -92,13 +92,13 @@ def test_the_second_load_comes_from_a_snapshot_that_behaves_like_the_original(
 def test_a_fresh_process_loads_the_snapshot_without_importing_torch(tmp_path: Path) -> None:
     path = save_tokenizer(tmp_path / "model")
     root = tmp_path / "datasets"
-    load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from training.dataset import _tokenizer_files\n"
+        "from training.dataset.keys import tokenizer_files\n"
         "from training.tokenizer_snapshot import load_dataset_tokenizer\n"
-        f"tokenizer = load_dataset_tokenizer({str(path)!r}, _tokenizer_files({str(path)!r}), "
+        f"tokenizer = load_dataset_tokenizer({str(path)!r}, tokenizer_files({str(path)!r}), "
         f"Path({str(root)!r}))\n"
         "ids = tokenizer.backend_tokenizer.encode('hello').ids\n"
         "print(tokenizer.name_or_path, 'torch' in sys.modules, len(ids) > 0)\n"
@@ -116,15 +116,15 @@ def test_a_fresh_process_loads_the_snapshot_without_importing_torch(tmp_path: Pa
 def test_a_changed_chat_template_makes_a_new_snapshot(tmp_path: Path) -> None:
     path = save_tokenizer(tmp_path / "model")
     root = tmp_path / "datasets"
-    load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
     template_file = path / "chat_template.jinja"
     template_file.write_text("{{ bos_token }}" + template_file.read_text(), encoding="utf-8")
 
-    tokenizer = load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    tokenizer = load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
 
     assert len(snapshots(root)) == 2
     assert tokenizer.chat_template.startswith("{{ bos_token }}")
-    again = load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    again = load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
     assert Path(again.name_or_path).parent == root / SNAPSHOTS_DIR
     assert again.chat_template == tokenizer.chat_template
 
@@ -155,18 +155,18 @@ def test_a_tampered_snapshot_is_ignored_and_the_tokenizer_loaded_in_full(
 ) -> None:
     path = save_tokenizer(tmp_path / "model")
     root = tmp_path / "datasets"
-    original = load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    original = load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
     (snapshot,) = snapshots(root)
     tokenizer_json = snapshot / "tokenizer.json"
     body = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     body["added_tokens"][0]["content"] = "<tampered>"
     tokenizer_json.write_text(json.dumps(body), encoding="utf-8")
 
-    loaded = load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    loaded = load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
 
     assert Path(loaded.name_or_path) == path
     assert behaviour(loaded) == behaviour(original)
     assert "ignoring the tokenizer snapshot" in caplog.text
-    saved_again = load_dataset_tokenizer(str(path), _tokenizer_files(str(path)), root)
+    saved_again = load_dataset_tokenizer(str(path), tokenizer_files(str(path)), root)
     assert Path(saved_again.name_or_path) == snapshot
     assert behaviour(saved_again) == behaviour(original)

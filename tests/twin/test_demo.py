@@ -46,6 +46,12 @@ def test_the_quick_demo_runs_the_whole_pipeline_in_its_own_directory(
         assert f"you  {line}" in out
     assert out.count("twin  ") >= len(DemoOptions.quick(directory).script)
     assert f"twin --data-dir {directory} chat" in out
+    # The judge's line, the verdicts and the report.
+    flat = " ".join(out.split())
+    assert "judged to be you: the twin" in flat and "your own held-out replies" in flat
+    assert "loss on your tokens: the tuned run is" in flat
+    page = (directory / "report.html").read_text()
+    assert "Judged to be you" in page and metrics["eval"]["report"].endswith("report.html")
 
 
 def test_a_second_demo_starts_afresh(tmp_path: Path) -> None:

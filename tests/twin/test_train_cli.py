@@ -56,11 +56,18 @@ def test_train_then_list_show_plot_activate_and_eval(
     assert twin(tiny, "runs", "list") == 0
     assert "*2" in capsys.readouterr().out
 
-    assert twin(tiny, "eval", "1", "--samples", "2", "--max-new-tokens", "4") == 0
+    page = tmp_path / "report.html"
+    assert (
+        twin(tiny, "eval", "1", "--samples", "2", "--max-new-tokens", "4", "--report", str(page))
+        == 0
+    )
     evaluated = capsys.readouterr().out
     assert "loss on owner tokens" in evaluated and "style distance" in evaluated
+    assert "loss on your tokens: the tuned run is" in evaluated
+    assert "<h2>Figures (95% intervals)</h2>" in page.read_text()
     assert twin(tiny, "runs", "show", "1") == 0
-    assert "eval tuned_loss" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "eval tuned_loss" in shown and f"eval report │ {page.resolve()}" in shown
 
 
 def test_continue_with_nothing_new_says_so_with_its_own_exit_code(
@@ -114,7 +121,8 @@ def test_every_train_option_is_a_flag_with_the_options_own_default_and_help() ->
     for item in dataclasses.fields(TrainOptions):
         param = flags[flag_of(TrainOptions, item.name)]
         assert param.help == item.metadata["help"], item.name
-        expected = item.default
+        # A TWIN_* setting gives the default of a field that names one, at run time.
+        expected = None if item.metadata.get("setting") else item.default
         assert param.default == expected, item.name
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,32 +12,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from training.dataset import DatasetOptions
 from training.errors import TrainingError
 from twin.commands import LiveProgress
+from twin.commands.flags import with_options
 from twin.context import DataDirOption, app_context
-from twin.durations import format_duration, parse_duration
+from twin.durations import format_duration
 
 if TYPE_CHECKING:
-    from training.dataset import BuildResult, DatasetOptions
+    from training.dataset import BuildResult
 
 dataset_app = typer.Typer(
     help="Build and inspect the training dataset.\n\nExample: twin dataset build",
     no_args_is_help=True,
 )
 
-# DatasetOptions field -> the flag a user types, so every error names what to change.
-FLAGS = {
-    "base_model": "--base-model",
-    "session_gap": "--session-gap",
-    "max_tokens": "--max-tokens",
-    "validation_fraction": "--validation",
-    "dedup": "--dedup",
-    "dedup_threshold": "--dedup-threshold",
-    "short_reply_cap": "--short-reply-cap",
-    "max_examples_per_chat": "--max-examples-per-chat",
-    "pii_extra": "--pii-extra",
-    "workers": "--workers",
-}
 STEP_LABELS = {
     "read": "reading, scrubbing, sessionizing",
     "render": "rendering sessions (template, windows)",
@@ -48,93 +36,8 @@ STEP_LABELS = {
 
 
 @dataset_app.command("build")
-def build(
-    ctx: typer.Context,
-    base_model: Annotated[
-        str | None,
-        typer.Option(
-            "--base-model", help="Model whose tokenizer and template to use (TWIN_BASE_MODEL)."
-        ),
-    ] = None,
-    session_gap: Annotated[
-        str | None,
-        typer.Option(
-            "--session-gap",
-            help="Gap that starts a new conversation: 1d, 6h, 90m (TWIN_SESSION_GAP).",
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int, typer.Option("--max-tokens", help="Longest example in tokens; context is cut first.")
-    ] = 2048,
-    validation: Annotated[
-        float,
-        typer.Option("--validation", help="Share of examples held out: the most recent sessions."),
-    ] = 0.05,
-    dedup: Annotated[
-        str, typer.Option("--dedup", help="Near-duplicate removal: minhash, embedding or none.")
-    ] = "minhash",
-    dedup_threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--dedup-threshold",
-            help="Similarity that counts as a duplicate (default 0.8 Jaccard, 0.95 cosine).",
-        ),
-    ] = None,
-    embedding_model: Annotated[
-        str | None,
-        typer.Option(
-            "--embedding-model",
-            help="sentence-transformers model (hub name or folder) for --dedup embedding.",
-        ),
-    ] = None,
-    short_reply_cap: Annotated[
-        int,
-        typer.Option(
-            "--short-reply-cap", help="Keep each short reply ('ok', '👍') at most this often."
-        ),
-    ] = 50,
-    max_examples_per_chat: Annotated[
-        int | None,
-        typer.Option(
-            "--max-examples-per-chat", help="Keep at most this many (most recent) per chat."
-        ),
-    ] = None,
-    contact_names: Annotated[
-        bool,
-        typer.Option(
-            "--contact-names", help="Name the other person in the system prompt (chat title)."
-        ),
-    ] = False,
-    owner_name: Annotated[
-        str | None, typer.Option("--owner-name", help="Your name, for the system prompt.")
-    ] = None,
-    no_system_prompt: Annotated[
-        bool, typer.Option("--no-system-prompt", help="Render examples without a system prompt.")
-    ] = False,
-    pii_extra: Annotated[
-        Path | None,
-        typer.Option(
-            "--pii-extra",
-            help="Your own PII rules: lines 're:PATTERN' (regular expressions) or words to mask.",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            help="Processes of a big build (1: this one only; TWIN_DATASET_WORKERS; "
-            "default one per core).",
-        ),
-    ] = None,
-    no_cache: Annotated[
-        bool,
-        typer.Option(
-            "--no-cache",
-            help="Render every session anew, with the tokenizer loaded in full, reusing nothing.",
-        ),
-    ] = False,
-    data_dir: DataDirOption = None,
-) -> None:
+@with_options(DatasetOptions)
+def build(ctx: typer.Context, options: DatasetOptions, data_dir: DataDirOption = None) -> None:
     """Turn stored messages into a training dataset.
 
     Private chats are split into sessions, consecutive messages joined into turns, private
@@ -148,24 +51,6 @@ def build(
 
     context = app_context(ctx, data_dir)
     settings = context.settings
-    options = _options(
-        base_model=base_model or settings.base_model,
-        session_gap=session_gap,
-        default_gap=settings.session_gap,
-        max_tokens=max_tokens,
-        validation_fraction=validation,
-        dedup=dedup,
-        dedup_threshold=dedup_threshold,
-        **({"embedding_model": embedding_model} if embedding_model else {}),
-        short_reply_cap=short_reply_cap,
-        max_examples_per_chat=max_examples_per_chat,
-        contact_names=contact_names,
-        owner_name=owner_name,
-        system_prompt=not no_system_prompt,
-        pii_extra=pii_extra,
-        reuse_cache=not no_cache,
-        workers=workers if workers is not None else settings.dataset_workers,
-    )
     console = Console()
     with _BuildBar(console) as bar:
         result = build_dataset(context.database(), options, settings.data_dir, bar)
@@ -190,7 +75,8 @@ def stats(
 
     Example: twin dataset stats --plot tokens.png
     """
-    from training.dataset import load_stats, plot_token_histograms
+    from training.dataset import load_stats
+    from training.plots import save_png, token_histograms
 
     context = app_context(ctx, data_dir)
     built = load_stats(context.settings.data_dir, dataset)
@@ -198,7 +84,7 @@ def stats(
     console.print(steps_table(built))
     console.print(_tokens_table(built))
     if plot is not None:
-        plot_token_histograms(built, plot)
+        save_png(token_histograms(built), plot)
         console.print(f"token histograms written to {plot}")
 
 
@@ -249,24 +135,6 @@ def register(app: typer.Typer) -> None:
 
 
 # --- options -------------------------------------------------------------------------------
-
-
-def _options(*, session_gap: str | None, default_gap: timedelta, **values: Any) -> DatasetOptions:
-    """DatasetOptions from the flags; every bad value is reported at once, named by its flag."""
-    from training.dataset import DatasetOptions
-
-    problems = []
-    gap = default_gap
-    if session_gap is not None:
-        try:
-            gap = parse_duration(session_gap)
-        except ValueError as error:
-            problems.append(f"--session-gap: {error}")
-    options = DatasetOptions(session_gap=gap, **values)
-    problems += [f"{FLAGS.get(name, name)}: {message}" for name, message in options.problems()]
-    if problems:
-        raise TrainingError("; ".join(problems))
-    return options
 
 
 # --- printing ------------------------------------------------------------------------------

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,12 +24,14 @@ from training.evaluate import EvalOptions
 from training.intervals import Interval
 from training.trainer import TrainOptions
 from twin.commands import LiveProgress
-from twin.commands.flags import flag_problems, with_options
+from twin.commands.flags import with_options
 from twin.context import DataDirOption, app_context
 
 if TYPE_CHECKING:
     from training.evaluate import EvalReport
     from training.trainer import RunResult, TrainProgress
+
+BLIND_SAMPLES = 20  # `twin eval --blind` asks at most this many at a time
 
 runs_app = typer.Typer(
     help="Training runs: list them, show one, switch the active one.\n\nExample: twin runs",
@@ -52,15 +52,10 @@ def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = N
     Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
     from bot.retrain import GATED_EXIT, NOTHING_NEW_EXIT
-    from training.errors import TrainingError
     from training.trainer import NothingNewError
     from training.trainer import train as run_training
 
     context = app_context(ctx, data_dir)
-    if ctx.get_parameter_source("gate_margin") is ParameterSource.DEFAULT:
-        options = replace(options, gate_margin=context.settings.gate_margin)
-    if problems := options.problems():
-        raise TrainingError("; ".join(flag_problems(TrainOptions, problems)))
     console = Console()
     try:
         with _TrainingBar(console) as bar:
@@ -85,6 +80,12 @@ def evaluate(
         Path | None,
         typer.Option("--report", help="Also write a self-contained HTML report to this file."),
     ] = None,
+    blind: Annotated[
+        bool,
+        typer.Option(
+            "--blind", help="Take the blind test yourself: your reply or the twin's? (--samples)"
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Compare the base model and a tuned run on held-out conversations.
@@ -97,12 +98,14 @@ def evaluate(
 
     Example: twin eval 3 --samples 200 --report twin-report.html
     """
-    from training.errors import TrainingError
     from training.evaluate import evaluate as run_eval
 
-    if problems := options.problems():
-        raise TrainingError("; ".join(flag_problems(EvalOptions, problems)))
     context = app_context(ctx, data_dir)
+    if blind:
+        from twin.commands.blind import run_blind_test
+
+        run_blind_test(context, run, min(options.samples, BLIND_SAMPLES), options)
+        return
     console = Console()
     columns = (
         TextColumn("{task.description}"),
@@ -134,8 +137,11 @@ def evaluate(
 
 
 def _write_report(context: Any, report: EvalReport, path: Path) -> None:
+    from storage.blind import picks
     from storage.runs import get_run
+    from training.dataset import load_stats
     from training.evaluate import record_report_file
+    from training.intervals import interval
     from training.report import write_report
     from training.run_folder import loss_history
 
@@ -143,7 +149,11 @@ def _write_report(context: Any, report: EvalReport, path: Path) -> None:
     with database.session() as session:
         adapter = get_run(session, report.run_id).adapter_path
     history = loss_history(context.settings.data_dir, report.run_id, adapter)
-    write_report(report, path, history=history)
+    stats = load_stats(context.settings.data_dir, report.dataset_fingerprint)
+    with database.session() as session:
+        took_twin = picks(session, report.run_id).took_twin
+    blind = interval([1.0 if took else 0.0 for took in took_twin])
+    write_report(report, path, history=history, stats=stats, blind=blind)
     record_report_file(database, report.run_id, path.resolve())
 
 
@@ -180,7 +190,9 @@ def show(
 
     Example: twin runs show 3 --plot loss.png
     """
+    from storage.blind import picks
     from storage.runs import get_run
+    from training.intervals import blind_test_text
     from training.plots import loss_curve, save_png
     from training.run_folder import checkpoint_root, loss_history, mark_interrupted_runs
 
@@ -190,7 +202,7 @@ def show(
         mark_interrupted_runs(session, data)
         run = get_run(session, run_id)
         console = Console()
-        console.print(_run_table(run))
+        console.print(_run_table(run, blind_test_text(picks(session, run.id).took_twin)))
         adapter = run.adapter_path
     if plot is not None:
         title = f"run {run_id}: {Path(str(run.base_model)).name}"
@@ -287,6 +299,7 @@ def _result_table(result: RunResult) -> Table:
 
 
 def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
+    from storage.blind import picks
     from storage.runs import list_runs as stored_runs
     from training.run_folder import RunFigures, mark_interrupted_runs
 
@@ -297,6 +310,7 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
     table.add_column("steps", justify="right")
     table.add_column("val loss", justify="right")
     table.add_column("eval: base -> tuned", justify="right")
+    table.add_column("took the twin for you", justify="right")
     with context.database().session() as session:
         mark_interrupted_runs(session, context.settings.data_dir)
         for run in stored_runs(session):
@@ -316,11 +330,18 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
                 f"{_number(evaluation.get('base_loss'))} -> {_number(evaluation.get('tuned_loss'))}"
                 if evaluation
                 else "-",
+                _share(picks(session, run.id).took_twin),
             )
     Console().print(table if table.row_count else "no training runs yet: `twin train`")
 
 
-def _run_table(run: Any) -> Table:
+def _share(took_twin: list[bool]) -> str:
+    if not took_twin:
+        return "-"
+    return f"{sum(took_twin) / len(took_twin):.0%} of {len(took_twin)}"
+
+
+def _run_table(run: Any, blind: str) -> Table:
     table = Table(title=f"run {run.id}{' (active)' if run.active else ''}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -355,6 +376,8 @@ def _run_table(run: Any) -> Table:
             )
         if evaluation.get("report"):
             table.add_row("eval report", str(evaluation["report"]))
+    table.add_section()
+    table.add_row("blind test", blind)
     return table
 
 
