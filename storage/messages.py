@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Row, cast, delete, func, select
 from sqlalchemy.orm import Session
 
-from storage.chats import TRAINING_KINDS
+from storage.chats import PERSONAL_CHAT, TRAINING_KINDS
 from storage.models import Chat, Message
 
 MESSAGE_COLUMNS = (
@@ -209,9 +209,10 @@ _CHAT_ID_BATCH = 500
 class ChatDigest:
     """A training chat's summary; `signature` changes whenever its messages do.
 
-    The signature folds counts, id sums, text lengths per id, flags and the first, last and
-    last-edited dates, so an added, deleted or edited message changes it; the dataset builder
-    re-reads only chats whose signature changed.
+    The signature folds counts, id sums, text lengths per id (media texts, durations and
+    sender names too), flags and the first, last and last-edited dates, so an added, deleted
+    or edited message changes it; the dataset builder re-reads only chats whose signature
+    changed. `kind` tells a group (its contexts name their speakers) from a one-to-one chat.
     """
 
     chat_id: int
@@ -219,16 +220,22 @@ class ChatDigest:
     messages: int
     newest: datetime | None
     signature: str
+    kind: str = PERSONAL_CHAT
 
 
 def training_chat_digests(session: Session) -> list[ChatDigest]:
-    """Digests of every non-excluded private chat with messages, by chat id."""
+    """Digests of every non-excluded chat with messages (groups only when let in), by id."""
     totals = (
         select(
             Message.chat_id,
             func.count().label("messages"),
             func.sum(Message.message_id).label("ids"),
             func.sum(func.length(Message.text) * (Message.message_id % 997 + 1)).label("texts"),
+            func.sum(
+                func.length(func.coalesce(Message.media_text, ""))
+                + func.length(func.coalesce(Message.sender_name, ""))
+                + func.coalesce(Message.duration, 0)
+            ).label("seen"),
             func.sum(cast(Message.from_owner, Integer)).label("owner"),
             func.sum(cast(Message.forwarded, Integer)).label("forwarded"),
             func.sum(
@@ -242,18 +249,20 @@ def training_chat_digests(session: Session) -> list[ChatDigest]:
         .subquery()
     )
     query = (
-        select(Chat.title, totals)
+        select(Chat.title, Chat.kind.label("chat_kind"), totals)
         .join(totals, totals.c.chat_id == Chat.id)
         .where(*_TRAINING_CHATS)
         .order_by(Chat.id)
     )
     digests = []
     for row in session.execute(query):
-        values = (row.ids, row.texts, row.owner, row.forwarded, row.kinds)
+        values = (row.ids, row.texts, row.owner, row.forwarded, row.kinds, row.seen)
         dates = (row.oldest, row.newest, row.edited)
         signature = "|".join([str(value) for value in values] + [_iso(value) for value in dates])
         digests.append(
-            ChatDigest(row.chat_id, row.title or "", row.messages, row.newest, signature)
+            ChatDigest(
+                row.chat_id, row.title or "", row.messages, row.newest, signature, row.chat_kind
+            )
         )
     return digests
 
@@ -270,7 +279,7 @@ def training_message_rows(
     """Batches of plain rows of training chats, ordered by chat, then time.
 
     Each row is `(chat_id, message_id, unix_seconds, from_owner, text, kind, media_type,
-    forwarded)`; messages of one chat with the same time come in no particular order (sort by
+    forwarded, media_text, duration, sender_name)`; messages of one chat with the same time come in no particular order (sort by
     id if it matters: asking SQL to do it costs a full sort instead of an index walk). The time
     comes out of SQL as an integer and, on SQLite, rows come straight from the driver: reading
     a million messages takes a few seconds instead of `training_messages`' many.
@@ -284,6 +293,9 @@ def training_message_rows(
         Message.kind,
         Message.media_type,
         Message.forwarded,
+        Message.media_text,
+        Message.duration,
+        Message.sender_name,
     )
     base = (
         select(*columns)
