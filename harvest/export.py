@@ -232,8 +232,9 @@ class ExportReader:
     def _converted(
         self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
     ) -> Iterator[MessageRecord]:
-        """A group's messages as records; a broken one stops the read, naming its spot."""
-        convert = MessageConverter(chat.id, owner_id, self.times, group=True).record
+        """The chat's messages as records; a broken one stops the read, naming its spot."""
+        group = chat.kind in GROUP_KINDS
+        convert = MessageConverter(chat.id, owner_id, self.times, group=group).record
         for index, raw in enumerate(raws, 1):
             try:
                 record = convert(raw)
@@ -262,17 +263,9 @@ class ExportReader:
     def _chat(
         self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
     ) -> Iterator[Item]:
-        """A one-to-one chat: the import's hot loop, so the conversion is inlined here."""
-        convert = MessageConverter(chat.id, owner_id, self.times).record
-        kept = owner = skipped = 0
-        for index, raw in enumerate(raws, 1):
-            try:
-                record = convert(raw)
-            except FieldError as error:
-                raise self._broken(window, error, chat, where, index, raw) from None
-            if record is None:
-                skipped += 1
-                continue
+        """A one-to-one chat, its row just before its first message."""
+        kept = owner = 0
+        for record in self._converted(window, chat, owner_id, raws, where):
             if not kept:
                 yield chat  # the chat lands with its first message, never empty by accident
             kept += 1
@@ -280,7 +273,6 @@ class ExportReader:
             yield record
         if not kept:
             yield chat  # an empty chat of the export, read to its end
-        self.stats.skipped_messages += skipped
         self.stats.chats += 1
         self.stats.messages += kept
         if kept and not owner:

@@ -83,6 +83,18 @@ class MessageDetails:
     links: tuple[str, ...] = ()
     reactions: tuple[Reaction, ...] = ()
 
+    def to_row(self) -> dict[str, Any]:
+        """Its columns of the message row (JSON-ready lists, None when empty)."""
+        return {
+            "media_text": self.media_text,
+            "duration": self.duration,
+            "sender_name": self.sender_name,
+            "forwarded_from": self.forwarded_from,
+            "via_bot": self.via_bot,
+            "links": list(self.links) if self.links else None,
+            "reactions": [r.to_json() for r in self.reactions] if self.reactions else None,
+        }
+
     @classmethod
     def of(cls, **values: Any) -> MessageDetails | None:
         """The details with these values, or None when every one is empty."""
@@ -112,29 +124,7 @@ class MessageRecord:
 
     def to_row(self) -> dict[str, Any]:
         """The mapping `storage.messages.upsert_messages` takes."""
-        details = self.details
-        if details is None:
-            return {
-                "chat_id": self.chat_id,
-                "message_id": self.message_id,
-                "date": self.date,
-                "from_owner": self.from_owner,
-                "sender_id": self.sender_id,
-                "text": self.text,
-                "reply_to_id": self.reply_to_id,
-                "kind": self.kind,
-                "media_type": self.media_type,
-                "forwarded": self.forwarded,
-                "edited_at": self.edited_at,
-                "media_text": None,
-                "duration": None,
-                "sender_name": None,
-                "forwarded_from": None,
-                "via_bot": None,
-                "links": None,
-                "reactions": None,
-            }
-        return {
+        row = {
             "chat_id": self.chat_id,
             "message_id": self.message_id,
             "date": self.date,
@@ -146,11 +136,10 @@ class MessageRecord:
             "media_type": self.media_type,
             "forwarded": self.forwarded,
             "edited_at": self.edited_at,
-            "media_text": details.media_text,
-            "duration": details.duration,
-            "sender_name": details.sender_name,
-            "forwarded_from": details.forwarded_from,
-            "via_bot": details.via_bot,
-            "links": list(details.links) if details.links else None,
-            "reactions": [r.to_json() for r in details.reactions] if details.reactions else None,
         }
+        details = self.details
+        row.update(_NO_DETAILS if details is None else details.to_row())
+        return row
+
+
+_NO_DETAILS = MessageDetails().to_row()
