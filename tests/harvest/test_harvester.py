@@ -23,13 +23,13 @@ from harvest.importer import ImportOptions, import_export
 from harvest.telegram import message_record
 from storage import Chat, Cursor, Message
 from tests.harvest.exports import write_export
+from tests.harvest.fake_export import export_of
 from tests.harvest.fake_telegram import (
     OWNER_ID,
     FakeTelegram,
     add_group,
     animation,
     busy_account,
-    export_of,
     flood_wait,
     link_preview,
     photo,
