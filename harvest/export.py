@@ -12,34 +12,34 @@ import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import tzinfo
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from harvest.errors import ExportFormatError, HarvestError, OwnerUnknownError
+from harvest.export_message import FieldError, MessageConverter, legacy_chat_id, marked_chat_id
 from harvest.json_stream import JsonStream
-from harvest.records import MAX_MESSAGE_ID, MAX_PEER_ID, ChatRecord, MessageRecord
+from harvest.local_times import LocalTimes
+from harvest.records import (
+    GROUP_KINDS,
+    MAX_PEER_ID,
+    PERSONAL_CHAT,
+    ChatEnd,
+    ChatRecord,
+    MessageRecord,
+)
 from storage.errors import os_error_line
 
 EXPORT_FILE_NAME = "result.json"
-PERSONAL_CHAT = "personal_chat"
 #: Telegram's own account ("Telegram", login codes and notices): not a person.
 TELEGRAM_SERVICE_USER_ID = 777000
+#: A group's messages wait here until the owner's first one: a group the owner never wrote
+#: in is skipped without a write. A longer wait goes to the database, and away again.
+GROUP_WAIT_MESSAGES = 20_000
+_NO_MESSAGE = object()
 
-# Keys Telegram Desktop writes for each kind of media, in its order, and our name for the kind
-# (its `media_type` words where it has one; documents of no special kind are "file").
-_MEDIA_KEYS = (
-    ("photo", "photo"),
-    ("file", "file"),
-    ("contact_information", "contact"),
-    ("place_name", "venue"),
-    ("location_information", "location"),
-    ("game_title", "game"),
-    ("invoice_information", "invoice"),
-    ("poll", "poll"),
-)
-_MEDIA_KEY_SET = frozenset(key for key, _ in _MEDIA_KEYS)
-_SKIPPED_MESSAGE_TYPES = frozenset({"service", "unsupported"})
+Item = ChatRecord | MessageRecord | ChatEnd
 
 
 def export_file(path: Path) -> Path:
@@ -71,40 +71,57 @@ def export_file(path: Path) -> Path:
 
 @dataclass
 class ExportStats:
-    """What a read kept and skipped."""
+    """What a read kept and skipped, and chats without a message of the owner."""
 
     chats: int = 0
+    groups: int = 0
     messages: int = 0
     skipped_messages: int = 0
     skipped_chats: Counter[str] = field(default_factory=Counter)
+    chats_without_owner: list[ChatRecord] = field(default_factory=list)
 
 
 class ExportReader:
-    """Iterating yields each kept chat's `ChatRecord`, then its `MessageRecord`s, in file order.
+    """Iterating yields, for each kept chat in file order, its `ChatRecord` (just before its
+    first message), its `MessageRecord`s and a `ChatEnd`.
 
-    Kept are one-to-one chats with people (`personal_chat`); bots, groups, channels, saved
-    messages and chats the owner left are skipped and counted in `stats`. Service messages
-    (calls, pins, ...) are skipped too. The owner is the export's
-    `personal_information.user_id`, or `owner_id` where the export lacks it.
+    Kept are one-to-one chats with people (`personal_chat`) and, with `include_groups`, the
+    groups and supergroups the owner wrote in; bots, channels, saved messages and chats the
+    owner left are skipped and counted in `stats`. Service messages (calls, pins, ...) are
+    skipped too. The owner is the export's `personal_information.user_id`, or `owner_id`
+    where the export lacks it. `timezone` reads old exports' local times (`LocalTimes`).
     """
 
-    def __init__(self, path: Path, owner_id: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        owner_id: int | None = None,
+        *,
+        timezone: tzinfo | None = None,
+        timezone_name: str | None = None,
+        include_groups: bool = False,
+    ) -> None:
         self.path = path
         self.owner_id = owner_id
+        self.include_groups = include_groups
+        self.times = LocalTimes(zone=timezone, zone_name=timezone_name)
         self.stats = ExportStats()
         self.total_bytes = path.stat().st_size
         self._window: JsonStream | None = None
+        self._single_chat = False
+        #: Numeric `from_id`s seen: chat ids carry kind bits too (Desktop before April 2021).
+        self._legacy_ids = False
 
     @property
     def bytes_read(self) -> int:
         return self._window.bytes_read if self._window else 0
 
-    def __iter__(self) -> Iterator[ChatRecord | MessageRecord]:
+    def __iter__(self) -> Iterator[Item]:
         with self.path.open("rb") as file:
             self._window = JsonStream(self.path, file)
             yield from self._root(self._window)
 
-    def _root(self, window: JsonStream) -> Iterator[ChatRecord | MessageRecord]:
+    def _root(self, window: JsonStream) -> Iterator[Item]:
         first = window.peek()
         if first == "":
             raise self._not_an_export("the file is empty")
@@ -122,6 +139,7 @@ class ExportReader:
                 header[key] = window.value(f"`{key}`")
             elif key == "messages":  # a single chat's export: the chat object is the root
                 found = True
+                self._single_chat = True
                 yield from self._messages(window, header, "the chat", left=False)
             else:
                 window.skip(f"`{key}`")
@@ -144,7 +162,7 @@ class ExportReader:
             )
         self.owner_id = user_id
 
-    def _chat_list(self, window: JsonStream, section: str) -> Iterator[ChatRecord | MessageRecord]:
+    def _chat_list(self, window: JsonStream, section: str) -> Iterator[Item]:
         for key in window.members(f"`{section}`"):
             if key != "list":
                 window.skip(f"`{section}.{key}`")
@@ -163,38 +181,132 @@ class ExportReader:
 
     def _messages(
         self, window: JsonStream, header: dict[str, Any], where: str, *, left: bool
-    ) -> Iterator[ChatRecord | MessageRecord]:
+    ) -> Iterator[Item]:
         chat = self._chat_record(window, header, where)
-        if left or chat.kind != PERSONAL_CHAT or chat.id == TELEGRAM_SERVICE_USER_ID:
-            self.stats.skipped_chats[
-                "telegram" if chat.id == TELEGRAM_SERVICE_USER_ID else chat.kind
-            ] += 1
+        skipped = self._skipped_as(chat, left)
+        if skipped:
+            self.stats.skipped_chats[skipped] += 1
             window.skip(f"the messages of {where}")
             return
-        if not 0 < chat.id <= MAX_PEER_ID:
+        values = window.array_values(f"the messages of {where}")
+        first = next(values, _NO_MESSAGE)
+        chat = self._chat_id_fixed(chat, first)
+        if chat.kind == PERSONAL_CHAT and chat.id == TELEGRAM_SERVICE_USER_ID:
+            self.stats.skipped_chats["telegram"] += 1
+            for _ in values:  # an old export names Telegram's id only now
+                pass
+            return
+        if chat.kind == PERSONAL_CHAT and not 0 < chat.id <= MAX_PEER_ID:
             raise window.error(
                 f"{where}: its `id` is {chat.id}, outside Telegram's user ids (1 to {MAX_PEER_ID})"
             )
         owner_id = self._require_owner(chat)
-        self.stats.chats += 1
-        yield chat
-        convert = _MessageConverter(chat.id, owner_id).record
-        kept = 0
-        for index, raw in enumerate(window.array_values(f"the messages of {where}"), 1):
+        raws = values if first is _NO_MESSAGE else chain((first,), values)
+        if chat.kind in GROUP_KINDS:
+            yield from self._group(window, chat, owner_id, raws, where)
+        else:
+            yield from self._chat(window, chat, owner_id, raws, where)
+
+    def _skipped_as(self, chat: ChatRecord, left: bool) -> str | None:
+        """Why a chat is skipped (a word of the summary), or None when it is read."""
+        if left:
+            return "left_chat"
+        if chat.kind == PERSONAL_CHAT or (self.include_groups and chat.kind in GROUP_KINDS):
+            return None
+        return chat.kind
+
+    def _chat_id_fixed(self, chat: ChatRecord, first: Any) -> ChatRecord:
+        """The chat's id as Telethon names it: without an old export's kind bits, and marked
+        (-id, -100id) for a group."""
+        if first.__class__ is dict:
+            sender = first.get("from_id", first.get("actor_id"))
+            if sender is not None:
+                self._legacy_ids = sender.__class__ is int
+        bare = legacy_chat_id(chat.id) if self._legacy_ids else chat.id
+        if chat.kind in GROUP_KINDS:
+            return ChatRecord(
+                marked_chat_id(bare, chat.kind), chat.kind, chat.title, None, "export", False
+            )
+        return chat if bare == chat.id else ChatRecord(bare, chat.kind, chat.title, None, "export")
+
+    def _converted(
+        self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
+    ) -> Iterator[MessageRecord]:
+        """The chat's messages as records; a broken one stops the read, naming its spot."""
+        group = chat.kind in GROUP_KINDS
+        convert = MessageConverter(chat.id, owner_id, self.times, group=group).record
+        for index, raw in enumerate(raws, 1):
             try:
                 record = convert(raw)
-            except _FieldError as error:
-                raise window.error(
-                    f"{error} ({where} {chat.title!r} id {chat.id}, message #{index}"
-                    f"{_message_id_note(raw)})",
-                    window.value_start,
-                ) from None
+            except FieldError as error:
+                raise self._broken(window, error, chat, where, index, raw) from None
             if record is None:
                 self.stats.skipped_messages += 1
             else:
-                kept += 1
                 yield record
+
+    def _broken(
+        self,
+        window: JsonStream,
+        error: FieldError,
+        chat: ChatRecord,
+        where: str,
+        index: int,
+        raw: Any,
+    ) -> ExportFormatError:
+        return window.error(
+            f"{error} ({where} {chat.title!r} id {chat.id}, message #{index}"
+            f"{_message_id_note(raw)})",
+            window.value_start,
+        )
+
+    def _chat(
+        self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
+    ) -> Iterator[Item]:
+        """A one-to-one chat, its row just before its first message."""
+        kept = owner = 0
+        for record in self._converted(window, chat, owner_id, raws, where):
+            if not kept:
+                yield chat  # the chat lands with its first message, never empty by accident
+            kept += 1
+            owner += record.from_owner
+            yield record
+        if not kept:
+            yield chat  # an empty chat of the export, read to its end
+        self.stats.chats += 1
         self.stats.messages += kept
+        if kept and not owner:
+            self.stats.chats_without_owner.append(chat)
+        yield ChatEnd(chat, kept, owner)
+
+    def _group(
+        self, window: JsonStream, chat: ChatRecord, owner_id: int, raws: Iterator[Any], where: str
+    ) -> Iterator[Item]:
+        """A group's messages once the owner wrote there; a group the owner never wrote in is
+        skipped (and forgotten again when it had to go to the database meanwhile)."""
+        waiting: list[MessageRecord] | None = []
+        kept = owner = 0
+        for record in self._converted(window, chat, owner_id, raws, where):
+            kept += 1
+            owner += record.from_owner
+            if waiting is None:
+                yield record
+                continue
+            waiting.append(record)
+            if owner or len(waiting) > GROUP_WAIT_MESSAGES:
+                yield chat
+                yield from waiting
+                waiting = None
+        if waiting is not None:  # never yielded: nothing to forget
+            self.stats.skipped_chats["group_without_your_messages"] += 1
+            return
+        if not owner:
+            self.stats.skipped_chats["group_without_your_messages"] += 1
+            yield ChatEnd(chat, kept, 0)
+            return
+        self.stats.groups += 1
+        self.stats.messages += kept
+        yield ChatEnd(chat, kept, owner)
 
     def _chat_record(self, window: JsonStream, header: dict[str, Any], where: str) -> ChatRecord:
         chat_id, kind, name = header.get("id"), header.get("type"), header.get("name")
@@ -210,6 +322,13 @@ class ExportReader:
         return ChatRecord(id=chat_id, kind=kind, title=name or "", source="export")
 
     def _require_owner(self, chat: ChatRecord) -> int:
+        if self._single_chat and chat.kind == PERSONAL_CHAT and chat.id == self.owner_id:
+            raise OwnerUnknownError(
+                f"--owner-id {self.owner_id} is {chat.title or 'the other person'}, the person "
+                f"{self.path} is a chat with, not you: pass your own Telegram id (your messages "
+                'in the file carry "from_id": "user<YOUR_TELEGRAM_ID>"; @userinfobot also '
+                "tells you your id)"
+            )
         if self.owner_id is None:
             raise OwnerUnknownError(
                 f"{self.path} does not say whose account it is (a single-chat export has no "
@@ -228,162 +347,6 @@ class ExportReader:
         )
 
 
-class _FieldError(Exception):
-    """One field of a message has the wrong type or value."""
-
-
 def _message_id_note(raw: Any) -> str:
     message_id = raw.get("id") if isinstance(raw, dict) else None
     return f" id {message_id}" if type(message_id) is int else ""
-
-
-class _MessageConverter:
-    """Turns one chat's message objects into `MessageRecord`s; the hot loop of an import."""
-
-    def __init__(self, chat_id: int, owner_id: int) -> None:
-        self.chat_id = chat_id
-        self.owner_id = owner_id
-        self._owner_from_id = f"user{owner_id}"
-        self._senders: dict[str, int | None] = {}
-
-    def record(self, raw: Any) -> MessageRecord | None:
-        if raw.__class__ is not dict:
-            raise _FieldError(f"a message is {_short(raw)}, expected an object")
-        message_type = raw.get("type")
-        if message_type != "message":
-            if message_type in _SKIPPED_MESSAGE_TYPES:
-                return None
-            raise _FieldError(f"`type` is {_short(message_type)}, expected 'message' or 'service'")
-        message_id = raw.get("id")
-        if message_id.__class__ is not int:
-            raise _FieldError(f"`id` is {_short(message_id)}, expected a number")
-        if not 0 < message_id <= MAX_MESSAGE_ID:
-            raise _FieldError(_outside_message_ids("id", message_id))
-        unixtime = raw.get("date_unixtime")
-        if unixtime.__class__ is str and unixtime.isdigit():
-            try:
-                date = datetime.fromtimestamp(int(unixtime), UTC)
-            except (ValueError, OverflowError, OSError):  # '²' is a digit; year 5138 is too late
-                date = _unixtime(raw, "date_unixtime")  # type: ignore[assignment]
-        else:
-            date = _unixtime(raw, "date_unixtime") or _local_date(raw)
-        text = raw.get("text", "")
-        if text.__class__ is not str:
-            text = _flatten(text)
-        media_type = raw.get("media_type")
-        if media_type is None:
-            if not _MEDIA_KEY_SET.isdisjoint(raw):
-                media_type = next(name for key, name in _MEDIA_KEYS if key in raw)
-        elif media_type.__class__ is not str:
-            raise _FieldError(f"`media_type` is {_short(media_type)}, expected text")
-        if media_type is not None:
-            if media_type == "sticker":
-                text = _sticker_text(raw, text)
-            elif media_type == "location" and "live_location_period_seconds" in raw:
-                media_type = "live_location"
-        from_id = raw.get("from_id")
-        if from_id == self._owner_from_id:
-            from_owner, sender_id = True, self.owner_id
-        else:
-            from_owner = False
-            sender_id = self._senders.get(from_id) if from_id.__class__ is str else None
-            if sender_id is None:
-                sender_id = self._sender(from_id)
-        reply_to_id = raw.get("reply_to_message_id")
-        if reply_to_id is not None:
-            if reply_to_id.__class__ is not int:
-                raise _FieldError(
-                    f"`reply_to_message_id` is {_short(reply_to_id)}, expected a number"
-                )
-            if not 0 < reply_to_id <= MAX_MESSAGE_ID:
-                raise _FieldError(_outside_message_ids("reply_to_message_id", reply_to_id))
-        edited_at = _unixtime(raw, "edited_unixtime") if "edited_unixtime" in raw else None
-        return MessageRecord(
-            self.chat_id,
-            message_id,
-            date,
-            from_owner,
-            sender_id,
-            text,
-            reply_to_id,
-            "text" if media_type is None else "media",
-            media_type,
-            "forwarded_from" in raw,
-            edited_at,
-        )
-
-    def _sender(self, from_id: Any) -> int | None:
-        """Telethon's marked id for an export's `from_id`: user123 -> 123, channel123 -> -100123."""
-        if from_id is None:
-            return None
-        if from_id.__class__ is str:
-            for prefix, marked in (("user", "{}"), ("channel", "-100{}"), ("chat", "-{}")):
-                digits = from_id[len(prefix) :]
-                if from_id.startswith(prefix) and digits.isascii() and digits.isdigit():
-                    if not 0 < int(digits) <= MAX_PEER_ID:
-                        raise _FieldError(
-                            f"`from_id` is {_short(from_id)}, outside Telegram's ids "
-                            f"(1 to {MAX_PEER_ID} after '{prefix}')"
-                        )
-                    sender_id = int(marked.format(digits))
-                    self._senders[from_id] = sender_id
-                    return sender_id
-        raise _FieldError(f"`from_id` is {_short(from_id)}, expected e.g. 'user123'")
-
-
-def _outside_message_ids(key: str, value: int) -> str:
-    return f"`{key}` is {value}, outside Telegram's message ids (1 to {MAX_MESSAGE_ID})"
-
-
-def _unixtime(raw: dict[str, Any], key: str) -> datetime | None:
-    value = raw.get(key)
-    if value is None or value == "":
-        return None
-    try:
-        return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        raise _FieldError(
-            f"`{key}` is {_short(value)}, expected seconds since 1970 such as '1700000000'"
-        ) from None
-
-
-def _local_date(raw: dict[str, Any]) -> datetime:
-    """Exports older than `date_unixtime` only have `date`, in the exporting computer's zone."""
-    value = raw.get("date")
-    try:
-        return datetime.fromisoformat(value).astimezone(UTC)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise _FieldError(
-            f"neither `date_unixtime` nor `date` holds a time (`date` is {_short(value)})"
-        ) from None
-
-
-def _flatten(text: Any) -> str:
-    """The plain text a person saw: strings and entity objects' `text`, joined."""
-    if text.__class__ is not list:
-        raise _FieldError(f"`text` is {_short(text)}, expected text or a list of parts")
-    parts = []
-    for index, part in enumerate(text):
-        if part.__class__ is str:
-            parts.append(part)
-        elif part.__class__ is dict and part.get("text").__class__ is str:
-            parts.append(part["text"])
-        else:
-            raise _FieldError(
-                f"`text[{index}]` is {_short(part)}, expected text or an object with `text`"
-            )
-    return "".join(parts)
-
-
-def _sticker_text(raw: dict[str, Any], text: str) -> str:
-    emoji = raw.get("sticker_emoji")
-    if emoji is None:
-        return text
-    if emoji.__class__ is not str:
-        raise _FieldError(f"`sticker_emoji` is {_short(emoji)}, expected text")
-    return text or emoji
-
-
-def _short(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."

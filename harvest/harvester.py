@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from harvest.errors import HarvestError, NotLoggedInError, TelegramConnectionError
 from harvest.importer import check_same_owner
-from harvest.records import ChatRecord, MessageRecord
-from harvest.telegram import TelegramOptions, chat_record, is_person, message_record
+from harvest.records import PERSONAL_CHAT, ChatRecord, MessageRecord
+from harvest.telegram import TelegramOptions, chat_record, is_group, is_person, message_record
 from storage import Database
 from storage.chats import upsert_chats
 from storage.cursors import advance_cursor, cursors
@@ -58,6 +58,7 @@ class HarvestOptions:
     refresh_days: int | None = None  # re-read this many recent days: edits and deletions
     dry_run: bool = False
     takeout: bool = False
+    include_groups: bool = False  # also groups and supergroups the owner wrote in
     batch_size: int = 500
     max_attempts: int = 6  # per connection problem, with exponential backoff
     backoff_seconds: float = 1.0
@@ -91,6 +92,7 @@ class HarvestSummary:
     waited_seconds: float = 0.0
     retries: int = 0
     dry_run: bool = False
+    groups_skipped: int = 0  # with --include-groups: groups the owner never wrote in
 
     @property
     def new_messages(self) -> int:
@@ -209,13 +211,18 @@ class _HarvestRun:
         if owner is not None:
             check_same_owner(owner, me.id, "the Telegram session", self.database.where)
         dialogs = await self._retrying(self._list_dialogs, None)
-        selected = self._select([dialog for dialog in dialogs if is_person(dialog)])
+        groups = self.options.include_groups
+        selected = self._select([d for d in dialogs if is_person(d) or (groups and is_group(d))])
         self.reporter.dialogs_found(len(selected))
         with self.database.session() as session:
             stored = cursors(session)
             last_dates = last_message_dates(session) if self.refresh_start else {}
         for dialog in selected:
-            chat = chat_record(dialog)
+            # A group comes in with --include-groups, so it is let into training at once.
+            chat = chat_record(dialog, excluded=False if is_group(dialog) else None)
+            if chat.kind != PERSONAL_CHAT and not await self._owner_wrote_in(dialog, chat):
+                self.summary.groups_skipped += 1
+                continue
             result = await self._dialog(
                 dialog, chat, me.id, stored.get(chat.id, 0), last_dates.get(chat.id)
             )
@@ -239,9 +246,9 @@ class _HarvestRun:
         unknown = [w for w in self.options.chats if not any(matches(d, w) for d in dialogs)]
         if unknown:
             raise HarvestError(
-                f"--chat {', '.join(unknown)}: no private chat with a person has this id or "
-                "username (`twin chats` lists stored ones; ids are numbers, usernames start "
-                "with @)"
+                f"--chat {', '.join(unknown)}: no private chat with a person (nor, with "
+                "--include-groups, a group) has this id or username (`twin chats` lists "
+                "stored ones; ids are numbers, usernames start with @)"
             )
         if self.options.chats:
             dialogs = [d for d in dialogs if any(matches(d, w) for w in self.options.chats)]
@@ -278,6 +285,15 @@ class _HarvestRun:
                     session, chat.id, self.refresh_start, walk.seen_in_window
                 )
         return result
+
+    async def _owner_wrote_in(self, dialog: Any, chat: ChatRecord) -> bool:
+        """Whether the owner has a message in this group: one search request, not a walk."""
+
+        async def search() -> bool:
+            found = self.client.iter_messages(dialog.entity, limit=1, from_user="me")
+            return any([message async for message in found])
+
+        return await self._retrying(search, chat)
 
     def write(self, chat: ChatRecord, batch: list[MessageRecord], highest_id: int) -> None:
         """Commit a batch, its chat and the cursor in one transaction (nothing on a dry run)."""
@@ -373,7 +389,9 @@ class _DialogWalk:
 
     def _take(self, message: Any) -> None:
         options, result = self.harvest_run.options, self.result
-        record = message_record(message, self.chat.id, self.owner_id)
+        record = message_record(
+            message, self.chat.id, self.owner_id, group=self.chat.kind != PERSONAL_CHAT
+        )
         refresh_start, date = self.harvest_run.refresh_start, getattr(message, "date", None)
         if refresh_start is not None and date is not None and date >= refresh_start:
             self.seen_in_window.add(message.id)

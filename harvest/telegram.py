@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from harvest.errors import HarvestError, NotLoggedInError, TelegramConnectionError
-from harvest.records import ChatRecord, MessageRecord
+from harvest.records import ChatRecord
+from harvest.telethon_message import message_record
+
+__all__ = ["chat_record", "is_group", "is_person", "message_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,87 +163,30 @@ def is_person(dialog: Any) -> bool:
     )
 
 
-def chat_record(dialog: Any) -> ChatRecord:
-    """A dialog as a chat row; its id is the person's user id, as in an export."""
+def is_group(dialog: Any) -> bool:
+    """A basic group or a supergroup (Telethon's `is_group`), never a broadcast channel."""
+    return bool(dialog.is_group) and not getattr(dialog.entity, "broadcast", False)
+
+
+def chat_record(dialog: Any, *, excluded: bool | None = None) -> ChatRecord:
+    """A dialog as a chat row; its id is the person's user id (a group's marked id), and a
+    group's kind is the export's word for it, so an export and a harvest agree."""
+    entity = dialog.entity
+    username = getattr(entity, "username", None)
+    kind = PERSONAL_CHAT
+    if is_group(dialog):
+        if not getattr(entity, "megagroup", False):
+            kind = "private_group"
+        else:
+            kind = "public_supergroup" if username else "private_supergroup"
     return ChatRecord(
         id=dialog.id,
-        kind=PERSONAL_CHAT,
+        kind=kind,
         title=dialog.name or "",
-        username=getattr(dialog.entity, "username", None),
+        username=username,
         source="telethon",
+        excluded=excluded,
     )
-
-
-def message_record(message: Any, chat_id: int, owner_id: int) -> MessageRecord | None:
-    """A Telethon message as the export importer would store it; None for service messages.
-
-    Text is the raw `message.message` (not `.text`, which Telethon re-renders as markdown);
-    media kinds use the export's words, so an export and a harvest of one chat agree.
-    """
-    from telethon.tl import types
-
-    if not isinstance(message, types.Message):  # MessageService, MessageEmpty
-        return None
-    text = message.message or ""
-    media_type, sticker_emoji = _media_type(message.media, types)
-    if sticker_emoji and not text:
-        text = sticker_emoji
-    out = bool(message.out)
-    return MessageRecord(
-        chat_id=chat_id,
-        message_id=message.id,
-        date=message.date,
-        from_owner=out,
-        sender_id=owner_id if out else (message.sender_id or chat_id),
-        text=text,
-        reply_to_id=getattr(message.reply_to, "reply_to_msg_id", None),
-        kind="text" if media_type is None else "media",
-        media_type=media_type,
-        forwarded=message.fwd_from is not None,
-        edited_at=None if message.edit_hide else message.edit_date,
-    )
-
-
-def _media_type(media: Any, types: Any) -> tuple[str | None, str | None]:
-    """(media type in the export's words, a sticker's emoji)."""
-    if media is None or isinstance(media, types.MessageMediaWebPage):
-        return None, None  # a link preview: the message is still text
-    if isinstance(media, types.MessageMediaDocument):
-        return _document_type(media, types)
-    simple = {
-        types.MessageMediaPhoto: "photo",
-        types.MessageMediaContact: "contact",
-        types.MessageMediaGeoLive: "live_location",
-        types.MessageMediaVenue: "venue",
-        types.MessageMediaGeo: "location",
-        types.MessageMediaGame: "game",
-        types.MessageMediaInvoice: "invoice",
-        types.MessageMediaPoll: "poll",
-    }
-    name = simple.get(type(media))
-    return (name or type(media).__name__.removeprefix("MessageMedia").lower()), None
-
-
-def _document_type(media: Any, types: Any) -> tuple[str, str | None]:
-    """Telegram Desktop's order: sticker, round video, voice, animation, video, audio, file."""
-    attributes = getattr(media.document, "attributes", None) or []
-    found = {type(attribute): attribute for attribute in attributes}
-    sticker = found.get(types.DocumentAttributeSticker)
-    video = found.get(types.DocumentAttributeVideo)
-    audio = found.get(types.DocumentAttributeAudio)
-    if sticker is not None:
-        return "sticker", sticker.alt or None
-    if getattr(media, "round", False) or (video is not None and video.round_message):
-        return "video_message", None
-    if getattr(media, "voice", False) or (audio is not None and audio.voice):
-        return "voice_message", None
-    if types.DocumentAttributeAnimated in found:
-        return "animation", None
-    if video is not None:
-        return "video_file", None
-    if audio is not None:
-        return "audio_file", None
-    return "file", None
 
 
 def _private_file(path: Path) -> None:

@@ -7,14 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import Integer, cast, delete, func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError
-from storage.models import Chat, Message
+from storage.models import Chat, Cursor, Message
 from storage.upsert import on_conflict_insert
 
-CHAT_COLUMNS = ("id", "kind", "title", "username", "source")
+CHAT_COLUMNS = ("id", "kind", "title", "username", "source", "excluded")
+#: The chat kinds training reads (when not excluded); groups are stored excluded unless the
+#: writer says otherwise (`twin import --include-groups`, `twin chats include ID`).
+PERSONAL_CHAT = "personal_chat"
+GROUP_KINDS = ("private_group", "private_supergroup", "public_supergroup")
+TRAINING_KINDS = (PERSONAL_CHAT, *GROUP_KINDS)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,11 @@ class ChatSummary:
 
 
 def upsert_chats(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Insert chats or refresh their names; the owner's `excluded` choice is never touched."""
+    """Insert chats or refresh their names; the owner's `excluded` choice is never touched.
+
+    A new row takes `excluded` from the row when it says; otherwise a group starts excluded
+    and a one-to-one chat included.
+    """
     _upsert_chats(session, rows, "telethon", ("kind", "title", "username"))
 
 
@@ -55,6 +64,8 @@ def _upsert_chats(
         row["title"] = row["title"] or ""
         row["kind"] = row["kind"] or "personal_chat"
         row["source"] = row["source"] or default_source
+        if row["excluded"] is None:
+            row["excluded"] = row["kind"] in GROUP_KINDS
     if batch:
         statement = on_conflict_insert(session, Chat.__table__, ("id",), update=update)
         session.execute(statement, batch)
@@ -94,6 +105,13 @@ def chat_summaries(session: Session) -> list[ChatSummary]:
             )
         )
     return summaries
+
+
+def delete_chat(session: Session, chat_id: int) -> None:
+    """Forget a chat with its messages and cursor (a group the owner never wrote in)."""
+    for model in (Message, Cursor):
+        session.execute(delete(model).where(model.chat_id == chat_id))
+    session.execute(delete(Chat).where(Chat.id == chat_id))
 
 
 def set_excluded(session: Session, chat_id: int, excluded: bool) -> Chat:

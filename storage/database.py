@@ -77,7 +77,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # The newest migration's revision (tests/storage/test_migrations.py holds it to the
 # migrations): a database already at it opens without importing alembic, which would cost every
 # command half a second.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

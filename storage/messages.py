@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Row, cast, delete, func, select
 from sqlalchemy.orm import Session
 
+from storage.chats import PERSONAL_CHAT, TRAINING_KINDS
 from storage.models import Chat, Message
 
 MESSAGE_COLUMNS = (
@@ -25,9 +27,17 @@ MESSAGE_COLUMNS = (
     "media_type",
     "forwarded",
     "edited_at",
+    "media_text",
+    "duration",
+    "sender_name",
+    "forwarded_from",
+    "via_bot",
+    "links",
+    "reactions",
 )
 _MUTABLE = [name for name in MESSAGE_COLUMNS if name not in ("chat_id", "message_id")]
 UPSERT_BATCH = 5_000
+_TRAINING_CHATS = (Chat.excluded.is_(False), Chat.kind.in_(TRAINING_KINDS))
 
 
 def upsert_messages(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -52,22 +62,32 @@ def upsert_messages(session: Session, rows: Iterable[Mapping[str, Any]]) -> int:
 
 
 _SQLITE_UPSERT_SQL: dict[str, str] = {}
+#: The columns most messages have; the others (what media showed, names, reactions) are
+#: NULL for them, and SQLite binds 11 values faster than 18.
+_COMMON_COLUMNS = MESSAGE_COLUMNS[:11]
 
 
 def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str, Any]]) -> bool:
-    """The same statement as one DB-API `executemany`, values bound as the models bind them.
+    """The same statement as DB-API `executemany`s, values bound as the models bind them.
 
-    Per-row SQLAlchemy binding is most of an import's time otherwise. Returns False, having
-    written nothing, when a row lacks a column: SQLAlchemy then fills in the defaults.
+    Per-row SQLAlchemy binding is most of an import's time otherwise. Rows whose rarer
+    columns are all empty go in through a statement naming only the common columns (its
+    conflict update still sets the others: to NULL). Returns False, having written nothing,
+    when a row lacks a column: SQLAlchemy then fills in the defaults. JSON columns are
+    encoded with `json.dumps`, as SQLAlchemy's `JSON` type does.
     """
     if not _SQLITE_UPSERT_SQL:
-        compiled = statement.compile(dialect=session.get_bind().dialect)
-        if tuple(compiled.positiontup) != MESSAGE_COLUMNS:
-            raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
-        _SQLITE_UPSERT_SQL["sql"] = str(compiled)
+        dialect = session.get_bind().dialect
+        for name, columns in (("all", MESSAGE_COLUMNS), ("common", _COMMON_COLUMNS)):
+            compiled = statement.compile(dialect=dialect, column_keys=list(columns))
+            if tuple(compiled.positiontup) != columns:
+                raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
+            _SQLITE_UPSERT_SQL[name] = str(compiled)
+    common: list[tuple[Any, ...]] = []
+    every: list[tuple[Any, ...]] = []
     try:
-        parameters = [
-            (
+        for row in batch:
+            values = (
                 row["chat_id"],
                 row["message_id"],
                 _sqlite_time(row["date"]),
@@ -80,11 +100,36 @@ def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str,
                 row["forwarded"],
                 None if row["edited_at"] is None else _sqlite_time(row["edited_at"]),
             )
-            for row in batch
-        ]
+            if (
+                row["media_text"] is None
+                and row["duration"] is None
+                and row["sender_name"] is None
+                and row["forwarded_from"] is None
+                and row["via_bot"] is None
+                and row["links"] is None
+                and row["reactions"] is None
+            ):
+                common.append(values)
+                continue
+            every.append(
+                (
+                    *values,
+                    row["media_text"],
+                    row["duration"],
+                    row["sender_name"],
+                    row["forwarded_from"],
+                    row["via_bot"],
+                    None if row["links"] is None else json.dumps(row["links"]),
+                    None if row["reactions"] is None else json.dumps(row["reactions"]),
+                )
+            )
     except KeyError:
         return False
-    session.connection().exec_driver_sql(_SQLITE_UPSERT_SQL["sql"], parameters)
+    connection = session.connection()
+    if common:
+        connection.exec_driver_sql(_SQLITE_UPSERT_SQL["common"], common)
+    if every:
+        connection.exec_driver_sql(_SQLITE_UPSERT_SQL["all"], every)
     return True
 
 
@@ -121,11 +166,12 @@ def last_message_dates(session: Session) -> dict[int, datetime]:
 
 
 def training_messages(session: Session, batch_size: int = 10_000) -> Iterator[Row[Any]]:
-    """Every message of non-excluded private chats, ordered by chat, then time, then id."""
+    """Every message of non-excluded chats (one-to-one, and groups let in), ordered by chat,
+    then time, then id."""
     query = (
         select(*(Message.__table__.c[name] for name in MESSAGE_COLUMNS))
         .join(Chat, Chat.id == Message.chat_id)
-        .where(Chat.excluded.is_(False), Chat.kind == "personal_chat")
+        .where(*_TRAINING_CHATS)
         .order_by(Message.chat_id, Message.date, Message.message_id)
         .execution_options(yield_per=batch_size)
     )
@@ -156,7 +202,6 @@ def delete_messages_missing(
 
 # ---- the dataset builder's reads ----------------------------------------------------------
 
-_TRAINING_CHATS = (Chat.excluded.is_(False), Chat.kind == "personal_chat")
 _CHAT_ID_BATCH = 500
 
 
@@ -164,9 +209,10 @@ _CHAT_ID_BATCH = 500
 class ChatDigest:
     """A training chat's summary; `signature` changes whenever its messages do.
 
-    The signature folds counts, id sums, text lengths per id, flags and the first, last and
-    last-edited dates, so an added, deleted or edited message changes it; the dataset builder
-    re-reads only chats whose signature changed.
+    The signature folds counts, id sums, text lengths per id (media texts, durations and
+    sender names too), flags and the first, last and last-edited dates, so an added, deleted
+    or edited message changes it; the dataset builder re-reads only chats whose signature
+    changed. `kind` tells a group (its contexts name their speakers) from a one-to-one chat.
     """
 
     chat_id: int
@@ -174,16 +220,22 @@ class ChatDigest:
     messages: int
     newest: datetime | None
     signature: str
+    kind: str = PERSONAL_CHAT
 
 
 def training_chat_digests(session: Session) -> list[ChatDigest]:
-    """Digests of every non-excluded private chat with messages, by chat id."""
+    """Digests of every non-excluded chat with messages (groups only when let in), by id."""
     totals = (
         select(
             Message.chat_id,
             func.count().label("messages"),
             func.sum(Message.message_id).label("ids"),
             func.sum(func.length(Message.text) * (Message.message_id % 997 + 1)).label("texts"),
+            func.sum(
+                func.length(func.coalesce(Message.media_text, ""))
+                + func.length(func.coalesce(Message.sender_name, ""))
+                + func.coalesce(Message.duration, 0)
+            ).label("seen"),
             func.sum(cast(Message.from_owner, Integer)).label("owner"),
             func.sum(cast(Message.forwarded, Integer)).label("forwarded"),
             func.sum(
@@ -197,18 +249,20 @@ def training_chat_digests(session: Session) -> list[ChatDigest]:
         .subquery()
     )
     query = (
-        select(Chat.title, totals)
+        select(Chat.title, Chat.kind.label("chat_kind"), totals)
         .join(totals, totals.c.chat_id == Chat.id)
         .where(*_TRAINING_CHATS)
         .order_by(Chat.id)
     )
     digests = []
     for row in session.execute(query):
-        values = (row.ids, row.texts, row.owner, row.forwarded, row.kinds)
+        values = (row.ids, row.texts, row.owner, row.forwarded, row.kinds, row.seen)
         dates = (row.oldest, row.newest, row.edited)
         signature = "|".join([str(value) for value in values] + [_iso(value) for value in dates])
         digests.append(
-            ChatDigest(row.chat_id, row.title or "", row.messages, row.newest, signature)
+            ChatDigest(
+                row.chat_id, row.title or "", row.messages, row.newest, signature, row.chat_kind
+            )
         )
     return digests
 
@@ -225,7 +279,7 @@ def training_message_rows(
     """Batches of plain rows of training chats, ordered by chat, then time.
 
     Each row is `(chat_id, message_id, unix_seconds, from_owner, text, kind, media_type,
-    forwarded)`; messages of one chat with the same time come in no particular order (sort by
+    forwarded, media_text, duration, sender_name)`; messages of one chat with the same time come in no particular order (sort by
     id if it matters: asking SQL to do it costs a full sort instead of an index walk). The time
     comes out of SQL as an integer and, on SQLite, rows come straight from the driver: reading
     a million messages takes a few seconds instead of `training_messages`' many.
@@ -239,6 +293,9 @@ def training_message_rows(
         Message.kind,
         Message.media_type,
         Message.forwarded,
+        Message.media_text,
+        Message.duration,
+        Message.sender_name,
     )
     base = (
         select(*columns)

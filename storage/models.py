@@ -21,6 +21,7 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so migrations are the same on SQLite (batch mode) and PostgreSQL.
@@ -69,7 +70,8 @@ class Base(DeclarativeBase):
 
 
 class Chat(Base):
-    """A Telegram chat. Only private chats with people are harvested by default."""
+    """A Telegram chat. Only private chats with people are harvested by default; groups come in
+    with `--include-groups` and, stored any other way, start excluded from training."""
 
     __tablename__ = "chats"
 
@@ -101,6 +103,17 @@ class Message(Base):
     media_type: Mapped[str | None] = mapped_column(String(32))
     forwarded: Mapped[bool] = mapped_column(Boolean, default=False)
     edited_at: Mapped[datetime | None]
+    # What a person saw besides the sender's words (see `harvest.records.MessageRecord`).
+    media_text: Mapped[str | None] = mapped_column(Text)
+    duration: Mapped[int | None] = mapped_column(Integer)
+    sender_name: Mapped[str | None] = mapped_column(Text)
+    forwarded_from: Mapped[str | None] = mapped_column(Text)
+    via_bot: Mapped[str | None] = mapped_column(Text)
+    # JSONB on PostgreSQL: plain JSON has no equality there, which the upsert's "changed?" needs.
+    links: Mapped[list[str] | None] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON().with_variant(JSONB(), "postgresql")
+    )
 
     __table_args__ = (Index(None, "chat_id", "date"),)
 

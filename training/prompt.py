@@ -110,6 +110,44 @@ def sessionize(
         yield session
 
 
+#: How a media kind is named in a context marker ("[voice message 0:12]").
+_MEDIA_WORDS = {
+    "voice_message": "voice message",
+    "video_message": "video message",
+    "video_file": "video",
+    "audio_file": "audio",
+    "animation": "GIF",
+    "live_location": "live location",
+}
+#: Kinds whose own text ("📊 Pizza?", "👤 Ivan", "📍 Café Pushkin") is the whole marker.
+_SELF_DESCRIBED = frozenset({"poll", "contact", "location", "live_location", "venue"})
+
+
+def media_marker(
+    media_type: str | None, label: str | None = None, duration: int | None = None
+) -> str:
+    """How a media message appears in a context, never as anyone's words: "[photo]",
+    "[voice message 0:12]", "[sticker 😅]", "[file report.pdf]"; a poll, a contact or a
+    place as its own text ("📍 Café Pushkin")."""
+    if label and media_type in _SELF_DESCRIBED:
+        return label
+    parts = [_MEDIA_WORDS.get(media_type or "", media_type or "media")]
+    if label:
+        parts.append(label)
+    if duration:
+        minutes, seconds = divmod(duration, 60)
+        hours, minutes = divmod(minutes, 60)
+        parts.append(
+            f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+        )
+    return f"[{' '.join(parts)}]"
+
+
+def speaker_line(name: str | None, text: str) -> str:
+    """A group message of someone else as a context shows it: "Masha: text"."""
+    return f"{name or 'Someone'}: {text}"
+
+
 def system_prompt(owner_name: str | None, contact_name: str | None) -> str | None:
     """The system text naming the owner and, optionally, who they are talking to."""
     owner = (owner_name or "").strip()

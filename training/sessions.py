@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 # One cut for training and the bot's memory: the dataset builder imports it from here.
-from training.prompt import sessionize  # noqa: F401
+from training.prompt import media_marker, sessionize, speaker_line  # noqa: F401
 
 Role = Literal["user", "assistant"]
 
@@ -29,6 +29,11 @@ class StoredMessage:
     kind: str = "text"
     media_type: str | None = None
     forwarded: bool = False
+    #: What a media showed (a poll, a contact, a place, a file's name) and its seconds.
+    media_text: str | None = None
+    duration: int | None = None
+    #: Who wrote it, in a group.
+    sender_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,36 +68,40 @@ class Turn:
     messages: int
 
 
-def media_marker(media_type: str | None) -> str:
-    """How a captionless media message appears in the context: `[photo]`, `[voice]`, ..."""
-    return f"[{media_type or 'media'}]"
-
-
 def select_message(
-    message: StoredMessage, scrub: Callable[[str], str] | None = None
+    message: StoredMessage, scrub: Callable[[str], str] | None = None, *, group: bool = False
 ) -> SelectedMessage | None:
     """The message as training text, or None for service messages and empty text.
 
     `scrub` redacts the message's own text before anything is added to it. Forwards are
-    marked `[forwarded]` and captionless media become `[photo]`-style markers: both stay as
-    context and never count as the owner's words.
+    marked `[forwarded]`, media without a caption and stickers become markers ("[photo]",
+    "[voice message 0:12]", "[sticker 😅]", a poll or a place as its text): all stay as
+    context and never count as the owner's words. In a `group`, the others' messages carry
+    their sender's name ("Masha: ...").
     """
     if message.kind == "service":
         return None
     text = message.text.strip()
     if text and scrub is not None:
         text = scrub(text)
-    if not text:
-        if message.kind != "media":
+    media = message.kind == "media"
+    if media and message.media_type == "sticker":  # its text is the sticker's emoji
+        text, owner_words = media_marker("sticker", text or None), False
+    elif not text:
+        if not media:
             return None
-        text = media_marker(message.media_type)
-        owner_words = False
+        label = message.media_text
+        if label and scrub is not None:
+            label = scrub(label)
+        text, owner_words = media_marker(message.media_type, label, message.duration), False
     else:
         owner_words = message.from_owner and not message.forwarded
-        if message.kind == "media" and not message.from_owner:
-            text = f"{media_marker(message.media_type)} {text}"
+        if media and not message.from_owner:
+            text = f"{media_marker(message.media_type, None, message.duration)} {text}"
     if message.forwarded:
         text = f"[forwarded] {text}"
+    if group and not message.from_owner:
+        text = speaker_line(message.sender_name, text)
     return SelectedMessage(
         message.message_id, message.timestamp, message.from_owner, text, owner_words
     )

@@ -225,3 +225,113 @@ def _entities(text: Any) -> list[dict[str, Any]]:
     if isinstance(text, str):
         return [{"type": "plain", "text": text}] if text else []
     return [part if isinstance(part, dict) else {"type": "plain", "text": part} for part in text]
+
+
+# ---- every generation of the format ------------------------------------------------------
+#
+# Telegram Desktop's JSON has changed shape over the years (`export_output_json.cpp`):
+# - "2019" (before 2.1.9, June 2020): ids are numbers ("from_id": 2000001), chat ids carry
+#   the kind in bit 32 (2^32 + user id), times are local without a zone, and every message has
+#   `edited`: the epoch in local time ("1970-01-01T05:00:00" at UTC+5) when never edited;
+# - "2020" (2.4 to 2.7, late 2020 to April 2021): `from_id` also carries the kind bits and
+#   `edited` is written only for edited messages;
+# - "2021" (April 2021 to June 2022): string ids ("user2000001"), plain chat ids, still no
+#   `date_unixtime`;
+# - "2022": `date_unixtime` and `edited_unixtime` beside the local times;
+# - "2025": besides, `file_name`, and `stories` and `profile_music` at the top level.
+GENERATIONS = ("2019", "2020", "2021", "2022", "2025")
+#: The zone of the computer that wrote the generated old exports (UTC+5 all year).
+EXPORT_ZONE = "Asia/Yekaterinburg"
+EXPORT_OFFSET = timedelta(hours=5)
+_LEGACY_USER = 1 << 32
+_LEGACY_CHAT = 2 << 32
+
+
+def _conversation() -> list[dict[str, Any]]:
+    """One chat with Alice, as plain facts every generation writes in its own shape."""
+    edited_at = START + timedelta(hours=1)
+    return [
+        {"id": 1, "sender": ALICE, "text": "Привет! 🙂"},
+        {"id": 2, "sender": OWNER, "text": "опечатка исправлена", "edited": edited_at},
+        {"id": 3, "sender": ALICE, "service": "phone_call"},
+        {"id": 4, "sender": ALICE, "text": "фото с моря", "keys": {"photo": "photos/p.jpg"}},
+        {"id": 5, "sender": OWNER, "text": "красиво", "keys": {"reply_to_message_id": 4}},
+        {
+            "id": 6,
+            "sender": ALICE,
+            "text": "",
+            "keys": {
+                "file": "voice_messages/audio_1.ogg",
+                "media_type": "voice_message",
+                "mime_type": "audio/ogg",
+                "duration_seconds": 12,
+            },
+        },
+        {"id": 7, "sender": OWNER, "text": "смотри", "keys": {"forwarded_from": "Demo Channel"}},
+        {
+            "id": 8,
+            "sender": ALICE,
+            "text": "",
+            "keys": {"file": "files/report.pdf", "mime_type": "application/pdf"},
+            "file_name": "report.pdf",
+        },
+    ]
+
+
+def generation_message(fact: dict[str, Any], generation: str) -> dict[str, Any]:
+    """One message as Telegram Desktop of `generation` writes it."""
+    when = START + timedelta(minutes=fact["id"])
+    local = (when + EXPORT_OFFSET).replace(tzinfo=None).isoformat()
+    item: dict[str, Any] = {
+        "id": fact["id"],
+        "type": "service" if "service" in fact else "message",
+        "date": local,
+    }
+    if generation >= "2022":
+        item["date_unixtime"] = str(int(when.timestamp()))
+    edited = fact.get("edited")
+    if edited is not None:
+        item["edited"] = (edited + EXPORT_OFFSET).replace(tzinfo=None).isoformat()
+        if generation >= "2022":
+            item["edited_unixtime"] = str(int(edited.timestamp()))
+    elif generation == "2019":
+        item["edited"] = (datetime(1970, 1, 1) + EXPORT_OFFSET).isoformat()  # noqa: DTZ001
+    user_id = fact["sender"][0]
+    sender_id: Any = {
+        "2019": user_id,
+        "2020": _LEGACY_USER | user_id,
+    }.get(generation, f"user{user_id}")
+    label = "actor" if "service" in fact else "from"
+    item[label] = fact["sender"][1]
+    item[f"{label}_id"] = sender_id
+    if "service" in fact:
+        item.update(action=fact["service"], discard_reason="missed", text="")
+        return item
+    item.update(fact.get("keys", {}))
+    if "file_name" in fact and generation >= "2025":
+        item["file_name"] = fact["file_name"]
+    item["text"] = fact["text"]
+    if generation >= "2022":  # `text_entities` came in September 2022
+        item["text_entities"] = _entities(fact["text"])
+    return item
+
+
+def generation_export(generation: str, *, single_chat: bool = False) -> dict[str, Any]:
+    """The same chat with Alice as Telegram Desktop of `generation` exports it."""
+    chat_id = ALICE[0] if generation >= "2021" else _LEGACY_USER | ALICE[0]
+    messages = [generation_message(fact, generation) for fact in _conversation()]
+    one = {"name": ALICE[1], "type": "personal_chat", "id": chat_id, "messages": messages}
+    if single_chat:
+        return one
+    export = full_export([one])
+    if generation >= "2025":
+        export["stories"] = [
+            {"date": "2025-01-01T10:00:00", "date_unixtime": "1735725600", "media": "(x)"}
+        ]
+        export["profile_music"] = []
+    return export
+
+
+def legacy_group_id(bare: int) -> int:
+    """A group's chat `id` in exports before April 2021 (the kind in bit 33)."""
+    return _LEGACY_CHAT | bare

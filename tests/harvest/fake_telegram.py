@@ -64,6 +64,70 @@ def photo() -> types.MessageMediaPhoto:
     )
 
 
+def song() -> types.MessageMediaDocument:
+    attributes = [
+        types.DocumentAttributeAudio(duration=184, title="Gruppa krovi", performer="Kino"),
+        types.DocumentAttributeFilename(file_name="kino.mp3"),
+    ]
+    return _document(attributes, "audio/mpeg")
+
+
+def poll(question: str = "Pizza?", answers: tuple[str, ...] = ("Yes", "No")) -> Any:
+    return types.MessageMediaPoll(
+        poll=types.Poll(
+            id=1,
+            question=types.TextWithEntities(text=question, entities=[]),
+            answers=[
+                types.PollAnswer(
+                    text=types.TextWithEntities(text=answer, entities=[]), option=bytes([n])
+                )
+                for n, answer in enumerate(answers)
+            ],
+            hash=0,
+        ),
+        results=types.PollResults(),
+    )
+
+
+def contact(first: str = "Ivan", last: str = "Petrov") -> types.MessageMediaContact:
+    return types.MessageMediaContact(
+        phone_number="+70000000000", first_name=first, last_name=last, vcard="", user_id=0
+    )
+
+
+def geo(lat: float = 55.751244, long: float = 37.618423) -> types.MessageMediaGeo:
+    return types.MessageMediaGeo(geo=types.GeoPoint(long=long, lat=lat, access_hash=1))
+
+
+def venue(title: str = "Café Pushkin") -> types.MessageMediaVenue:
+    return types.MessageMediaVenue(
+        geo=types.GeoPoint(long=37.6, lat=55.7, access_hash=1),
+        title=title,
+        address="Tverskoy 26",
+        provider="foursquare",
+        venue_id="1",
+        venue_type="",
+    )
+
+
+def reactions(*counts: tuple[str, int], recent: tuple[tuple[str, int], ...] = ()) -> Any:
+    """`MessageReactions`: (emoji, count) results, and (emoji, user id) recent reactors."""
+    return types.MessageReactions(
+        results=[
+            types.ReactionCount(reaction=types.ReactionEmoji(emoticon=emoji), count=count)
+            for emoji, count in counts
+        ],
+        recent_reactions=[
+            types.MessagePeerReaction(
+                peer_id=types.PeerUser(user_id),
+                date=START,
+                reaction=types.ReactionEmoji(emoticon=emoji),
+            )
+            for emoji, user_id in recent
+        ],
+    )
+
+
 def link_preview() -> types.MessageMediaWebPage:
     return types.MessageMediaWebPage(webpage=types.WebPageEmpty(id=1))
 
@@ -95,6 +159,7 @@ class FakeTelegram:
         self.history_requests: Counter[int] = Counter()
         self.history_calls: list[dict[str, Any]] = []
         self.history_calls_via: Counter[str] = Counter()  # "client" or "takeout"
+        self.searches: Counter[int] = Counter()  # "did the owner write here?", per chat
         self.dialog_requests = 0
         self.takeouts = 0
         # What goes wrong: failures by the number of the history request (1-based), raised
@@ -132,14 +197,19 @@ class FakeTelegram:
         self.histories.setdefault(utils.get_peer_id(group), [])
         return group
 
-    def add_channel(self, channel_id: int, title: str) -> types.Channel:
+    def add_channel(
+        self, channel_id: int, title: str, *, megagroup: bool = False, username: str | None = None
+    ) -> types.Channel:
+        """A broadcast channel, or with `megagroup` a supergroup."""
         channel = types.Channel(
             id=channel_id,
             title=title,
             photo=types.ChatPhotoEmpty(),
             date=START,
             access_hash=3,
-            broadcast=True,
+            broadcast=not megagroup,
+            megagroup=megagroup,
+            username=username,
         )
         self.entities[utils.get_peer_id(channel)] = channel
         self.histories.setdefault(utils.get_peer_id(channel), [])
@@ -152,14 +222,21 @@ class FakeTelegram:
         *,
         out: bool = False,
         media: Any = None,
-        forwarded: bool = False,
+        forwarded: bool | str = False,
         reply_to: int | None = None,
         when: datetime | None = None,
+        sender: int | None = None,
+        entities: list[Any] | None = None,
+        via_bot: int | None = None,
+        reactions: Any = None,
+        reply_to_peer: Any = None,
     ) -> types.Message:
-        """A new message in the chat with `peer_id`, from the owner when `out`."""
+        """A new message in the chat with `peer_id`, from the owner when `out`, in a group
+        from `sender`; `forwarded` may name whom it is from."""
         self._last_id += 1
         self.clock = when or self.clock + timedelta(minutes=3)
         peer = utils.get_peer(self.entities[peer_id])
+        from_name = forwarded if isinstance(forwarded, str) else "Someone"
         message = types.Message(
             id=self._last_id,
             peer_id=peer,
@@ -168,11 +245,21 @@ class FakeTelegram:
             out=out,
             # Outgoing messages name their sender; incoming private ones no longer do
             # (layer 119+), Telethon then takes the chat as the sender.
-            from_id=types.PeerUser(self.me.id) if out else None,
-            fwd_from=types.MessageFwdHeader(date=START, from_name="Someone") if forwarded else None,
-            reply_to=types.MessageReplyHeader(reply_to_msg_id=reply_to) if reply_to else None,
+            from_id=types.PeerUser(self.me.id) if out else _peer_user(sender),
+            fwd_from=types.MessageFwdHeader(date=START, from_name=from_name) if forwarded else None,
+            reply_to=(
+                types.MessageReplyHeader(reply_to_msg_id=reply_to, reply_to_peer_id=reply_to_peer)
+                if reply_to
+                else None
+            ),
             media=media,
+            entities=entities,
+            via_bot_id=via_bot,
+            reactions=reactions,
         )
+        # What Telethon's `Message._finish_init` takes from the entities of the response.
+        message._sender = self.me if out else self.entities.get(sender or peer_id)
+        message._via_bot = self.entities.get(via_bot) if via_bot else None
         self.histories[peer_id].append(message)
         return message
 
@@ -254,10 +341,21 @@ class FakeTelegram:
         reverse: bool = False,
         wait_time: float | None = None,
         via: str = "client",
+        from_user: str | None = None,
     ) -> AsyncIterator[Any]:
         """Telethon's semantics for `reverse=True`: oldest first, strictly after `min_id`, or
         strictly after `offset_date`; pages of 100, one request each, and one more after a
-        full page. `via` notes whether the takeout session or the plain client asked."""
+        full page. `via` notes whether the takeout session or the plain client asked.
+        `from_user="me"` with `limit` is a search: the owner's newest messages."""
+        if from_user is not None:
+            if from_user != "me" or limit is None:
+                raise AssertionError("the harvester only asks whether the owner wrote here")
+            peer_id = utils.get_peer_id(entity)
+            self.searches[peer_id] += 1
+            mine = [m for m in self.histories[peer_id] if getattr(m, "out", False)]
+            for message in sorted(mine, key=lambda m: -m.id)[:limit]:
+                yield message
+            return
         if not reverse or limit is not None:
             raise AssertionError("the harvester walks whole histories oldest first")
         if min_id and offset_date is not None:
@@ -381,88 +479,51 @@ def busy_account(
 
 def _say_varied(account: FakeTelegram, rng: random.Random, peer: int, out: bool) -> None:
     earlier = [m.id for m in account.histories[peer] if isinstance(m, types.Message)]
-    kind = rng.randrange(8)
+    kind = rng.randrange(16)
     if kind == 0 and earlier:
         account.say(peer, "это про что?", out=out, reply_to=rng.choice(earlier))
     elif kind == 1:
         typo = account.say(peer, "опечатка", out=out)
         account.edit(peer, typo.id, "исправлено", account.clock + timedelta(seconds=30))
-    else:
+    elif kind < 8:
         media = [voice_note, video_file, animation, plain_file, link_preview, photo][kind - 2]()
         caption = "" if kind < 5 else rng.choice(["отчёт", "https://example.org", ""])
         account.say(peer, caption, out=out, media=media)
+    elif kind < 13:
+        media = [poll, contact, geo, venue, song][kind - 8]()
+        account.say(peer, "", out=out, media=media)
+    elif kind == 13:
+        link = types.MessageEntityTextUrl(offset=5, length=4, url="https://example.org/x")
+        account.say(peer, "read this", out=out, entities=[link], forwarded="Demo Channel")
+        account.say(peer, "gif", out=out, via_bot=3_000_001)
+    elif kind == 14:
+        liked = reactions(("❤", 2), ("👍", 1), recent=(("❤", peer), ("❤", account.me.id)))
+        account.say(peer, "ну ты даёшь", out=out, reactions=liked)
+    elif earlier:  # a reply quoting a post of another chat (a channel)
+        other = types.PeerChannel(5_000_001)
+        account.say(peer, "видел?", out=out, reply_to=rng.choice(earlier), reply_to_peer=other)
 
 
-def _exported_document(document: types.Document) -> dict[str, Any]:
-    """A document's keys as Telegram Desktop writes them (`export_output_json.cpp`): a file,
-    and a `media_type` for the kinds it names; a plain file has none."""
-    item: dict[str, Any] = {"file": "(File not included)", "mime_type": document.mime_type}
-    for attribute in document.attributes:
-        if isinstance(attribute, types.DocumentAttributeSticker):
-            return {**item, "media_type": "sticker", "sticker_emoji": attribute.alt}
-    kinds = {type(a): a for a in document.attributes}
-    audio = kinds.get(types.DocumentAttributeAudio)
-    video = kinds.get(types.DocumentAttributeVideo)
-    if audio is not None and audio.voice:
-        item.update(media_type="voice_message", duration_seconds=audio.duration)
-    elif types.DocumentAttributeAnimated in kinds:
-        item.update(media_type="animation", width=video.w if video else 0)
-    elif video is not None:
-        item.update(media_type="video_file", duration_seconds=int(video.duration))
-    elif audio is not None:
-        item.update(media_type="audio_file")
-    return item
+def add_group(account: FakeTelegram, members: list[int], seed: int = 3) -> list[int]:
+    """A basic group and a supergroup where the owner and `members` talk, and a supergroup
+    where the owner never writes; returns their marked ids."""
+    rng = random.Random(seed)
+    account.add_group(4_000_002, "Friends")
+    account.add_channel(1_500_000_001, "Team", megagroup=True)
+    account.add_channel(1_500_000_002, "Lurked", megagroup=True, username="lurked")
+    friends, team, lurked = -4_000_002, -1_001_500_000_001, -1_001_500_000_002
+    for _ in range(60):
+        where = rng.choice([friends, team])
+        if rng.random() < 0.3:
+            account.say(where, "я тут", out=True)
+        else:
+            account.say(
+                where, rng.choice(["привет", "кто идёт?", "ok"]), sender=rng.choice(members)
+            )
+    for n in range(10):
+        account.say(lurked, f"news {n}", sender=members[0])
+    return [friends, team, lurked]
 
 
-def export_of(account: FakeTelegram, upto_id: int | None = None) -> dict[str, Any]:
-    """What Telegram Desktop would export of this account (messages up to `upto_id`)."""
-
-    def exported(message: Any, peer: types.User) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "id": message.id,
-            "type": "service" if isinstance(message, types.MessageService) else "message",
-            "date": message.date.replace(tzinfo=None).isoformat(),
-            "date_unixtime": str(int(message.date.timestamp())),
-        }
-        if item["type"] == "service":
-            return {**item, "actor": peer.first_name, "action": "phone_call", "text": ""}
-        if message.edit_date:
-            item["edited"] = message.edit_date.replace(tzinfo=None).isoformat()
-            item["edited_unixtime"] = str(int(message.edit_date.timestamp()))
-        sender = account.me if message.out else peer
-        item.update(from_=sender.first_name, from_id=f"user{sender.id}")
-        item["from"] = item.pop("from_")
-        if message.fwd_from:
-            item["forwarded_from"] = message.fwd_from.from_name
-        if message.reply_to:
-            item["reply_to_message_id"] = message.reply_to.reply_to_msg_id
-        if isinstance(message.media, types.MessageMediaPhoto):
-            item["photo"] = "(Photo not included)"
-        elif isinstance(message.media, types.MessageMediaDocument):
-            item.update(_exported_document(message.media.document))
-        item["text"] = message.message
-        item["text_entities"] = [{"type": "plain", "text": message.message}]
-        return item
-
-    chats = []
-    for peer_id, history in account.histories.items():
-        entity = account.entities[peer_id]
-        if not isinstance(entity, types.User) or entity.is_self or entity.bot or peer_id == 777000:
-            continue
-        if entity.deleted:
-            continue
-        messages = [m for m in history if upto_id is None or m.id <= upto_id]
-        name = " ".join(p for p in (entity.first_name, entity.last_name) if p)
-        chats.append(
-            {
-                "name": name,
-                "type": "personal_chat",
-                "id": peer_id,
-                "messages": [exported(m, entity) for m in messages],
-            }
-        )
-    return {
-        "about": "synthetic",
-        "personal_information": {"user_id": account.me.id, "first_name": "Owner"},
-        "chats": {"about": "chats", "list": chats},
-    }
+def _peer_user(user_id: int | None) -> types.PeerUser | None:
+    return types.PeerUser(user_id) if user_id else None

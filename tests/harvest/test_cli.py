@@ -24,7 +24,7 @@ from tests.harvest.exports import (
     single_chat_export,
     write_export,
 )
-from tests.harvest.fake_telegram import FakeTelegram, busy_account, flood_wait
+from tests.harvest.fake_telegram import FakeTelegram, add_group, busy_account, flood_wait
 from twin.cli import main
 
 API_HASH = "0123456789abcdef0123456789abcdef"
@@ -295,3 +295,21 @@ def test_a_flood_wait_is_shown_on_the_progress_bar_until_messages_come_again(
     shown = reporter.bar[waits[0]]
     assert any(d.endswith(": waiting 42 s (Telegram's flood limit)") for d in shown), shown
     assert not any("waiting" in d for d in reporter.bar[waits[0] + 1])  # cleared on new messages
+
+
+def test_harvest_include_groups_stores_the_groups_you_wrote_in(
+    tmp_path: Path, logged_in: FakeTelegram, capsys
+) -> None:
+    friends, team, lurked = add_group(logged_in, members=[2_000_001, 2_000_002])
+    assert twin(tmp_path, "harvest", "--include-groups") == 0
+    caption = " ".join(capsys.readouterr().out.split())
+    # Lurked, and the account's first group: the owner wrote in neither.
+    assert "2 groups without a message of yours skipped" in caption
+    assert twin(tmp_path, "chats") == 0
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in capsys.readouterr().out.splitlines()
+        if line.count("│") > 3
+    }
+    assert rows[str(friends)] == "group" and rows[str(team)] == "supergroup"
+    assert str(lurked) not in rows and rows["2000001"] == "person"

@@ -66,7 +66,7 @@ def test_only_one_to_one_chats_with_people_are_imported(sqlite_database, every_c
         "public_channel": 1,
         "saved_messages": 1,
         "telegram": 1,
-        "private_channel": 1,
+        "left_chat": 1,  # a channel the owner left: counted as left, not as a channel
     }
     assert summary.owner_id == OWNER_ID and summary.chats == 4
 
@@ -204,7 +204,9 @@ def test_truncated_export_keeps_stored_batches_and_rerun_completes(
         ("date_unixtime", "yesterday", "`date_unixtime` is 'yesterday'"),
         ("id", "12", "`id` is '12', expected a number"),
         ("text", 42, "`text` is 42, expected text or a list"),
-        ("from_id", 7, "`from_id` is 7"),
+        ("from_id", True, "`from_id` is True, expected e.g. 'user123'"),
+        ("from_id", 0, "`from_id` is 0, outside the ids old Telegram Desktop exports wrote"),
+        ("from_id", 2**63, "`from_id` is 9223372036854775808, outside the ids old"),
         ("reply_to_message_id", "5", "`reply_to_message_id` is '5'"),
         # Absurd values: stored, they would move the chat's cursor past every real id.
         ("id", 10**12, "`id` is 1000000000000, outside Telegram's message ids (1 to 2147483647)"),
@@ -330,7 +332,7 @@ def test_big_skipped_chats_are_streamed_not_loaded(monkeypatch, tmp_path: Path) 
     monkeypatch.setattr(json_stream, "SKIP_WINDOW_CHARS", 1000)
     monkeypatch.setattr(json_stream, "MAX_VALUE_CHARS", 5000)  # the group is ~60 kB
     records = read_all(path)
-    assert [type(r).__name__ for r in records] == ["ChatRecord", "MessageRecord"]
+    assert [type(r).__name__ for r in records] == ["ChatRecord", "MessageRecord", "ChatEnd"]
 
 
 def test_records_are_utc_and_exactly_the_contract(every_case: Path) -> None:

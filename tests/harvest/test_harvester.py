@@ -23,12 +23,13 @@ from harvest.importer import ImportOptions, import_export
 from harvest.telegram import message_record
 from storage import Chat, Cursor, Message
 from tests.harvest.exports import write_export
+from tests.harvest.fake_export import export_of
 from tests.harvest.fake_telegram import (
     OWNER_ID,
     FakeTelegram,
+    add_group,
     animation,
     busy_account,
-    export_of,
     flood_wait,
     link_preview,
     photo,
@@ -76,6 +77,13 @@ def rows(database) -> dict[tuple[int, int], tuple]:
                 m.media_type,
                 m.forwarded,
                 m.edited_at,
+                m.media_text,
+                m.duration,
+                m.sender_name,
+                m.forwarded_from,
+                m.via_bot,
+                m.links,
+                m.reactions,
             )
             for m in session.scalars(select(Message))
         }
@@ -120,7 +128,7 @@ def test_messages_are_stored_as_a_person_saw_them(sqlite_database) -> None:
     fixed = account.say(alice, "опечатка")
     account.edit(alice, fixed.id, "исправлено", account.clock + timedelta(minutes=1))
     run(account, sqlite_database)
-    stored = rows(sqlite_database)
+    stored = {key: row[:9] for key, row in rows(sqlite_database).items()}  # the first columns
     assert stored[alice, hello.id] == (
         hello.date,
         False,
@@ -381,8 +389,12 @@ def test_harvest_after_importing_an_export_of_the_same_chats_adds_no_doubles(
     # The comparison covers what it promises: each of these is in the rows compared.
     media = {row[6] for row in everything.values()}
     assert {"voice_message", "video_file", "animation", "file", "photo", "sticker"} <= media
+    assert {"poll", "contact", "location", "venue", "audio_file"} <= media
     assert any(row[4] is not None for row in everything.values())  # replies
     assert any(row[8] is not None for row in everything.values())  # edits
+    # Media texts, durations, forward names, inline bots, links, reactions.
+    for column in (9, 10, 12, 13, 14, 15):
+        assert any(row[column] is not None for row in everything.values()), column
     harvested_only.close()
 
 
@@ -412,3 +424,40 @@ def test_options_are_validated_together() -> None:
     with pytest.raises(HarvestError, match="no time zone.*at least 1"):
         HarvestOptions(since=datetime(2024, 1, 1), refresh_days=0)  # noqa: DTZ001
     HarvestOptions(since=datetime(2024, 1, 1, tzinfo=UTC), refresh_days=3)
+
+
+def test_groups_the_owner_wrote_in_are_harvested_on_request(sqlite_database) -> None:
+    account = busy_account(people=2, messages_per_person=20)
+    friends, team, lurked = add_group(account, members=[2_000_001, 2_000_002])
+    run(account, sqlite_database)
+    chats, _ = chats_and_cursors(sqlite_database)
+    assert not {friends, team, lurked} & set(chats)  # not without the flag
+    run(account, sqlite_database, include_groups=True)
+    chats, _ = chats_and_cursors(sqlite_database)
+    assert chats[friends][0] == "private_group" and chats[team][0] == "private_supergroup"
+    assert lurked not in chats and account.history_requests[lurked] == 0
+    assert -1_000_000_000_000 - 5_000_001 not in chats  # never a channel
+    with sqlite_database.session() as session:
+        names = {
+            (m.from_owner, m.sender_id, m.sender_name)
+            for m in session.scalars(select(Message).where(Message.chat_id == friends))
+        }
+        excluded = session.get(Chat, friends).excluded
+    assert (False, 2_000_001, "Алиса #0") in names and (True, OWNER_ID, "Owner") in names
+    assert excluded is False
+
+
+def test_an_export_and_a_harvest_of_a_group_agree(sqlite_database, tmp_path: Path) -> None:
+    from storage import open_database
+
+    account = busy_account(people=2, messages_per_person=20)
+    friends, team, _ = add_group(account, members=[2_000_001, 2_000_002])
+    path = write_export(tmp_path / "result.json", export_of(account))
+    import_export(sqlite_database, ImportOptions(path, include_groups=True))
+    harvested = open_database(f"sqlite:///{tmp_path / 'harvested.db'}")
+    run(account, harvested, include_groups=True)
+    assert rows(sqlite_database) == rows(harvested)
+    assert chats_and_cursors(sqlite_database)[0].keys() == chats_and_cursors(harvested)[0].keys()
+    named = {key[0] for key, row in rows(harvested).items() if row[11]}  # sender names
+    assert named == {friends, team}
+    harvested.close()

@@ -60,6 +60,31 @@ def test_plain_build_uses_settings_and_a_second_one_does_nothing(
     assert (data_dir / "datasets" / "LATEST").is_file()
 
 
+def test_stats_names_the_unit_of_every_step(data_dir: Path, tokenizer_path: Path, capsys) -> None:
+    assert twin(data_dir, "dataset", "build", "--base-model", str(tokenizer_path)) == 0
+    capsys.readouterr()
+    assert twin(data_dir, "dataset", "stats") == 0
+    rows = {
+        cells[1].strip(): (cells[2].strip(), cells[3].strip())
+        for line in capsys.readouterr().out.splitlines()
+        if len(cells := line.split("│")) > 4
+    }
+    steps = {
+        name: cells for name, cells in rows.items() if name not in ("context", "reply", "example")
+    }
+    units = {step: tuple(cell.split()[-1] for cell in cells) for step, cells in steps.items()}
+    assert units == {
+        "select": ("messages", "messages"),
+        "scrub": ("messages", "messages"),
+        "sessionize": ("messages", "sessions"),
+        "turns": ("messages", "turns"),
+        "render": ("sessions", "examples"),
+        "dedup": ("replies", "replies"),
+        "cap": ("examples", "examples"),
+        "split": ("examples", "examples"),
+    }
+
+
 def test_build_with_every_flag_then_stats_plot_and_show(
     data_dir: Path, tokenizer_path: Path, tmp_path: Path, capsys
 ) -> None:

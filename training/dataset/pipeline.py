@@ -15,6 +15,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.chats import GROUP_KINDS
 from training.dataset.cache import Cache, ChatEntry
 from training.dataset.keys import pipeline_hash, session_key
 from training.dataset.stats import ChatCounts, StepTimer
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
 
 RENDER_BATCH = 2_000  # sessions tokenized per batch: bounds the memory tokenizers hold
 # `storage.messages.training_message_rows` gives (chat_id, message_id, unix_seconds,
-# from_owner, text, kind, media_type, forwarded); `_stored_messages` names them.
+# from_owner, text, kind, media_type, forwarded, media_text, duration, sender_name);
+# `_stored_messages` names them.
 _TIME_THEN_ID = itemgetter(2, 1)
 ChatRows = tuple["ChatDigest", list[Sequence[Any]]]  # a chat's digest and its stored rows
 
@@ -134,7 +136,7 @@ class ChatPipeline:
         counts = ChatCounts(messages=len(rows))
         messages = self._stored_messages(digest.chat_id, rows, counts, part.timer)
         with part.timer.step("select"):
-            selected = _select(messages, counts)
+            selected = _select(messages, counts, group=digest.kind in GROUP_KINDS)
         with part.timer.step("sessionize"):
             sessions = list(sessionize(selected, self.options.session_gap.total_seconds()))
         counts.sessions = len(sessions)
@@ -145,26 +147,26 @@ class ChatPipeline:
     def _stored_messages(
         self, chat_id: int, rows: list[Sequence[Any]], counts: ChatCounts, timer: StepTimer
     ) -> list[StoredMessage]:
-        """The chat's rows in time order as messages, their texts scrubbed."""
+        """The chat's rows in time order as messages, their texts (and what media showed:
+        a contact's name, a file's name) scrubbed."""
         with timer.step("select"):
             rows.sort(key=_TIME_THEN_ID)
-            texts = [
-                "" if kind == "service" else (text or "").strip()
-                for _chat, _id, _time, _owner, text, kind, _media, _forwarded in rows
-            ]
+            texts = ["" if row[5] == "service" else (row[4] or "").strip() for row in rows]
         with timer.step("scrub"):
             before = Counter(self.scrubber.counts())
             texts = [self.scrubber.scrub(text, chat_id) if text else text for text in texts]
+            labels = [self.scrubber.scrub(row[8], chat_id) if row[8] else None for row in rows]
             counts.pii = Counter(self.scrubber.counts())
             counts.pii.subtract(before)
             counts.pii = +counts.pii  # kinds this chat redacted nothing of are dropped
         with timer.step("select"):
             return [
-                StoredMessage(chat, message_id, time, bool(owner), text, kind, media, bool(fwd))
-                for (chat, message_id, time, owner, _, kind, media, fwd), text in zip(
-                    rows, texts, strict=True
+                StoredMessage(
+                    row[0], row[1], row[2], bool(row[3]), text, row[5], row[6], bool(row[7]),
+                    label, row[9], row[10],
                 )
-            ]
+                for row, text, label in zip(rows, texts, labels, strict=True)
+            ]  # fmt: skip
 
     def _sessions(
         self,
@@ -232,11 +234,14 @@ class ChatPipeline:
             report("render", part)
 
 
-def _select(messages: list[StoredMessage], counts: ChatCounts) -> list[SelectedMessage]:
-    """The messages kept as training text, counting why the others were not."""
+def _select(
+    messages: list[StoredMessage], counts: ChatCounts, *, group: bool = False
+) -> list[SelectedMessage]:
+    """The messages kept as training text, counting why the others were not; a group's name
+    their speakers."""
     selected = []
     for message in messages:
-        kept = select_message(message)
+        kept = select_message(message, group=group)
         if kept is None:
             if message.kind == "service":
                 counts.service += 1

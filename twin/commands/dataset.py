@@ -187,6 +187,19 @@ def _summary_table(result: BuildResult, options: DatasetOptions) -> Table:
     return table
 
 
+#: What each step's "in" and "kept" count: the unit changes from step to step.
+_STEP_UNITS = {
+    "select": ("messages", "messages"),
+    "scrub": ("messages", "messages"),
+    "sessionize": ("messages", "sessions"),
+    "turns": ("messages", "turns"),
+    "render": ("sessions", "examples"),
+    "dedup": ("replies", "replies"),
+    "cap": ("examples", "examples"),
+    "split": ("examples", "examples"),
+}
+
+
 def steps_table(built: dict[str, Any]) -> Table:
     """What each step took in, kept and dropped (and why), from a build's stats.json."""
     table = Table(title=f"dataset {built['fingerprint']}: what each step kept")
@@ -205,10 +218,11 @@ def steps_table(built: dict[str, Any]) -> Table:
         dropped = ", ".join(f"{k} {v:,}" for k, v in step["dropped"].items() if v) or "-"
         notes = ", ".join(f"{k} {_value(v)}" for k, v in step["notes"].items() if v) or "-"
         seconds = timings.get(step["step"])
+        unit_in, unit_kept = _STEP_UNITS.get(step["step"], ("", ""))
         table.add_row(
             step["step"],
-            f"{step['in']:,}",
-            f"{step['kept']:,}",
+            f"{step['in']:,} {unit_in}".rstrip(),
+            f"{step['kept']:,} {unit_kept}".rstrip(),
             dropped,
             notes,
             "-" if seconds is None else f"{seconds:.2f}",

@@ -104,12 +104,20 @@ def harvest(
             "(Telegram may ask you to confirm it in another app).",
         ),
     ] = False,
+    include_groups: Annotated[
+        bool,
+        typer.Option(
+            "--include-groups",
+            help="Also harvest the groups and supergroups you wrote in (never channels); "
+            "they are included in training (`twin chats exclude ID` keeps one out).",
+        ),
+    ] = False,
 ) -> None:
     """Download new messages of your private chats with people into the database.
 
-    Only one-to-one chats with people are read (no bots, groups or channels), each from where
-    the last harvest stopped; an interrupted harvest just continues next time. Log in first
-    with `twin login`.
+    Only one-to-one chats with people are read (no bots or channels; groups you wrote in with
+    --include-groups), each from where the last harvest stopped; an interrupted harvest just
+    continues next time. Log in first with `twin login`.
 
     Example: twin harvest --since 2024-01-01 --exclude @boss
     """
@@ -124,6 +132,7 @@ def harvest(
         refresh_days=refresh_days,
         dry_run=dry_run,
         takeout=takeout,
+        include_groups=include_groups,
     )
     console = Console()
     with _RichHarvestReporter(console) as reporter:
@@ -142,22 +151,45 @@ def import_export(
             help="Your Telegram user id, needed for a single-chat export (default: TWIN_OWNER_ID).",
         ),
     ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            metavar="ZONE",
+            help="The zone of the computer that made an export older than mid-2022 (an IANA "
+            "name such as Europe/Moscow): such exports write local times without a zone.",
+        ),
+    ] = None,
+    include_groups: Annotated[
+        bool,
+        typer.Option(
+            "--include-groups",
+            help="Also import the groups and supergroups you wrote in (never channels); they "
+            "are included in training (`twin chats exclude ID` keeps one out).",
+        ),
+    ] = False,
 ) -> None:
     """Import a Telegram Desktop export (result.json) without API keys.
 
     In Telegram Desktop: Settings > Advanced > Export Telegram data, format "Machine-readable
-    JSON". One-to-one chats with people are imported; bots, groups, channels and saved
-    messages are skipped. Importing again, or an export that overlaps a harvest, stores nothing
-    twice; an import that stops (a broken file, a full disk) keeps everything before the spot
-    it names, and importing again completes it.
+    JSON". Exports of every Desktop version since 2018 are read. One-to-one chats with people
+    are imported (with --include-groups also the groups you wrote in); bots, channels and
+    saved messages are skipped. Importing again, or an export that overlaps a harvest, stores
+    nothing twice; an import that stops (a broken file, a full disk) keeps everything before
+    the spot it names, and importing again completes it.
 
-    Example: twin import ~/Downloads/Telegram\\ Desktop/DataExport/result.json
+    Example: twin import ~/Downloads/Telegram\\ Desktop/DataExport/result.json --include-groups
     """
     from harvest.importer import ImportOptions
     from harvest.importer import import_export as run_import
 
     context = app_context(ctx)
-    options = ImportOptions(path=path, owner_id=owner_id or context.settings.owner_id)
+    options = ImportOptions(
+        path=path,
+        owner_id=owner_id if owner_id is not None else context.settings.owner_id,
+        timezone=timezone,
+        include_groups=include_groups,
+    )
     console = Console()
     columns = (
         TextColumn("importing"),
@@ -174,7 +206,17 @@ def import_export(
 
         summary = run_import(context.database(), options, progress=advance)
     console.print(_import_table(summary))
+    for line in _import_warnings(summary):
+        console.print(line, style="bold red")
 
+
+#: How `twin chats` names each kind of chat.
+_CHAT_KINDS = {
+    "personal_chat": "person",
+    "private_group": "group",
+    "private_supergroup": "supergroup",
+    "public_supergroup": "supergroup",
+}
 
 chats_app = typer.Typer(
     help="Stored chats, and which ones stay out of training.\n\nExample: twin chats",
@@ -184,7 +226,8 @@ chats_app = typer.Typer(
 
 @chats_app.callback()
 def chats(ctx: typer.Context) -> None:
-    """List stored chats: messages, your share, first and last date, excluded or not.
+    """List stored chats: kind (and excluded or not), messages, your share, first and last date
+    (UTC).
 
     Example: twin chats
     """
@@ -197,19 +240,20 @@ def chats(ctx: typer.Context) -> None:
     if not summaries:
         Console().print("no chats stored yet: run `twin import result.json` or `twin harvest`")
         return
-    table = Table(title="chats")
-    for column in ("id", "name", "messages", "yours", "first", "last", "excluded"):
+    table = Table(title="chats (dates in UTC)")
+    for column in ("id", "kind", "name", "messages", "yours", "first", "last"):
         table.add_column(column, no_wrap=column != "name")
     for chat in summaries:
         name = chat.title + (f" (@{chat.username})" if chat.username else "")
+        kind = _CHAT_KINDS.get(chat.kind, chat.kind.replace("_", " "))
         table.add_row(
             str(chat.id),
+            f"{kind}, excluded" if chat.excluded else kind,
             name,
             f"{chat.messages:,}",
             f"{chat.owner_share:.0%}",
             f"{chat.first_date:%Y-%m-%d}" if chat.first_date else "",
             f"{chat.last_date:%Y-%m-%d}" if chat.last_date else "",
-            "excluded" if chat.excluded else "",
         )
     Console().print(table)
 
@@ -357,18 +401,45 @@ def _harvest_table(summary: HarvestSummary) -> Table:
         f"{summary.new_messages:,} new messages, {summary.flood_waits} flood waits, "
         f"{summary.retries} retries, {summary.waited_seconds:.0f} s waited"
     )
+    if summary.groups_skipped:
+        table.caption += f"; {summary.groups_skipped} groups without a message of yours skipped"
     return table
 
 
 def _import_table(summary: ImportSummary) -> Table:
     table = Table("", "count", title=f"imported {summary.path}")
-    table.add_row("owner (you)", f"user {summary.owner_id}")
+    owner = f"user {summary.owner_id}" if summary.owner_id is not None else "not in the export"
+    table.add_row("owner (you)", owner)
     table.add_row("chats with people", f"{summary.chats:,}")
+    if summary.groups:
+        table.add_row("groups", f"{summary.groups:,}")
     table.add_row("messages read", f"{summary.messages:,}")
     table.add_row("new messages stored", f"{summary.new_messages:,}")
     table.add_row("service messages skipped", f"{summary.skipped_messages:,}")
+    if summary.chats_without_owner:
+        table.add_row("chats without a message of yours", f"{len(summary.chats_without_owner):,}")
     for kind, count in sorted(summary.skipped_chats.items()):
         table.add_row(f"skipped: {kind.replace('_', ' ')}", f"{count:,}")
     rate = summary.messages / summary.seconds if summary.seconds else 0
-    table.caption = f"{summary.seconds:.1f} s, {rate:,.0f} messages/s"
+    caption = f"{summary.seconds:.1f} s, {rate:,.0f} messages/s"
+    if summary.times_note and not summary.times_guessed:
+        caption += f"; {summary.times_note}"
+    table.caption = caption
     return table
+
+
+def _import_warnings(summary: ImportSummary) -> list[str]:
+    """What the owner must look at: times guessed, messages none of which are the owner's."""
+    warnings = []
+    if summary.times_guessed and summary.times_note:
+        warnings.append(f"warning: {summary.times_note}")
+    if summary.no_owner_message_at_all:
+        names = ", ".join(
+            f"{chat.title or chat.id} ({chat.id})" for chat in summary.chats_without_owner[:3]
+        )
+        warnings.append(
+            f"warning: not one of the {summary.messages:,} messages read is from user "
+            f"{summary.owner_id} (in {names}): if that is not your id, the twin would learn "
+            "nothing of you; import again with --owner-id YOUR_ID (@userinfobot tells it)"
+        )
+    return warnings
