@@ -219,3 +219,42 @@ def adapter_weights(twin: Twin) -> dict[str, Any]:
     database.close()
     tensors = load_file(adapter / "adapter_model.safetensors")
     return tensors
+
+
+@pytest.mark.slow
+def test_a_bot_killed_at_random_points_answers_every_message_it_was_sent(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    """Messages arrive while `twin bot` runs; it is killed at random moments, several times.
+    Started once more, it has every message once, in order, and answered the last."""
+    from tests.bot.fake_bot_api import FakeBotApi
+    from tests.twin.test_serve_cli import OWNER, inbox, memory, serve_run, start_bot
+
+    data_dir = tmp_path / "bot-data"
+    serve_run(data_dir)
+    api = FakeBotApi().start()
+    sent: list[str] = []
+    try:
+        for _ in range(KILLS):
+            child = start_bot(data_dir, api)
+            for _ in range(rng.randint(1, 3)):
+                sent.append(f"message {len(sent)}")
+                api.push_text(OWNER, sent[-1])
+                time.sleep(rng.uniform(0.0, 1.0))
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        child = start_bot(data_dir, api)
+        deadline = time.monotonic() + 120
+        while True:
+            remembered = memory(data_dir, OWNER)
+            heard = [text for role, text in remembered if role == "user"]
+            if heard == sent and remembered[-1][0] == "assistant":
+                break
+            assert time.monotonic() < deadline, f"heard {heard}, sent {sent}"
+            time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+    finally:
+        api.stop()
+
+    assert inbox(data_dir) == {}
