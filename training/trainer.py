@@ -1,9 +1,9 @@
-"""`twin train`: LoRA / QLoRA on the owner's replies, padding-free, resumable, DDP-ready.
+"""`twin train`: LoRA / QLoRA on the owner's replies, resumable, DDP-ready, on TRL.
 
-One loop serves a CPU test, one GPU and `accelerate launch` / `torchrun`: examples are packed
-into rows without padding (`training.packing`), an optimizer step accumulates rows up to a
-token budget, and the loss is the mean over the owner's tokens of the whole step, whatever
-the number of processes. Rank 0 alone writes the runs table and the files.
+This module decides what a run trains (new, `--resume` or `--continue` with replay), records
+it in the runs table and writes its folder (`training.run_folder`); `training.sft` trains it
+with TRL's `SFTTrainer`. The same code serves a CPU test, one GPU and `accelerate launch` /
+`torchrun`: rank 0 alone writes the runs table and the files.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,41 +33,35 @@ from training.model import LoraOptions, ModelOptions, resolve_quant
 from training.run_folder import (
     CheckpointState,
     DatasetRecord,
-    LossPoint,
     PiiRecord,
     RunBusyError,
     RunFolder,
-    checkpoint_dir,
     checkpoint_root,
     latest_checkpoint,
-    read_checkpoint_state,
     read_json,
     remove_partials,
-    replace_dir,
     running_lock,
-    write_checkpoint_state,
 )
+from training.sft import ProgressCallback, TrainProgress
 
 if TYPE_CHECKING:
-    import torch
-    from accelerate import Accelerator
+    from accelerate import PartialState
     from datasets import Dataset, DatasetDict
 
     from storage import Database
-    from training.packing import StepPlan, TokenTable
+    from training.packing import TokenTable
+
+__all__ = ["NothingNewError", "ProgressCallback", "TrainOptions", "TrainProgress", "train"]
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZER_CHOICES = ("auto", "adamw", "paged_adamw_8bit")
-# Packed row length when --row-tokens is not given (an example longer than this gets its own).
-# FlashAttention's variable-length kernel costs sum(length²) over a row's examples whatever
-# the row; a block mask (SDPA, eager) costs row length² per row, so those rows stay short.
-DEFAULT_ROW_TOKENS = {"flash_attention_2": 4096, "cuda": 2048, "cpu": 512}
-RESUMABLE_STATUSES = ("running", "failed", "interrupted")
 
 
 class NothingNewError(TrainingError):
     """`--continue` found no session newer than what the active run saw: nothing to do."""
+
+
+OPTIMIZER_CHOICES = ("auto", "adamw", "paged_adamw_8bit")
+RESUMABLE_STATUSES = ("running", "failed", "interrupted")
 
 
 def _option(default: Any, help: str, flag: str | None = None) -> Any:
@@ -105,7 +99,7 @@ class TrainOptions:
     max_grad_norm: float = _option(1.0, "Clip gradients to this norm (0: no clipping).")
     batch_tokens: int = _option(16384, "Trained-on tokens per optimizer step, all GPUs together.")
     row_tokens: int | None = _option(
-        None, "Packed sequence length (default: 4096 with FlashAttention-2, 2048 GPU, 512 CPU)."
+        None, "Tokens per forward pass (default: 4096 with FlashAttention-2, 2048 GPU, 512 CPU)."
     )
     eval_every: int = _option(50, "Validation loss every N steps (0: at the end).")
     checkpoint_every: int = _option(100, "Checkpoint every N steps (0: never).")
@@ -190,23 +184,6 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
-class TrainProgress:
-    """What the trainer reports after each step (and each validation) on the main process."""
-
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float | None = None
-    val_loss: float | None = None
-    tokens_per_second: float = 0.0
-    eta_seconds: float | None = None
-    phase: str = "train"  # "train" | "validation"
-
-
-ProgressCallback = Callable[[TrainProgress], None]
-
-
-@dataclass(frozen=True)
 class RunResult:
     run_id: int
     status: str
@@ -233,13 +210,11 @@ class _RunSetup:
 
 @dataclass
 class _Selection:
-    train: TokenTable
+    train: Dataset  # input_ids and labels of the chosen rows
+    lengths: list[int]
     validation: TokenTable
     newest_session_end: int | None
     counts: dict[str, int]
-
-
-_State = CheckpointState  # the loop's progress: saved in every checkpoint
 
 
 def train(
@@ -256,19 +231,17 @@ def train(
     if problems:
         raise TrainingError(problems_text(problems))
     data_dir = Path(data_dir)
-    accelerator = _make_accelerator(options)
+    processes = _processes()
     if not options.resume:  # fail before a run exists; a resumed run checks its own options
-        resolve_quant(options.model_options("?"), accelerator.device)
-    setup = _share(
-        accelerator, lambda: _prepare_run(database, options, data_dir), "run preparation"
-    )
+        resolve_quant(options.model_options("?"), processes.device)
+    setup = _share(processes, lambda: _prepare_run(database, options, data_dir), "run preparation")
     try:
-        with _running(database, setup, data_dir, accelerator):
-            metrics, parent_id = _fit(setup, data_dir, accelerator, progress)
+        with _running(database, setup, data_dir, processes):
+            metrics = _fit(setup, data_dir, processes, progress)
     except RunBusyError as busy:
         raise TrainingError(f"{busy}: wait for it, or stop that process first") from None
     except BaseException as error:
-        if accelerator.is_main_process:
+        if processes.is_main_process:
             with database.session() as session:
                 finish_run(session, setup.run_id, status="failed", error=_describe(error))
         raise
@@ -277,21 +250,21 @@ def train(
         status="succeeded",
         adapter_path=RunFolder.of(data_dir, setup.run_id).path,
         metrics=metrics,
-        parent_id=parent_id,
-        main_process=accelerator.is_main_process,
+        parent_id=setup.parent_id,
+        main_process=processes.is_main_process,
     )
-    if accelerator.is_main_process:
+    if processes.is_main_process:
         result = _finish(database, setup, result, data_dir)
-    accelerator.wait_for_everyone()
+    processes.wait_for_everyone()
     return result
 
 
 @contextmanager
 def _running(
-    database: Database, setup: _RunSetup, data_dir: Path, accelerator: Accelerator
+    database: Database, setup: _RunSetup, data_dir: Path, processes: PartialState
 ) -> Iterator[None]:
     """Rank 0 holds the run's lock while it trains; a resumed run is marked running again."""
-    if not accelerator.is_main_process:
+    if not processes.is_main_process:
         yield
         return
     with running_lock(data_dir, setup.run_id):
@@ -302,41 +275,32 @@ def _running(
         yield
 
 
-def _make_accelerator(options: TrainOptions) -> Accelerator:
-    """The process's Accelerator: DDP under torchrun / accelerate launch, bf16 autocast on GPU."""
-    import os
-
+def _processes() -> PartialState:
+    """This process's place: DDP under torchrun / accelerate launch (gloo on a CPU)."""
     import torch
-    from accelerate import Accelerator
+    from accelerate import PartialState
 
-    mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if mixed_precision is None:
-        mixed_precision = "no"
-        if torch.cuda.is_available() and options.dtype in ("auto", "bfloat16", "bf16"):
-            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif torch.cuda.is_available() and options.dtype in ("float16", "fp16"):
-            mixed_precision = "fp16"
     # On a CPU, accelerate starts a gloo process group under torchrun only when told `cpu`.
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _share(accelerator: Accelerator, make: Callable[[], Any], what: str) -> Any:
+def _share(processes: PartialState, make: Callable[[], Any], what: str) -> Any:
     """Run `make` on rank 0 and hand its result (or its error) to every process."""
     import torch.distributed as dist
 
     value: Any = None
     error: BaseException | None = None
-    if accelerator.is_main_process:
+    if processes.is_main_process:
         try:
             value = make()
         except Exception as raised:  # noqa: BLE001 - raised again below, on every process
             error = raised
-    if accelerator.num_processes > 1:
+    if processes.num_processes > 1:
         box = [(value, error)]
         dist.broadcast_object_list(box, src=0)
         value, error = box[0]
     if error is not None:
-        if not accelerator.is_main_process:
+        if not processes.is_main_process:
             logger.debug("rank 0 failed during %s", what)
         raise error
     return value
@@ -524,8 +488,10 @@ def select_examples(
     if len(chosen) == 0:
         raise TrainingError("the dataset has no training examples: check `twin dataset stats`")
     validation = dataset.get("validation")
-    selection = _Selection(
-        train=token_table(train_split, chosen.tolist()),
+    train = train_split.select(chosen.tolist()).select_columns(["input_ids", "labels"])
+    return _Selection(
+        train=train,
+        lengths=[len(ids) for ids in train["input_ids"]],
         validation=token_table(validation) if validation is not None else _empty_table(),
         newest_session_end=int(ends[chosen].max()) if len(ends) else None,
         counts={
@@ -534,7 +500,6 @@ def select_examples(
             "validation_examples": len(validation) if validation is not None else 0,
         },
     )
-    return selection
 
 
 def _empty_table() -> TokenTable:
@@ -543,20 +508,20 @@ def _empty_table() -> TokenTable:
     return TokenTable.from_lists([], [])
 
 
-# --- the loop ------------------------------------------------------------------------------
+# --- training --------------------------------------------------------------------------------
 
 
 def _fit(
     setup: _RunSetup,
     data_dir: Path,
-    accelerator: Accelerator,
+    processes: PartialState,
     progress: ProgressCallback | None,
-) -> tuple[dict[str, Any], int | None]:
+) -> dict[str, Any]:
+    """Load the model and data, train with `training.sft`, write the run's folder."""
     import torch
-    from transformers import get_cosine_schedule_with_warmup
 
+    from training import sft
     from training.model import load_for_training, load_tokenizer
-    from training.packing import PackedCausalLM, padding_fraction, plan_steps
 
     options = setup.options
     started = time.perf_counter()
@@ -567,8 +532,7 @@ def _fit(
     selection = select_examples(
         dataset, cutoff=setup.cutoff, replay=options.replay, seed=options.seed
     )
-    device = accelerator.device
-    world = accelerator.num_processes
+    device, world = processes.device, processes.num_processes
     peft_model = load_for_training(
         model_options,
         options.lora_options(),
@@ -577,345 +541,51 @@ def _fit(
         activation_checkpointing=options.activation_checkpointing,
     )
     attention = peft_model.get_base_model().config._attn_implementation
-    row_tokens = _row_tokens(options, attention, device, world)
-    pad_multiple = 8 if device.type == "cuda" else 1
-    plan = plan_steps(
-        selection.train,
-        row_tokens=row_tokens,
-        batch_tokens=options.batch_tokens,
-        world_size=world,
-        epochs=options.epochs,
-        max_steps=options.max_steps,
-        seed=options.seed,
-    )
-    parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(options, parameters, device)
-    warmup = math.ceil(options.warmup_ratio * len(plan))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, len(plan))
-    state = _State()
-    signature = _plan_signature(setup, plan, world)
+    row_tokens = sft.row_tokens_for(options, attention, device)
+    shape = sft.step_shape(selection.lengths, options, row_tokens, world)
+    resume_from = None
     if setup.resume:
-        _load_checkpoint(
-            latest_checkpoint(data_dir, setup.run_id),
-            peft_model,
-            optimizer,
-            scheduler,
-            state,
-            signature,
-            accelerator,
-        )
-    module = accelerator.prepare_model(PackedCausalLM(peft_model), device_placement=False)
-    wrapped_optimizer = accelerator.prepare_optimizer(optimizer, device_placement=False)
-    loop = _Loop(
-        accelerator=accelerator,
-        module=module,
-        optimizer=wrapped_optimizer,
-        scheduler=scheduler,
-        parameters=parameters,
-        plan=plan,
-        selection=selection,
+        resume_from = latest_checkpoint(data_dir, setup.run_id)
+        if resume_from is None:
+            raise TrainingError("the checkpoint to resume from has disappeared")
+    run = sft.SftRun(
+        peft_model=peft_model,
+        tokenizer=tokenizer,
+        train_split=selection.train,
+        validation=selection.validation,
         options=options,
+        data_dir=data_dir,
+        run_id=setup.run_id,
+        signature={
+            "fingerprint": setup.fingerprint,
+            "world_size": world,
+            "steps": shape.steps,
+            "tokens": sum(selection.lengths),
+        },
         row_tokens=row_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        pad_multiple=pad_multiple,
-        progress=progress if accelerator.is_main_process else None,
+        shape=shape,
+        device=device,
     )
-    loop.run(
-        state,
-        lambda: _save_checkpoint(
-            data_dir, setup.run_id, peft_model, optimizer, scheduler, state, signature, accelerator
-        ),
-    )
-    metrics = _metrics(state, plan, selection, peft_model, accelerator, started)
-    metrics["row_tokens"] = row_tokens
-    metrics["quant"] = resolve_quant(model_options, device)
-    metrics["optimizer"] = type(optimizer).__name__
-    metrics["padding_fraction"] = round(padding_fraction(plan, selection.train, pad_multiple), 4)
-    if accelerator.is_main_process:
-        _save_adapter(data_dir, setup, peft_model, tokenizer, meta, state, metrics, selection)
-    accelerator.wait_for_everyone()
-    return metrics, setup.parent_id
-
-
-@dataclass
-class _Loop:
-    accelerator: Accelerator
-    module: torch.nn.Module
-    optimizer: Any
-    scheduler: Any
-    parameters: list[Any]
-    plan: list[StepPlan]
-    selection: _Selection
-    options: TrainOptions
-    row_tokens: int
-    pad_token_id: int
-    pad_multiple: int
-    progress: ProgressCallback | None
-
-    def run(self, state: _State, save_checkpoint: Callable[[], None]) -> None:
-        total = len(self.plan)
-        if state.step == 0 and not state.history:
-            self._validate(state, 0)
-        self.module.train()
-        session_start = state.train_seconds
-        session_first_step = state.step
-        while state.step < total:
-            step = self.plan[state.step]
-            learning_rate = float(self.scheduler.get_last_lr()[0])
-            began = time.perf_counter()
-            loss = self._step(step)
-            state.train_seconds += time.perf_counter() - began
-            state.tokens_seen += step.tokens
-            state.step += 1
-            state.history.append(
-                LossPoint(
-                    step=state.step, epoch=step.epoch, train_loss=loss, learning_rate=learning_rate
-                )
-            )
-            if self.progress is not None:
-                per_step = (state.train_seconds - session_start) / (state.step - session_first_step)
-                self.progress(
-                    TrainProgress(
-                        step=state.step,
-                        total_steps=total,
-                        epoch=step.epoch,
-                        loss=loss,
-                        tokens_per_second=state.tokens_seen / max(state.train_seconds, 1e-9),
-                        eta_seconds=per_step * (total - state.step),
-                    )
-                )
-            every = self.options.eval_every
-            if state.step == total or (every and state.step % every == 0):
-                self._validate(state, state.step)
-            every = self.options.checkpoint_every
-            if every and state.step % every == 0 and state.step < total:
-                save_checkpoint()
-
-    def _step(self, step: StepPlan) -> float:
-        """One optimizer step over this process's rows; returns the step's global mean loss."""
-        import torch
-
-        from training.packing import collate_row
-
-        accelerator = self.accelerator
-        rows = step.rows_by_rank[accelerator.process_index]
-        scale = accelerator.num_processes / max(step.target_tokens, 1)
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for index, row in enumerate(rows):
-            batch = collate_row(
-                self.selection.train,
-                row,
-                pad_token_id=self.pad_token_id,
-                pad_to_multiple=self.pad_multiple,
-            )
-            batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
-            last = index == len(rows) - 1
-            with nullcontext() if last else accelerator.no_sync(self.module):
-                with accelerator.autocast():
-                    row_loss, _ = self.module(**batch)
-                accelerator.backward(row_loss * scale)
-            loss_sum += row_loss.detach()
-        if self.options.max_grad_norm:
-            accelerator.clip_grad_norm_(self.parameters, self.options.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = accelerator.reduce(loss_sum, reduction="sum")
-        return float(total) / max(step.target_tokens, 1)
-
-    def _validate(self, state: _State, step: int) -> None:
-        if not len(self.selection.validation):
-            return
-        loss = held_out_loss(
-            self.accelerator,
-            self.accelerator.unwrap_model(self.module),
-            self.selection.validation,
-            row_tokens=self.row_tokens,
-            pad_token_id=self.pad_token_id,
-            pad_to_multiple=self.pad_multiple,
-        )
-        if loss is None:
-            return
-        if state.history and state.history[-1].step == step:
-            state.history[-1] = replace(state.history[-1], val_loss=loss)
-        else:
-            state.history.append(LossPoint(step=step, val_loss=loss))
-        logger.info("step %s: validation loss %.4f", step, loss)
-        if self.progress is not None:
-            self.progress(
-                TrainProgress(
-                    step=step,
-                    total_steps=len(self.plan),
-                    epoch=self.plan[max(step - 1, 0)].epoch,
-                    val_loss=loss,
-                    tokens_per_second=state.tokens_seen / max(state.train_seconds, 1e-9),
-                    phase="validation",
-                )
-            )
-
-
-def held_out_loss(
-    accelerator: Accelerator,
-    module: torch.nn.Module,
-    table: TokenTable,
-    *,
-    row_tokens: int,
-    pad_token_id: int,
-    pad_to_multiple: int = 1,
-) -> float | None:
-    """Mean loss per owner token over `table`, shared out across processes; None if empty."""
-    from training.packing import evaluation_rows, loss_sums
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    sums = loss_sums(
-        module,
-        table,
-        evaluation_rows(table, row_tokens, rank, world),
-        device=accelerator.device,
-        pad_token_id=pad_token_id,
-        pad_to_multiple=pad_to_multiple,
-        autocast=accelerator.autocast,
-    )
-    sums = accelerator.reduce(sums, reduction="sum")
-    return float(sums[0] / sums[1]) if sums[1] > 0 else None
-
-
-def _row_tokens(options: TrainOptions, attention: str, device: torch.device, world: int) -> int:
-    """Packed row length: the option, or a default for the attention kernel and device."""
-    if options.row_tokens is not None:
-        return options.row_tokens
-    kind = "flash_attention_2" if attention == "flash_attention_2" else device.type
-    default = DEFAULT_ROW_TOKENS.get(kind, DEFAULT_ROW_TOKENS["cpu"])
-    return max(1, min(default, options.batch_tokens // world))
-
-
-def _make_optimizer(options: TrainOptions, parameters: list[Any], device: torch.device) -> Any:
-    """Paged 8-bit AdamW on a GPU (bitsandbytes), torch's AdamW elsewhere."""
-    import importlib.util
-
-    import torch
-
-    name = options.optimizer
-    if name == "auto":
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        name = "paged_adamw_8bit" if device.type == "cuda" and has_bnb else "adamw"
-    if name == "paged_adamw_8bit":
-        if device.type != "cuda":
-            raise TrainingError("--optimizer paged_adamw_8bit needs a CUDA GPU: use adamw")
-        import bitsandbytes
-
-        return bitsandbytes.optim.PagedAdamW8bit(
-            parameters, lr=options.learning_rate, weight_decay=options.weight_decay
-        )
-    return torch.optim.AdamW(
-        parameters, lr=options.learning_rate, weight_decay=options.weight_decay
-    )
-
-
-# --- checkpoints ---------------------------------------------------------------------------
-
-
-def _plan_signature(setup: _RunSetup, plan: list[StepPlan], world: int) -> dict[str, Any]:
-    """What must not change between a run and its resumption."""
-    return {
-        "fingerprint": setup.fingerprint,
-        "world_size": world,
-        "steps": len(plan),
-        "tokens": sum(step.tokens for step in plan),
+    state, figures = sft.fit(run, resume_from, progress)
+    metrics = {
+        **_metrics(state, shape, selection, peft_model, processes, started),
+        **figures,
+        "row_tokens": row_tokens,
+        "quant": resolve_quant(model_options, device),
+        "padding_fraction": 0.0,  # the padding-free collator adds no padding
     }
-
-
-def _save_checkpoint(
-    data_dir: Path,
-    run_id: int,
-    peft_model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    state: _State,
-    signature: dict[str, Any],
-    accelerator: Accelerator,
-) -> None:
-    """Adapter, optimizer, scheduler, RNG and loop state; written to `.tmp`, then renamed."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    final = checkpoint_dir(data_dir, run_id, state.step)
-    partial = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, partial / f"rng-{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        weights = {
-            name: tensor.detach().cpu().contiguous()
-            for name, tensor in get_peft_model_state_dict(peft_model).items()
-        }
-        save_file(weights, partial / "adapter.safetensors")
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        write_checkpoint_state(partial, replace(state, signature=signature))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        replace_dir(partial, final)
-        for old in final.parent.iterdir():
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-        logger.info("checkpoint at step %s: %s", state.step, final)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(
-    path: Path | None,
-    peft_model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    state: _State,
-    signature: dict[str, Any],
-    accelerator: Accelerator,
-) -> None:
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    if path is None:
-        raise TrainingError("the checkpoint to resume from has disappeared")
-    saved = read_checkpoint_state(path)
-    if saved.signature != signature:
-        raise TrainingError(
-            f"cannot resume from {path}: it was made with {saved.signature}, "
-            f"now it would be {signature} (same dataset and number of processes needed)"
-        )
-    set_peft_model_state_dict(peft_model, load_file(path / "adapter.safetensors"))
-    device = accelerator.device
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
-    rng_file = path / f"rng-{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        rng = torch.load(rng_file)
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-    state.step = saved.step
-    state.history = saved.history
-    state.train_seconds = saved.train_seconds
-    state.tokens_seen = saved.tokens_seen
-    logger.info("resumed at step %s from %s", state.step, path)
-
-
-# --- the result ----------------------------------------------------------------------------
+    if processes.is_main_process:
+        _save_adapter(data_dir, setup, peft_model, tokenizer, meta, state, metrics, selection)
+    processes.wait_for_everyone()
+    return metrics
 
 
 def _metrics(
-    state: _State,
-    plan: list[StepPlan],
+    state: CheckpointState,
+    shape: Any,
     selection: _Selection,
     peft_model: Any,
-    accelerator: Accelerator,
+    processes: PartialState,
     started: float,
 ) -> dict[str, Any]:
     import torch
@@ -923,7 +593,7 @@ def _metrics(
     losses = [point.train_loss for point in state.history if point.train_loss is not None]
     validation = [point.val_loss for point in state.history if point.val_loss is not None]
     if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated(accelerator.device)
+        peak = torch.cuda.max_memory_allocated(processes.device)
     else:
         import resource
 
@@ -931,22 +601,26 @@ def _metrics(
     tail = losses[-max(1, len(losses) // 10) :]
     return {
         "steps": state.step,
-        "epochs": (plan[-1].epoch + 1) if plan else 0,
+        "epochs": shape.epochs,
+        "examples_per_row": shape.examples_per_row,
+        "accumulation": shape.accumulation,
         "train_loss": sum(tail) / len(tail) if tail else None,
         "val_loss": validation[-1] if validation else None,
         "val_loss_start": validation[0] if validation else None,
         "val_perplexity": math.exp(min(validation[-1], 50)) if validation else None,
-        "trained_tokens": sum(step.tokens for step in plan),
-        "owner_tokens": sum(step.target_tokens for step in plan),
+        "trained_tokens": state.tokens_seen,
         "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
         "train_seconds": round(state.train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "peak_memory_bytes": int(peak),
         "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
-        "world_size": accelerator.num_processes,
-        "device": str(accelerator.device.type),
+        "world_size": processes.num_processes,
+        "device": str(processes.device.type),
         **selection.counts,
     }
+
+
+# --- the result ----------------------------------------------------------------------------
 
 
 def _save_adapter(
@@ -955,7 +629,7 @@ def _save_adapter(
     peft_model: Any,
     tokenizer: Any,
     meta: dict[str, Any],
-    state: _State,
+    state: CheckpointState,
     metrics: dict[str, Any],
     selection: _Selection,
 ) -> None:
@@ -973,6 +647,8 @@ def _save_adapter(
             "parent_id": setup.parent_id,
             "parent_adapter": setup.parent_adapter,
             "row_tokens": metrics["row_tokens"],
+            "examples_per_row": metrics["examples_per_row"],
+            "accumulation": metrics["accumulation"],
             "world_size": metrics["world_size"],
         },
     )
