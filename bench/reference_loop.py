@@ -9,7 +9,6 @@ layer. `bench/bench_train.py` runs it beside the new `twin train` to compare spe
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from training.packing import pack_examples
 
 IGNORE_INDEX = -100
 
@@ -28,27 +29,6 @@ class Step:
     rows: tuple[tuple[int, ...], ...]
     tokens: int
     target_tokens: int
-
-
-def pack_examples(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
-    """Best-fit-decreasing bin packing into rows of at most `capacity`, rows shuffled."""
-    order = np.random.default_rng(seed).permutation(len(lengths)).tolist()
-    order.sort(key=lambda index: -lengths[index])
-    free: list[tuple[int, int]] = []
-    rows: list[list[int]] = []
-    for index in order:
-        length = lengths[index]
-        slot = bisect.bisect_left(free, (length, -1))
-        if slot == len(free):
-            rows.append([index])
-            space, row = capacity - length, len(rows) - 1
-        else:
-            space, row = free.pop(slot)
-            rows[row].append(index)
-            space -= length
-        if space > 0:
-            bisect.insort(free, (space, row))
-    return [rows[i] for i in np.random.default_rng(seed + 1).permutation(len(rows))]
 
 
 def plan_steps(
@@ -66,11 +46,11 @@ def plan_steps(
     targets = [sum(label != IGNORE_INDEX for label in example[1:]) for example in labels]
     steps: list[Step] = []
     for epoch in range(epochs):
-        rows = pack_examples(lengths, row_tokens, seed + epoch)
+        rows = pack_examples(lengths, row_tokens, seed=seed + epoch)
         mean_row = sum(lengths) / len(rows)
         per_step = max(1, round(batch_tokens / mean_row))
         for start in range(0, len(rows), per_step):
-            chunk = tuple(tuple(row) for row in rows[start : start + per_step])
+            chunk = tuple(row.examples for row in rows[start : start + per_step])
             steps.append(
                 Step(
                     rows=chunk,

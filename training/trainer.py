@@ -1,9 +1,10 @@
 """`twin train`: LoRA / QLoRA on the owner's replies, resumable, DDP-ready, on TRL.
 
-This module decides what a run trains (new, `--resume` or `--continue` with replay), records
-it in the runs table and writes its folder (`training.run_folder`); `training.sft` trains it
-with TRL's `SFTTrainer`. The same code serves a CPU test, one GPU and `accelerate launch` /
-`torchrun`: rank 0 alone writes the runs table and the files.
+`training.run_setup` decides what a run trains (new, `--resume`, or `--continue` with replay)
+and records it in the runs table; `training.sft` trains it with TRL's `SFTTrainer`; this
+module runs the two and writes the run's folder (`training.run_folder`). The same code serves
+a CPU test, one GPU and `accelerate launch` / `torchrun`: rank 0 alone writes the runs table
+and the files.
 """
 
 from __future__ import annotations
@@ -14,22 +15,13 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage.runs import (
-    activate_run,
-    active_run,
-    create_run,
-    finish_run,
-    get_run,
-    list_runs,
-    reopen_run,
-)
+from storage.runs import activate_run, active_run, finish_run, reopen_run
 from training.errors import TrainingError, problems_text
-from training.model import LoraOptions, ModelOptions, resolve_quant
+from training.model import resolve_quant
 from training.run_folder import (
     CheckpointState,
     DatasetRecord,
@@ -38,149 +30,39 @@ from training.run_folder import (
     RunFolder,
     checkpoint_root,
     latest_checkpoint,
-    read_json,
     remove_partials,
     running_lock,
 )
+from training.run_setup import (
+    NothingNewError,
+    RunSetup,
+    Selection,
+    load_dataset,
+    prepare_run,
+    select_examples,
+    token_table,
+)
 from training.sft import ProgressCallback, TrainProgress
+from training.train_options import TrainOptions
 
 if TYPE_CHECKING:
     from accelerate import PartialState
-    from datasets import Dataset, DatasetDict
 
     from storage import Database
-    from training.packing import TokenTable
 
-__all__ = ["NothingNewError", "ProgressCallback", "TrainOptions", "TrainProgress", "train"]
+__all__ = [
+    "NothingNewError",
+    "ProgressCallback",
+    "RunResult",
+    "TrainOptions",
+    "TrainProgress",
+    "load_dataset",
+    "select_examples",
+    "token_table",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
-
-
-class NothingNewError(TrainingError):
-    """`--continue` found no session newer than what the active run saw: nothing to do."""
-
-
-OPTIMIZER_CHOICES = ("auto", "adamw", "paged_adamw_8bit")
-RESUMABLE_STATUSES = ("running", "failed", "interrupted")
-
-
-def _option(default: Any, help: str, flag: str | None = None) -> Any:
-    """A field with its command-line help (and flag, where it is not `--field-name`)."""
-    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
-    return field(default=default, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Everything a training run needs besides the data; saved with the run to reproduce it.
-
-    `twin train` builds its flags from these fields (help, flag name, default), so a default
-    is written only here.
-    """
-
-    base_model: str | None = _option(
-        None, "Hub name or folder (default: the model the dataset was built for)."
-    )
-    quant: str = _option("auto", "4bit (QLoRA), 8bit or none; auto: 4bit on a GPU.")
-    dtype: str = _option("auto", "bfloat16, float16 or float32; auto: by hardware.")
-    trust_remote_code: bool = _option(False, "Run the model repository's own code.")
-    target_modules: tuple[str, ...] | None = _option(
-        None, "Layers to adapt, comma separated (default: by architecture)."
-    )
-    attention: str = _option("auto", "sdpa, eager or flash_attention_2; auto: best.")
-    rank: int = _option(16, "LoRA rank.")
-    alpha: int = _option(32, "LoRA alpha (scaling).")
-    dropout: float = _option(0.05, "LoRA dropout.")
-    epochs: float = _option(2.0, "Passes over the data.")
-    max_steps: int | None = _option(None, "Stop after this many steps.")
-    learning_rate: float = _option(2e-4, "Peak learning rate.", "--lr")
-    warmup_ratio: float = _option(0.03, "Share of the steps that warm the learning rate up.")
-    weight_decay: float = _option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _option(1.0, "Clip gradients to this norm (0: no clipping).")
-    batch_tokens: int = _option(16384, "Trained-on tokens per optimizer step, all GPUs together.")
-    row_tokens: int | None = _option(
-        None, "Tokens per forward pass (default: 4096 with FlashAttention-2, 2048 GPU, 512 CPU)."
-    )
-    eval_every: int = _option(50, "Validation loss every N steps (0: at the end).")
-    checkpoint_every: int = _option(100, "Checkpoint every N steps (0: never).")
-    activation_checkpointing: bool = _option(
-        True,
-        "Recompute activations in the backward pass: less memory, a little slower.",
-        "--activation-checkpointing/--no-activation-checkpointing",
-    )
-    optimizer: str = _option("auto", "adamw or paged_adamw_8bit (GPU); auto: by device.")
-    continue_training: bool = _option(
-        False,
-        "Continue the active run's adapter on sessions newer than it saw, plus replay.",
-        "--continue",
-    )
-    replay: float = _option(0.2, "With --continue: older examples mixed in, x new count.")
-    resume: bool = _option(False, "Finish the last killed run from its checkpoint.")
-    dataset: str | None = _option(None, "Dataset fingerprint (default: the newest).")
-    activate: bool = _option(
-        True, "Serve the new run once it succeeds.", "--activate/--no-activate"
-    )
-    seed: int = _option(0, "Seed for data order and LoRA init.")
-
-    def problems(self) -> list[tuple[str, str]]:
-        """Every invalid value as (field, message), so the CLI reports them all at once."""
-        found = (
-            self.model_options(self.base_model or "?").problems() + self.lora_options().problems()
-        )
-        checks = [
-            (self.epochs > 0, "epochs", f"{self.epochs}: must be positive"),
-            (self.max_steps is None or self.max_steps > 0, "max_steps", f"{self.max_steps}: > 0"),
-            (self.learning_rate > 0, "learning_rate", f"{self.learning_rate}: must be positive"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio", f"{self.warmup_ratio}: in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay", f"{self.weight_decay}: 0 or more"),
-            (self.max_grad_norm >= 0, "max_grad_norm", f"{self.max_grad_norm}: 0 or more"),
-            (self.batch_tokens > 0, "batch_tokens", f"{self.batch_tokens}: must be positive"),
-            (
-                self.row_tokens is None or self.row_tokens > 0,
-                "row_tokens",
-                f"{self.row_tokens}: must be positive",
-            ),
-            (self.eval_every >= 0, "eval_every", f"{self.eval_every}: 0 (off) or more"),
-            (self.checkpoint_every >= 0, "checkpoint_every", f"{self.checkpoint_every}: 0 or more"),
-            (self.replay >= 0, "replay", f"{self.replay}: must be 0 or more"),
-            (
-                self.optimizer in OPTIMIZER_CHOICES,
-                "optimizer",
-                f"{self.optimizer!r}: use one of {', '.join(OPTIMIZER_CHOICES)}",
-            ),
-            (
-                not (self.resume and self.continue_training),
-                "resume",
-                "and --continue: pick one (--resume finishes a killed run as it was)",
-            ),
-        ]
-        return found + [(name, message) for ok, name, message in checks if not ok]
-
-    def model_options(self, base_model: str | None = None) -> ModelOptions:
-        return ModelOptions(
-            base_model=base_model or self.base_model or "",
-            quant=self.quant,
-            dtype=self.dtype,
-            trust_remote_code=self.trust_remote_code,
-            target_modules=self.target_modules,
-            attention=self.attention,
-        )
-
-    def lora_options(self) -> LoraOptions:
-        return LoraOptions(rank=self.rank, alpha=self.alpha, dropout=self.dropout)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["target_modules"] = list(self.target_modules) if self.target_modules else None
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainOptions:
-        known = {item.name for item in fields(cls)}
-        kept = {key: value for key, value in values.items() if key in known}
-        if kept.get("target_modules"):
-            kept["target_modules"] = tuple(kept["target_modules"])
-        return cls(**kept)
 
 
 @dataclass(frozen=True)
@@ -192,29 +74,6 @@ class RunResult:
     parent_id: int | None = None
     activated: bool = False
     main_process: bool = True
-
-
-@dataclass
-class _RunSetup:
-    """What rank 0 decides before training and every process needs (sent to all)."""
-
-    run_id: int
-    options: TrainOptions
-    base_model: str
-    fingerprint: str
-    parent_id: int | None = None
-    parent_adapter: str | None = None
-    cutoff: int | None = None  # continued training: only sessions ending after this
-    resume: bool = False
-
-
-@dataclass
-class _Selection:
-    train: Dataset  # input_ids and labels of the chosen rows
-    lengths: list[int]
-    validation: TokenTable
-    newest_session_end: int | None
-    counts: dict[str, int]
 
 
 def train(
@@ -234,7 +93,7 @@ def train(
     processes = _processes()
     if not options.resume:  # fail before a run exists; a resumed run checks its own options
         resolve_quant(options.model_options("?"), processes.device)
-    setup = _share(processes, lambda: _prepare_run(database, options, data_dir), "run preparation")
+    setup = _share(processes, lambda: prepare_run(database, options, data_dir), "run preparation")
     try:
         with _running(database, setup, data_dir, processes):
             metrics = _fit(setup, data_dir, processes, progress)
@@ -261,7 +120,7 @@ def train(
 
 @contextmanager
 def _running(
-    database: Database, setup: _RunSetup, data_dir: Path, processes: PartialState
+    database: Database, setup: RunSetup, data_dir: Path, processes: PartialState
 ) -> Iterator[None]:
     """Rank 0 holds the run's lock while it trains; a resumed run is marked running again."""
     if not processes.is_main_process:
@@ -306,213 +165,11 @@ def _share(processes: PartialState, make: Callable[[], Any], what: str) -> Any:
     return value
 
 
-# --- deciding what to train ----------------------------------------------------------------
-
-
-def _prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> _RunSetup:
-    """Pick the data and the starting point, and create (or reopen) the run's row."""
-    if options.resume:
-        return _prepare_resume(database, data_dir)
-    dataset, meta = load_dataset(data_dir, options.dataset)
-    fingerprint = meta["fingerprint"]
-    ends = _session_ends(dataset["train"])
-    if not len(ends):
-        raise TrainingError(
-            f"dataset {fingerprint} has no training examples: check `twin dataset stats`"
-        )
-    with database.session() as session:
-        if options.continue_training:
-            setup = _prepare_continue(session, options, meta, ends)
-        else:
-            base_model = _check_base_model(options.base_model, meta)
-            setup = _RunSetup(0, replace(options, base_model=base_model), base_model, fingerprint)
-        used = ends if setup.cutoff is None else ends[ends > setup.cutoff]
-        run = create_run(
-            session,
-            base_model=setup.base_model,
-            options=setup.options.to_dict(),
-            dataset_fingerprint=fingerprint,
-            parent_id=setup.parent_id,
-            newest_message_at=datetime.fromtimestamp(int(used.max()), UTC),
-        )
-        setup.run_id = run.id
-    logger.info("run %s: training %s on dataset %s", setup.run_id, setup.base_model, fingerprint)
-    return setup
-
-
-def _prepare_continue(
-    session: Any, options: TrainOptions, meta: dict[str, Any], ends: Any
-) -> _RunSetup:
-    parent = active_run(session)
-    if parent is None or not parent.adapter_path:
-        raise TrainingError("--continue needs an active run to start from: run `twin train` first")
-    if options.base_model and not _same_model(options.base_model, parent.base_model):
-        raise TrainingError(
-            f"--base-model {options.base_model!r} differs from the active run {parent.id}'s "
-            f"base model {parent.base_model!r}: continued training keeps the parent's base model"
-        )
-    _check_base_model(parent.base_model, meta)
-    adapter = Path(parent.adapter_path)
-    adapter_config = read_json(adapter / "adapter_config.json")
-    cutoff = int(parent.newest_message_at.timestamp()) if parent.newest_message_at else None
-    if cutoff is not None and not (ends > cutoff).any():
-        raise NothingNewError(
-            f"nothing new since run {parent.id} (its newest message is from "
-            f"{parent.newest_message_at:%Y-%m-%d %H:%M} UTC): harvest and "
-            "`twin dataset build` first"
-        )
-    resolved = replace(
-        options,
-        base_model=parent.base_model,
-        rank=int(adapter_config["r"]),
-        alpha=int(adapter_config["lora_alpha"]),
-        dropout=float(adapter_config.get("lora_dropout", options.dropout)),
-        target_modules=tuple(sorted(adapter_config.get("target_modules") or ())) or None,
-    )
-    return _RunSetup(
-        run_id=0,
-        options=resolved,
-        base_model=parent.base_model,
-        fingerprint=meta["fingerprint"],
-        parent_id=parent.id,
-        parent_adapter=str(adapter),
-        cutoff=cutoff,
-    )
-
-
-def _prepare_resume(database: Database, data_dir: Path) -> _RunSetup:
-    """The newest unfinished run with a checkpoint, set up exactly as it was started."""
-    with database.session() as session:
-        for run in list_runs(session):
-            if run.status not in RESUMABLE_STATUSES:
-                continue
-            if latest_checkpoint(data_dir, run.id) is None:
-                continue
-            options = TrainOptions.from_dict(run.options)
-            parent = get_run(session, run.parent_id) if run.parent_id else None
-            cutoff = None
-            if parent is not None and parent.newest_message_at:
-                cutoff = int(parent.newest_message_at.timestamp())
-            logger.info("resuming run %s from %s", run.id, latest_checkpoint(data_dir, run.id))
-            return _RunSetup(
-                run_id=run.id,
-                options=options,
-                base_model=run.base_model,
-                fingerprint=run.dataset_fingerprint or "",
-                parent_id=run.parent_id,
-                parent_adapter=parent.adapter_path if parent else None,
-                cutoff=cutoff,
-                resume=True,
-            )
-    raise TrainingError(
-        "nothing to resume: no unfinished run has a checkpoint (`twin runs` lists the runs); "
-        "start a new one with `twin train`"
-    )
-
-
-def _check_base_model(asked: str | None, meta: dict[str, Any]) -> str:
-    built_for = meta.get("base_model")
-    if not built_for:
-        if not asked:
-            raise TrainingError("the dataset's meta.json names no base model: pass --base-model")
-        return asked
-    if asked and not _same_model(asked, built_for):
-        raise TrainingError(
-            f"--base-model {asked!r} differs from {built_for!r}, whose tokenizer built dataset "
-            f"{meta.get('fingerprint')}: rebuild it with `twin dataset build` for this model"
-        )
-    return asked or built_for
-
-
-def _same_model(first: str, second: str) -> bool:
-    if first == second:
-        return True
-    one, other = Path(first).expanduser(), Path(second).expanduser()
-    return one.exists() and other.exists() and one.resolve() == other.resolve()
-
-
-# --- the dataset ---------------------------------------------------------------------------
-
-
-def load_dataset(data_dir: Path, fingerprint: str | None = None) -> tuple[DatasetDict, dict]:
-    """The built dataset (newest, or by fingerprint) and its meta.json."""
-    from training.dataset import load_dataset_dir
-
-    dataset, meta = load_dataset_dir(Path(data_dir), fingerprint)
-    if not meta.get("fingerprint"):
-        raise TrainingError(
-            f"the dataset {fingerprint or 'LATEST'} has no fingerprint in meta.json"
-        )
-    return dataset, meta
-
-
-def _session_ends(split: Dataset) -> Any:
-    import numpy as np
-
-    if len(split) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.asarray(split.with_format("numpy")["session_end"], dtype=np.int64)
-
-
-def token_table(split: Dataset, indices: list[int] | None = None) -> TokenTable:
-    """The split's (or the chosen rows') `input_ids` and `labels`, flat in memory."""
-    from training.packing import TokenTable
-
-    rows = split if indices is None else split.select(indices)
-    input_ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    for batch in rows.select_columns(["input_ids", "labels"]).iter(batch_size=2048):
-        input_ids.extend(batch["input_ids"])
-        labels.extend(batch["labels"])
-    return TokenTable.from_lists(input_ids, labels)
-
-
-def select_examples(
-    dataset: DatasetDict, *, cutoff: int | None, replay: float, seed: int
-) -> _Selection:
-    """All training rows; or, continuing, the rows newer than `cutoff` plus a replay sample."""
-    import numpy as np
-
-    train_split = dataset["train"]
-    ends = _session_ends(train_split)
-    if cutoff is None:
-        chosen = np.arange(len(train_split))
-        counts = {"new_examples": len(chosen), "replay_examples": 0}
-    else:
-        new = np.flatnonzero(ends > cutoff)
-        old = np.flatnonzero(ends <= cutoff)
-        wanted = min(len(old), round(replay * len(new)))
-        replayed = np.random.default_rng(seed).choice(old, size=wanted, replace=False)
-        chosen = np.sort(np.concatenate([new, replayed]).astype(np.int64))
-        counts = {"new_examples": len(new), "replay_examples": int(wanted)}
-    if len(chosen) == 0:
-        raise TrainingError("the dataset has no training examples: check `twin dataset stats`")
-    validation = dataset.get("validation")
-    train = train_split.select(chosen.tolist()).select_columns(["input_ids", "labels"])
-    return _Selection(
-        train=train,
-        lengths=[len(ids) for ids in train["input_ids"]],
-        validation=token_table(validation) if validation is not None else _empty_table(),
-        newest_session_end=int(ends[chosen].max()) if len(ends) else None,
-        counts={
-            **counts,
-            "train_examples": len(chosen),
-            "validation_examples": len(validation) if validation is not None else 0,
-        },
-    )
-
-
-def _empty_table() -> TokenTable:
-    from training.packing import TokenTable
-
-    return TokenTable.from_lists([], [])
-
-
 # --- training --------------------------------------------------------------------------------
 
 
 def _fit(
-    setup: _RunSetup,
+    setup: RunSetup,
     data_dir: Path,
     processes: PartialState,
     progress: ProgressCallback | None,
@@ -583,7 +240,7 @@ def _fit(
 def _metrics(
     state: CheckpointState,
     shape: Any,
-    selection: _Selection,
+    selection: Selection,
     peft_model: Any,
     processes: PartialState,
     started: float,
@@ -625,13 +282,13 @@ def _metrics(
 
 def _save_adapter(
     data_dir: Path,
-    setup: _RunSetup,
+    setup: RunSetup,
     peft_model: Any,
     tokenizer: Any,
     meta: dict[str, Any],
     state: CheckpointState,
     metrics: dict[str, Any],
-    selection: _Selection,
+    selection: Selection,
 ) -> None:
     """Write adapter, tokenizer (chat template), options, dataset, history; rename into place."""
     final = RunFolder.of(data_dir, setup.run_id)
@@ -682,7 +339,7 @@ def _pii_record(meta: dict[str, Any]) -> PiiRecord:
     return PiiRecord(tuple(lines), source)
 
 
-def _finish(database: Database, setup: _RunSetup, result: RunResult, data_dir: Path) -> RunResult:
+def _finish(database: Database, setup: RunSetup, result: RunResult, data_dir: Path) -> RunResult:
     """Mark the run succeeded, activate it, drop its checkpoints."""
     activated = False
     with database.session() as session:
