@@ -72,19 +72,25 @@ def prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> Ru
             f"dataset {fingerprint} has no training examples: check `twin dataset stats`"
         )
     with database.session() as session:
+        newest = None
         if options.continue_training:
             setup = _prepare_continue(session, options, meta, ends)
+        elif options.dpo:  # preference tuning sees no new message: the parent's newest stays
+            setup, parent = _from_active_run(session, options, meta, "--dpo")
+            newest = parent.newest_message_at
         else:
             base_model = _check_base_model(options.base_model, meta)
             setup = RunSetup(0, replace(options, base_model=base_model), base_model, fingerprint)
-        used = ends if setup.cutoff is None else ends[ends > setup.cutoff]
+        if newest is None:
+            used = ends if setup.cutoff is None else ends[ends > setup.cutoff]
+            newest = datetime.fromtimestamp(int(used.max()), UTC)
         run = create_run(
             session,
             base_model=setup.base_model,
             options=setup.options.to_dict(),
             dataset_fingerprint=fingerprint,
             parent_id=setup.parent_id,
-            newest_message_at=datetime.fromtimestamp(int(used.max()), UTC),
+            newest_message_at=newest,
         )
         setup.run_id = run.id
     logger.info("run %s: training %s on dataset %s", setup.run_id, setup.base_model, fingerprint)
@@ -94,17 +100,7 @@ def prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> Ru
 def _prepare_continue(
     session: Any, options: TrainOptions, meta: dict[str, Any], ends: Any
 ) -> RunSetup:
-    parent = active_run(session)
-    if parent is None or not parent.adapter_path:
-        raise TrainingError("--continue needs an active run to start from: run `twin train` first")
-    if options.base_model and not _same_model(options.base_model, parent.base_model):
-        raise TrainingError(
-            f"--base-model {options.base_model!r} differs from the active run {parent.id}'s "
-            f"base model {parent.base_model!r}: continued training keeps the parent's base model"
-        )
-    _check_base_model(parent.base_model, meta)
-    adapter = Path(parent.adapter_path)
-    adapter_config = read_json(adapter / "adapter_config.json")
+    setup, parent = _from_active_run(session, options, meta, "--continue")
     cutoff = int(parent.newest_message_at.timestamp()) if parent.newest_message_at else None
     if cutoff is not None and not (ends > cutoff).any():
         raise NothingNewError(
@@ -112,6 +108,25 @@ def _prepare_continue(
             f"{parent.newest_message_at:%Y-%m-%d %H:%M} UTC): harvest and "
             "`twin dataset build` first"
         )
+    setup.cutoff = cutoff
+    return setup
+
+
+def _from_active_run(
+    session: Any, options: TrainOptions, meta: dict[str, Any], flag: str
+) -> tuple[RunSetup, Any]:
+    """A run that goes on from the active run's adapter, with its base model and LoRA shape."""
+    parent = active_run(session)
+    if parent is None or not parent.adapter_path:
+        raise TrainingError(f"{flag} needs an active run to start from: run `twin train` first")
+    if options.base_model and not _same_model(options.base_model, parent.base_model):
+        raise TrainingError(
+            f"--base-model {options.base_model!r} differs from the active run {parent.id}'s "
+            f"base model {parent.base_model!r}: {flag} keeps the parent's base model"
+        )
+    _check_base_model(parent.base_model, meta)
+    adapter = Path(parent.adapter_path)
+    adapter_config = read_json(adapter / "adapter_config.json")
     resolved = replace(
         options,
         base_model=parent.base_model,
@@ -120,15 +135,15 @@ def _prepare_continue(
         dropout=float(adapter_config.get("lora_dropout", options.dropout)),
         target_modules=tuple(sorted(adapter_config.get("target_modules") or ())) or None,
     )
-    return RunSetup(
+    setup = RunSetup(
         run_id=0,
         options=resolved,
         base_model=parent.base_model,
         fingerprint=meta["fingerprint"],
         parent_id=parent.id,
         parent_adapter=str(adapter),
-        cutoff=cutoff,
     )
+    return setup, parent
 
 
 def _prepare_resume(database: Database, data_dir: Path) -> RunSetup:

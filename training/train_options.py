@@ -71,6 +71,14 @@ class TrainOptions:
         True, "Serve the new run once it succeeds.", "--activate/--no-activate"
     )
     seed: int = _option(0, "Seed for data order and LoRA init.")
+    dpo: bool = _option(
+        False,
+        "Preference-tune the active run (TRL DPO) on --self-play pairs, as a new run.",
+    )
+    self_play: int = _option(
+        64, "With --dpo: training contexts the run answers itself (rejected) vs you (chosen)."
+    )
+    beta: float = _option(0.1, "With --dpo: how far from the active run's replies (DPO beta).")
 
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid value as (field, message), so the CLI reports them all at once."""
@@ -103,6 +111,13 @@ class TrainOptions:
                 "resume",
                 "and --continue: pick one (--resume finishes a killed run as it was)",
             ),
+            (
+                not (self.dpo and (self.resume or self.continue_training)),
+                "dpo",
+                "with --resume or --continue: pick one (--dpo starts from the active run)",
+            ),
+            (self.self_play > 0, "self_play", f"{self.self_play}: must be positive"),
+            (self.beta > 0, "beta", f"{self.beta}: must be positive"),
         ]
         return found + [(name, message) for ok, name, message in checks if not ok]
 

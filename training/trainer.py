@@ -174,7 +174,7 @@ def _fit(
     processes: PartialState,
     progress: ProgressCallback | None,
 ) -> dict[str, Any]:
-    """Load the model and data, train with `training.sft`, write the run's folder."""
+    """Load the model and data, train (`training.sft`, or `training.dpo`), write the folder."""
     import torch
 
     from training import sft
@@ -189,7 +189,7 @@ def _fit(
     selection = select_examples(
         dataset, cutoff=setup.cutoff, replay=options.replay, seed=options.seed
     )
-    device, world = processes.device, processes.num_processes
+    device = processes.device
     peft_model = load_for_training(
         model_options,
         options.lora_options(),
@@ -199,7 +199,41 @@ def _fit(
     )
     attention = peft_model.get_base_model().config._attn_implementation
     row_tokens = sft.row_tokens_for(options, attention, device)
-    shape = sft.step_shape(selection.lengths, options, row_tokens, world)
+    if options.dpo:
+        state, figures = _fit_dpo(
+            setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens, device, progress
+        )
+    else:
+        state, figures = _fit_sft(
+            setup, data_dir, peft_model, tokenizer, selection, row_tokens, processes, progress
+        )
+    metrics = {
+        **_metrics(state, selection, peft_model, processes, started),
+        **figures,
+        "row_tokens": row_tokens,
+        "quant": resolve_quant(model_options, device),
+    }
+    if processes.is_main_process:
+        _save_adapter(data_dir, setup, peft_model, tokenizer, meta, state, metrics, selection)
+    processes.wait_for_everyone()
+    return metrics
+
+
+def _fit_sft(
+    setup: RunSetup,
+    data_dir: Path,
+    peft_model: Any,
+    tokenizer: Any,
+    selection: Selection,
+    row_tokens: int,
+    processes: PartialState,
+    progress: ProgressCallback | None,
+) -> tuple[CheckpointState, dict[str, Any]]:
+    """Supervised tuning on the owner's replies (`training.sft`), from a checkpoint if resumed."""
+    from training import sft
+
+    world = processes.num_processes
+    shape = sft.step_shape(selection.lengths, setup.options, row_tokens, world)
     resume_from = None
     if setup.resume:
         resume_from = latest_checkpoint(data_dir, setup.run_id)
@@ -210,7 +244,7 @@ def _fit(
         tokenizer=tokenizer,
         train_split=selection.train,
         validation=selection.validation,
-        options=options,
+        options=setup.options,
         data_dir=data_dir,
         run_id=setup.run_id,
         signature={
@@ -221,25 +255,48 @@ def _fit(
         },
         row_tokens=row_tokens,
         shape=shape,
-        device=device,
+        device=processes.device,
     )
     state, figures = sft.fit(run, resume_from, progress)
-    metrics = {
-        **_metrics(state, shape, selection, peft_model, processes, started),
+    return state, {
         **figures,
-        "row_tokens": row_tokens,
-        "quant": resolve_quant(model_options, device),
+        "epochs": shape.epochs,
+        "examples_per_row": shape.examples_per_row,
+        "accumulation": shape.accumulation,
         "padding_fraction": 0.0,  # the padding-free collator adds no padding
     }
-    if processes.is_main_process:
-        _save_adapter(data_dir, setup, peft_model, tokenizer, meta, state, metrics, selection)
-    processes.wait_for_everyone()
-    return metrics
+
+
+def _fit_dpo(
+    setup: RunSetup,
+    data_dir: Path,
+    peft_model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    selection: Selection,
+    row_tokens: int,
+    device: Any,
+    progress: ProgressCallback | None,
+) -> tuple[CheckpointState, dict[str, Any]]:
+    """Preference tuning of the active run's adapter on self-play pairs (`training.dpo`)."""
+    from training import dpo
+
+    run = dpo.DpoRun(
+        peft_model=peft_model,
+        tokenizer=tokenizer,
+        train_split=dataset["train"],
+        validation_split=dataset.get("validation"),
+        validation=selection.validation,
+        options=setup.options,
+        output_dir=checkpoint_root(data_dir, setup.run_id),
+        row_tokens=row_tokens,
+        device=device,
+    )
+    return dpo.fit(run, progress)
 
 
 def _metrics(
     state: CheckpointState,
-    shape: Any,
     selection: Selection,
     peft_model: Any,
     processes: PartialState,
@@ -258,9 +315,6 @@ def _metrics(
     tail = losses[-max(1, len(losses) // 10) :]
     return {
         "steps": state.step,
-        "epochs": shape.epochs,
-        "examples_per_row": shape.examples_per_row,
-        "accumulation": shape.accumulation,
         "train_loss": sum(tail) / len(tail) if tail else None,
         "val_loss": validation[-1] if validation else None,
         "val_loss_start": validation[0] if validation else None,
@@ -304,8 +358,8 @@ def _save_adapter(
             "parent_id": setup.parent_id,
             "parent_adapter": setup.parent_adapter,
             "row_tokens": metrics["row_tokens"],
-            "examples_per_row": metrics["examples_per_row"],
-            "accumulation": metrics["accumulation"],
+            "examples_per_row": metrics.get("examples_per_row"),
+            "accumulation": metrics.get("accumulation"),
             "world_size": metrics["world_size"],
         },
     )
