@@ -203,7 +203,12 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
         state.history.append(LossPoint(step=0, val_loss=start_loss))
     reference = sequence_logps(model, held_out)  # the active run's: DPO's reference
     trainer = _dpo_trainer(run, pairs)
-    trainer.add_callback(_history_callback(state, progress, trainer.args.max_steps))
+    # Each step runs a batch of pairs: prompt + chosen and prompt + rejected.
+    per_pair = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    tokens_per_step = round(per_pair / len(pairs) * _batch(pairs))
+    trainer.add_callback(
+        _history_callback(state, progress, trainer.args.max_steps, tokens_per_step)
+    )
     trainer.train()
     if "ref" in model.peft_config:
         model.delete_adapter("ref")  # the frozen copy served only as DPO's reference
@@ -294,7 +299,9 @@ def _dpo_trainer(run: DpoRun, pairs: list[PreferencePair]) -> Any:
     return trainer
 
 
-def _history_callback(state: CheckpointState, progress: ProgressCallback | None, total: int) -> Any:
+def _history_callback(
+    state: CheckpointState, progress: ProgressCallback | None, total: int, tokens_per_step: int
+) -> Any:
     """Each step's DPO loss into the run's history (and to the progress bar)."""
     from transformers import TrainerCallback
 
@@ -308,6 +315,7 @@ def _history_callback(state: CheckpointState, progress: ProgressCallback | None,
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             state.train_seconds += time.perf_counter() - timing["began"]
+            state.tokens_seen += tokens_per_step
 
         def on_log(
             self, args: Any, trainer_state: Any, control: Any, logs: Any = None, **_: Any
@@ -329,6 +337,7 @@ def _history_callback(state: CheckpointState, progress: ProgressCallback | None,
                         total_steps=total,
                         epoch=0,
                         loss=loss,
+                        tokens_per_second=state.tokens_seen / max(state.train_seconds, 1e-9),
                         eta_seconds=per_step * (total - step),
                     )
                 )
