@@ -100,6 +100,7 @@ def self_play_pairs(
                     top_p=0.95,
                     eos_token_id=stops,
                     pad_token_id=stops[0],
+                    use_cache=True,  # training loads the model with the cache off
                 )
             rejected = output[0, len(prompt) :].tolist()
             if rejected and rejected != chosen:
