@@ -187,7 +187,7 @@ def run_twin(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str,
         epochs=1,
         max_steps=args.max_steps,
         batch_tokens=args.batch_tokens,
-        row_tokens=args.row_tokens,
+        row_tokens=args.twin_row_tokens or args.row_tokens,
         eval_every=0,
         checkpoint_every=0,
         activation_checkpointing=args.checkpointing,
@@ -402,6 +402,9 @@ def main() -> None:
     parser.add_argument("--row-tokens", type=int, default=None, help="default: the trainer's")
     parser.add_argument("--baseline-batch", type=int, default=4, help="examples per padded batch")
     parser.add_argument("--arms", default=",".join(ARMS), help="which arms, comma separated")
+    parser.add_argument(
+        "--twin-row-tokens", type=int, default=None, help="twin's --row-tokens (default: its own)"
+    )
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--quant", default="auto", help="auto: 4bit on CUDA, none on CPU")
     parser.add_argument("--hidden-size", type=int, default=256, help="CPU tiny model width")

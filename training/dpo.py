@@ -276,7 +276,7 @@ def _dpo_trainer(run: DpoRun, pairs: list[PreferencePair]) -> Any:
         bf16=bf16,
         fp16=False,
         use_cpu=not cuda,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         max_length=None,
         save_strategy="no",
         eval_strategy="no",

@@ -50,8 +50,7 @@ class RunSetup:
 class Selection:
     """The examples a run trains on and validates with, and their counts."""
 
-    train: Dataset  # input_ids and labels of the chosen rows
-    lengths: list[int]
+    train: TokenTable  # input_ids and labels of the chosen rows
     validation: TokenTable
     newest_session_end: int | None
     counts: dict[str, int]
@@ -254,10 +253,8 @@ def select_examples(
     if len(chosen) == 0:
         raise TrainingError("the dataset has no training examples: check `twin dataset stats`")
     validation = dataset.get("validation")
-    train = train_split.select(chosen.tolist()).select_columns(["input_ids", "labels"])
     return Selection(
-        train=train,
-        lengths=[len(ids) for ids in train["input_ids"]],
+        train=token_table(train_split, chosen.tolist()),
         validation=token_table(validation) if validation is not None else _empty_table(),
         newest_session_end=int(ends[chosen].max()) if len(ends) else None,
         counts={

@@ -35,15 +35,25 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
     from training.packing import TokenTable
-    from training.trainer import TrainOptions
+    from training.train_options import TrainOptions
 
 logger = logging.getLogger(__name__)
 
-# Tokens per forward pass (one padding-free row) when --row-tokens is not given. A block
-# mask (SDPA, eager) costs row length² per row, so CPU rows stay short; FlashAttention's
+# Tokens per packed row (one forward pass) when --row-tokens is not given. A block mask
+# (SDPA, eager) costs row length² per row, so CPU rows stay short; FlashAttention's
 # variable-length kernel costs sum(length²) over a row's examples whatever the row.
 DEFAULT_ROW_TOKENS = {"flash_attention_2": 4096, "cuda": 2048, "cpu": 512}
 _TRAINER_CHECKPOINT = "checkpoint-"  # transformers' folder name, renamed once complete
+
+
+class _PackedRowsFilter(logging.Filter):
+    """Drops TRL's advice against one row per device: our rows are packed already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "per_device_train_batch_size of 1" not in record.getMessage()
+
+
+logging.getLogger("trl.trainer.sft_trainer").addFilter(_PackedRowsFilter())
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,9 @@ ProgressCallback = Callable[[TrainProgress], None]
 
 @dataclass(frozen=True)
 class StepShape:
-    """How an optimizer step is made: examples per row, rows per process, and the steps."""
+    """How an optimizer step is made: rows per process accumulated, and the steps."""
 
-    examples_per_row: int
+    rows: int
     accumulation: int
     steps_per_epoch: int
     steps: int
@@ -77,16 +87,35 @@ class StepShape:
         return math.ceil(self.steps / self.steps_per_epoch)
 
 
-def step_shape(lengths: list[int], options: TrainOptions, row_tokens: int, world: int) -> StepShape:
-    """Examples per step from the token budget: about `batch_tokens` over all processes."""
-    mean = sum(lengths) / len(lengths)
-    per_step = max(1, round(options.batch_tokens / mean))
-    per_row = max(1, min(round(row_tokens / mean), math.ceil(per_step / world)))
-    rows_per_process = math.ceil(math.ceil(len(lengths) / world) / per_row)
-    accumulation = max(1, min(round(per_step / (per_row * world)), rows_per_process))
+def step_shape(row_lengths: list[int], options: TrainOptions, world: int) -> StepShape:
+    """Rows per step from the token budget: about `batch_tokens` over all processes."""
+    mean = sum(row_lengths) / len(row_lengths)
+    rows_per_process = math.ceil(len(row_lengths) / world)
+    per_step = round(options.batch_tokens / (mean * world))
+    accumulation = max(1, min(per_step, rows_per_process))
     steps_per_epoch = math.ceil(rows_per_process / accumulation)
     steps = options.max_steps or max(1, math.ceil(options.epochs * steps_per_epoch))
-    return StepShape(per_row, accumulation, steps_per_epoch, steps)
+    return StepShape(len(row_lengths), accumulation, steps_per_epoch, steps)
+
+
+def packed_rows(table: TokenTable, row_tokens: int, seed: int) -> Dataset:
+    """The examples packed best-fit-decreasing into rows of at most `row_tokens` tokens.
+
+    An example longer than that gets a row of its own. `seq_lengths` tells TRL's collator
+    where each example starts, so positions restart there (and its first label is dropped).
+    """
+    from datasets import Dataset
+
+    from training.packing import pack_examples
+
+    rows = pack_examples(table.lengths.tolist(), row_tokens, seed=seed)
+    columns: dict[str, list[Any]] = {"input_ids": [], "labels": [], "seq_lengths": []}
+    for row in rows:
+        parts = [table.example(index) for index in row.examples]
+        columns["input_ids"].append([int(t) for ids, _ in parts for t in ids])
+        columns["labels"].append([int(t) for _, labels in parts for t in labels])
+        columns["seq_lengths"].append([len(ids) for ids, _ in parts])
+    return Dataset.from_dict(columns)
 
 
 def row_tokens_for(options: TrainOptions, attention: str, device: torch.device) -> int:
@@ -129,7 +158,7 @@ def sft_config(
         output_dir=str(output_dir),
         padding_free=True,
         max_length=None,  # examples are cut at `twin dataset build`'s --max-tokens
-        per_device_train_batch_size=shape.examples_per_row,
+        per_device_train_batch_size=1,  # one packed row per forward pass
         gradient_accumulation_steps=shape.accumulation,
         max_steps=shape.steps,
         learning_rate=options.learning_rate,
@@ -142,7 +171,7 @@ def sft_config(
         fp16=cuda and half and not bf16,
         use_cpu=not cuda,
         # training.model enables (non-reentrant) activation checkpointing when asked.
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         save_strategy="steps" if options.checkpoint_every else "no",
         save_steps=options.checkpoint_every or 500,
         eval_strategy="no",  # validation is measured per owner token by `_Recorder`
@@ -336,7 +365,7 @@ class SftRun:
 
     peft_model: Any
     tokenizer: Any
-    train_split: Dataset
+    train_rows: Dataset  # packed: input_ids, labels, seq_lengths (`packed_rows`)
     validation: TokenTable
     options: TrainOptions
     data_dir: Path
@@ -363,7 +392,7 @@ def make_trainer(
         args=sft_config(
             run.options, run.shape, checkpoint_root(run.data_dir, run.run_id), run.device
         ),
-        train_dataset=run.train_split,
+        train_dataset=run.train_rows,
         processing_class=run.tokenizer,
         optimizers=optimizers,
     )

@@ -233,7 +233,8 @@ def _fit_sft(
     from training import sft
 
     world = processes.num_processes
-    shape = sft.step_shape(selection.lengths, setup.options, row_tokens, world)
+    rows = sft.packed_rows(selection.train, row_tokens, setup.options.seed)
+    shape = sft.step_shape([sum(row) for row in rows["seq_lengths"]], setup.options, world)
     resume_from = None
     if setup.resume:
         resume_from = latest_checkpoint(data_dir, setup.run_id)
@@ -242,7 +243,7 @@ def _fit_sft(
     run = sft.SftRun(
         peft_model=peft_model,
         tokenizer=tokenizer,
-        train_split=selection.train,
+        train_rows=rows,
         validation=selection.validation,
         options=setup.options,
         data_dir=data_dir,
@@ -251,7 +252,7 @@ def _fit_sft(
             "fingerprint": setup.fingerprint,
             "world_size": world,
             "steps": shape.steps,
-            "tokens": sum(selection.lengths),
+            "tokens": int(selection.train.lengths.sum()),
         },
         row_tokens=row_tokens,
         shape=shape,
@@ -261,7 +262,7 @@ def _fit_sft(
     return state, {
         **figures,
         "epochs": shape.epochs,
-        "examples_per_row": shape.examples_per_row,
+        "packed_rows": shape.rows,
         "accumulation": shape.accumulation,
         "padding_fraction": 0.0,  # the padding-free collator adds no padding
     }
@@ -358,7 +359,7 @@ def _save_adapter(
             "parent_id": setup.parent_id,
             "parent_adapter": setup.parent_adapter,
             "row_tokens": metrics["row_tokens"],
-            "examples_per_row": metrics.get("examples_per_row"),
+            "packed_rows": metrics.get("packed_rows"),
             "accumulation": metrics.get("accumulation"),
             "world_size": metrics["world_size"],
         },

@@ -176,34 +176,57 @@ def test_packing_places_every_example_once_within_capacity(
         assert size <= capacity or len(row.examples) == 1
 
 
-def shaped(lengths: list[int], world: int, **options: Any) -> Any:
+def shaped(row_lengths: list[int], world: int, **options: Any) -> Any:
     from training.sft import step_shape
     from training.trainer import TrainOptions
 
-    return step_shape(lengths, TrainOptions(**options), row_tokens=512, world=world)
+    return step_shape(row_lengths, TrainOptions(**options), world=world)
 
 
-@pytest.mark.parametrize(("batch_tokens", "world_size"), [(2048, 1), (4096, 2), (8192, 2)])
-def test_steps_hold_about_the_token_budget_in_rows_of_about_row_tokens(
-    batch_tokens: int, world_size: int
-) -> None:
+def bench_like_table(count: int = 400) -> TokenTable:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    lengths = np.clip(rng.lognormal(np.log(200), 0.75, size=400), 24, 2048).astype(int).tolist()
-    mean = sum(lengths) / len(lengths)
+    lengths = np.clip(rng.lognormal(np.log(200), 0.75, size=count), 24, 2048).astype(int)
+    examples = [[5] * int(n) for n in lengths]
+    return TokenTable.from_lists(examples, [owner_labels(ids, len(ids) // 2) for ids in examples])
 
-    shape = shaped(lengths, world_size, batch_tokens=batch_tokens, epochs=2)
 
-    per_step = shape.examples_per_row * shape.accumulation * world_size * mean
+def test_packed_rows_hold_every_example_once_and_tell_where_each_starts() -> None:
+    from training.sft import packed_rows
+
+    table = bench_like_table()
+
+    rows = packed_rows(table, row_tokens=512, seed=3)
+
+    lengths = sorted(n for seq in rows["seq_lengths"] for n in seq)
+    assert lengths == sorted(table.lengths.tolist())
+    for ids, labels, seq in zip(
+        rows["input_ids"], rows["labels"], rows["seq_lengths"], strict=True
+    ):
+        assert len(ids) == len(labels) == sum(seq)
+        assert sum(seq) <= 512 or len(seq) == 1
+    owner = sum(label != IGNORE_INDEX for labels in rows["labels"] for label in labels)
+    assert owner == int((table.labels != IGNORE_INDEX).sum())
+
+
+@pytest.mark.parametrize(("batch_tokens", "world_size"), [(2048, 1), (4096, 2), (8192, 2)])
+def test_steps_accumulate_rows_up_to_the_token_budget(batch_tokens: int, world_size: int) -> None:
+    from training.sft import packed_rows
+
+    rows = packed_rows(bench_like_table(), row_tokens=512, seed=0)
+    row_lengths = [sum(seq) for seq in rows["seq_lengths"]]
+    mean = sum(row_lengths) / len(row_lengths)
+
+    shape = shaped(row_lengths, world_size, batch_tokens=batch_tokens, epochs=2)
+
+    per_step = shape.accumulation * world_size * mean
     assert 0.8 * batch_tokens <= per_step <= 1.25 * batch_tokens
-    assert 0.5 * 512 <= shape.examples_per_row * mean <= 1.5 * 512
-    examples_per_step = shape.examples_per_row * shape.accumulation * world_size
-    assert shape.steps_per_epoch == -(-len(lengths) // examples_per_step)
+    assert shape.steps_per_epoch == -(-len(row_lengths) // (shape.accumulation * world_size))
     assert (shape.steps, shape.epochs) == (2 * shape.steps_per_epoch, 2)
 
 
 def test_max_steps_and_a_small_dataset_bound_the_steps() -> None:
-    assert shaped([40] * 10, 1, batch_tokens=80, max_steps=7).steps == 7
+    assert shaped([80] * 10, 1, batch_tokens=80, max_steps=7).steps == 7
     tiny = shaped([40] * 3, 1, batch_tokens=100_000, epochs=1)
-    assert (tiny.accumulation, tiny.steps) == (1, 1)  # one row holds the whole epoch
+    assert (tiny.accumulation, tiny.steps) == (3, 1)  # one step holds the whole epoch

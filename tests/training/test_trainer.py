@@ -529,12 +529,10 @@ def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
 ) -> None:
     import copy
 
-    from datasets import Dataset
-
     from training.model import LoraOptions, ModelOptions, load_for_training
     from training.packing import IGNORE_INDEX, PackedCausalLM, PackedRow, TokenTable, collate_row
     from training.run_folder import CheckpointState
-    from training.sft import SftRun, make_trainer, step_shape
+    from training.sft import SftRun, make_trainer, packed_rows, step_shape
 
     torch.manual_seed(0)
     model = load_for_training(
@@ -551,14 +549,15 @@ def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
     labels = [[IGNORE_INDEX] * (len(ids) // 2) + ids[len(ids) // 2 :] for ids in examples]
     table = TokenTable.from_lists(examples, labels)
     options = TrainOptions(max_grad_norm=0, batch_tokens=10_000, max_steps=1, row_tokens=12)
-    shape = step_shape([len(ids) for ids in examples], options, row_tokens=12, world=1)
+    rows = packed_rows(table, row_tokens=12, seed=0)  # 12 + 9 > 12: one example per row
+    shape = step_shape([sum(seq) for seq in rows["seq_lengths"]], options, world=1)
     parameters = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in parameters]
     optimizer = torch.optim.SGD(parameters, lr=1.0)  # the update is minus the gradient
     run = SftRun(
         peft_model=model,
         tokenizer=mistral.tokenizer,
-        train_split=Dataset.from_dict({"input_ids": examples, "labels": labels}),
+        train_rows=rows,
         validation=TokenTable.from_lists([], []),
         options=options,
         data_dir=mistral.data_dir,
@@ -575,7 +574,8 @@ def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
 
     trainer.train()
 
-    assert (shape.examples_per_row, shape.accumulation, shape.steps) == (1, 3, 1)  # accumulates
+    assert (shape.rows, shape.accumulation, shape.steps) == (3, 3, 1)  # the step accumulates
+    assert trainer.data_collator.padding_free
     whole = PackedCausalLM(reference)
     total = sum(whole(**collate_row(table, PackedRow((i,)), pad_token_id=0))[0] for i in range(3))
     mean = total / int(table.target_counts().sum())
