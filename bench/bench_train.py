@@ -280,8 +280,9 @@ def _run_trainer(
     )
     real = run = 0
     for number, rows in enumerate(trainer.get_train_dataloader(), start=1):
-        run += rows["input_ids"].numel()
-        real += run if flattened else int(rows["attention_mask"].sum())
+        size = rows["input_ids"].numel()
+        run += size
+        real += size if flattened else int(rows["attention_mask"].sum())
         if args.max_steps and number >= args.max_steps * accumulation:
             break
     _reset_peak_memory()

@@ -35,7 +35,7 @@ def test_self_play_dpo_raises_held_out_preference_and_keeps_the_owner_loss(
     result = train(sqlite_database, tiny_options(**DPO), mistral.data_dir)
 
     metrics = result.metrics
-    assert metrics["self_play_pairs"] > 16 and metrics["held_out_pairs"] == 8
+    assert metrics["self_play_pairs"] > 16 and 6 <= metrics["held_out_pairs"] <= 8
     assert metrics["preference_accuracy_start"] == 0.0  # the policy starts as its reference
     assert metrics["preference_accuracy"] >= 0.625
     assert metrics["val_loss"] <= 1.02 * metrics["val_loss_start"]
