@@ -214,17 +214,7 @@ class _Recorder:
         else:
             history.append(LossPoint(step=step, val_loss=loss))
         logger.info("step %s: validation loss %.4f", step, loss)
-        if self.progress is not None:
-            self.progress(
-                TrainProgress(
-                    step=step,
-                    total_steps=self.total_steps,
-                    epoch=self._epoch(step),
-                    val_loss=loss,
-                    tokens_per_second=self._speed(),
-                    phase="validation",
-                )
-            )
+        self._report(step, val_loss=loss, phase="validation")
 
     def record_step(self, step: int, loss: float, learning_rate: float | None) -> None:
         state = self.state
@@ -234,24 +224,23 @@ class _Recorder:
                 step=step, epoch=self._epoch(step), train_loss=loss, learning_rate=learning_rate
             )
         )
+        per_step = self.session_seconds / max(self.session_steps, 1)
+        self._report(step, loss=loss, eta_seconds=per_step * (self.total_steps - step))
+
+    def _report(self, step: int, **figures: Any) -> None:
         if self.progress is not None:
-            per_step = self.session_seconds / max(self.session_steps, 1)
             self.progress(
                 TrainProgress(
                     step=step,
                     total_steps=self.total_steps,
                     epoch=self._epoch(step),
-                    loss=loss,
-                    tokens_per_second=self._speed(),
-                    eta_seconds=per_step * (self.total_steps - step),
+                    tokens_per_second=self.state.tokens_seen / max(self.state.train_seconds, 1e-9),
+                    **figures,
                 )
             )
 
     def _epoch(self, step: int) -> int:
         return max(step - 1, 0) // self.steps_per_epoch
-
-    def _speed(self) -> float:
-        return self.state.tokens_seen / max(self.state.train_seconds, 1e-9)
 
 
 def held_out_loss(

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.training.test_trainer import TinySetup, tiny_options, tiny_setup
 from training.run_folder import RunFolder
@@ -15,13 +14,12 @@ from training.trainer import train
 DPO = {"dpo": True, "self_play": 32, "max_steps": 16, "learning_rate": 1e-4, "eval_every": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def mistral(tmp_path: Path) -> TinySetup:
+    """A tiny Mistral and its dataset, trained on one thread (the tests' CPU share)."""
+    import torch
+
+    torch.set_num_threads(1)
     return tiny_setup(tmp_path, "mistral")
 
 
