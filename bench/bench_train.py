@@ -1,14 +1,20 @@
-"""Trained tokens/s and peak memory: `twin train`'s loop against plain `Trainer` + peft.
+"""Trained tokens/s and peak memory of `twin train` against the old loop and plain `Trainer`.
 
-Both arms train the same LoRA on the same base model over the same synthetic chat examples
-(lengths: most 50-600 tokens, a tail to 2048; labels on the owner's reply at the end):
+Every arm trains the same LoRA on the same base model over the same synthetic chat examples
+(lengths: most 50-600 tokens, a tail to 2048; labels on the owner's reply at the end), with
+steps of about `--batch-tokens` tokens:
 
-- **ours**: `training.trainer.train`, padding-free packing with block-diagonal attention;
-- **baseline**: transformers `Trainer` + peft, examples padded to the longest in each
-  (shuffled) batch by `DataCollatorForSeq2Seq`, no packing, no length grouping.
+- **reference**: the custom loop `twin train` ran before TRL (`bench/reference_loop.py`):
+  best-fit packed rows of `--row-tokens`, a block-diagonal mask built by hand;
+- **twin**: `twin train` itself (`training.trainer.train`: TRL's `SFTTrainer`, padding-free);
+- **flattening**: plain `Trainer` + transformers' `DataCollatorWithFlattening`, as many
+  examples per row as `twin train` puts in one;
+- **padded**: plain `Trainer` + peft, examples padded to the longest in each (shuffled) batch
+  of `--baseline-batch` by `DataCollatorForSeq2Seq`, no packing, no length grouping.
 
-Each arm runs in its own child process, so peak memory is its own. Figures are printed as
-ratios against the baseline of the same run.
+Each arm runs in its own child process, so peak memory is its own; with `--repeats` the arms
+run in rotated order and the median is shown. Tokens/s counts only the optimizer steps' time
+and is printed as a ratio against the reference arm of the same run.
 
 Usage:
     .venv/bin/python bench/bench_train.py                      # CPU, tiny Mistral and Falcon
@@ -16,8 +22,9 @@ Usage:
 
 On CUDA the Mistral-7B and Falcon-7B architectures are built from their configs with random
 weights (no download), saved once under --model-cache, and loaded 4-bit through
-`training.model` by both arms. MFU counts 4 N FLOPs per token (forward plus input gradients:
-the frozen base needs no weight gradients) plus causal attention, against --peak-tflops.
+`training.model` by every arm (`twin train` uses FlashAttention-2 where it is installed).
+MFU counts 4 N FLOPs per token (forward plus input gradients: the frozen base needs no weight
+gradients) plus causal attention, against --peak-tflops.
 """
 
 from __future__ import annotations
@@ -124,11 +131,30 @@ def seven_b_model(cache: Path, architecture: str) -> Path:
     return path
 
 
-# --- the two arms (each in its own process) --------------------------------------------------
+# --- the arms (each in its own process) ------------------------------------------------------
 
 
-def run_ours(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
-    """`training.trainer.train` on a dataset saved in `twin dataset build`'s layout."""
+def run_reference(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
+    """The custom loop `twin train` ran before TRL (bench/reference_loop.py)."""
+    from bench.reference_loop import train_reference
+
+    model = _peft_model(args, model_dir)
+    input_ids, labels = examples(args.examples, _vocab_size(model_dir), args.seed)
+    _reset_peak_memory()
+    result = train_reference(
+        model,
+        input_ids,
+        labels,
+        row_tokens=args.row_tokens or 512,
+        batch_tokens=args.batch_tokens,
+        max_steps=args.max_steps,
+        device=next(model.parameters()).device,
+    )
+    return {**result, "peak_memory_bytes": _peak_memory(), "padding_fraction": 0.0}
+
+
+def run_twin(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
+    """`twin train` (`training.trainer.train`, TRL's SFTTrainer) on a saved dataset."""
     from datasets import Dataset, DatasetDict
 
     from storage import open_database
@@ -161,75 +187,69 @@ def run_ours(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str,
         epochs=1,
         max_steps=args.max_steps,
         batch_tokens=args.batch_tokens,
-        row_tokens=args.row_tokens,
+        row_tokens=args.twin_row_tokens or args.row_tokens,
         eval_every=0,
         checkpoint_every=0,
         activation_checkpointing=args.checkpointing,
     )
     database = open_database(f"sqlite:///{work / 'bench.db'}")
     try:
+        _reset_peak_memory()
         metrics = train(database, options, data_dir).metrics
     finally:
         database.close()
     return {
         "tokens": metrics["trained_tokens"],
+        "owner_tokens": metrics["owner_tokens"],
         "seconds": metrics["train_seconds"],
-        "tokens_per_second": metrics["tokens_per_second"],
         "peak_memory_bytes": metrics["peak_memory_bytes"],
         "padding_fraction": metrics["padding_fraction"],
         "steps": metrics["steps"],
     }
 
 
-def run_baseline(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
-    """Plain `Trainer` + peft: pad to the longest in each batch, no packing."""
+def run_flattening(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
+    """Plain `Trainer` + transformers' `DataCollatorWithFlattening` (padding-free rows)."""
+    from transformers import DataCollatorWithFlattening
+
+    collator = DataCollatorWithFlattening(return_position_ids=True)
+    return _run_trainer(args, model_dir, work, collator, flattened=True)
+
+
+def run_padded(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
+    """Plain `Trainer` + peft: pad to the longest in each batch, no packing (the baseline)."""
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    return _run_trainer(args, model_dir, work, collator, flattened=False)
+
+
+def _run_trainer(
+    args: argparse.Namespace, model_dir: Path, work: Path, collator: Any, *, flattened: bool
+) -> dict[str, Any]:
+    """`Trainer` with `collator`, the same steps by token budget as `twin train`'s."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
-    )
-
-    from training.model import ModelOptions, quantization_config, target_modules_for
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     cuda = torch.cuda.is_available()
-    quant = "4bit" if cuda and args.quant in ("auto", "4bit") else args.quant
-    quant = "none" if quant == "auto" else quant
-    dtype = torch.bfloat16 if cuda else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir),
-        dtype=dtype,
-        quantization_config=quantization_config(quant, dtype),
-        device_map={"": "cuda:0" if cuda else "cpu"},
-        attn_implementation="sdpa",
-    )
-    model.config.use_cache = False
-    targets = target_modules_for(model, ModelOptions(str(model_dir)))
-    model = get_peft_model(
-        model,
-        LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=targets),
-    )
+    model = _peft_model(args, model_dir)
     input_ids, labels = examples(args.examples, _vocab_size(model_dir), args.seed)
-    lengths = [len(ids) for ids in input_ids]
-    dataset = Dataset.from_dict({"input_ids": input_ids, "labels": labels})
-    mean_length = sum(lengths) / len(lengths)
-    accumulation = max(1, round(args.batch_tokens / (args.baseline_batch * mean_length)))
+    mean_length = sum(len(ids) for ids in input_ids) / len(input_ids)
+    batch = args.baseline_batch
+    if flattened:  # as many examples per row as `twin train` puts in one
+        batch = max(1, round((args.row_tokens or 512) / mean_length))
+    accumulation = max(1, round(args.batch_tokens / (batch * mean_length)))
     training_args = TrainingArguments(
-        output_dir=str(work / "baseline"),
-        per_device_train_batch_size=args.baseline_batch,
+        output_dir=str(work / "trainer"),
+        per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation,
         num_train_epochs=1,
         max_steps=args.max_steps or -1,
         learning_rate=2e-4,
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
-        gradient_checkpointing=args.checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
         optim="paged_adamw_8bit" if cuda else "adamw_torch",
         bf16=cuda,
         use_cpu=not cuda,
@@ -237,32 +257,64 @@ def run_baseline(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[
         save_strategy="no",
         report_to=[],
         dataloader_num_workers=0,
+        remove_unused_columns=False,
         seed=args.seed,
         disable_tqdm=True,
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    timing = {"seconds": 0.0, "began": 0.0}
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            timing["began"] = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            timing["seconds"] += time.perf_counter() - timing["began"]
+
+    dataset = Dataset.from_dict({"input_ids": input_ids, "labels": labels})
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=dataset, data_collator=collator
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[StepTimer()],
     )
-    real = padded = 0
-    for number, batch in enumerate(trainer.get_train_dataloader(), start=1):
-        real += int(batch["attention_mask"].sum())
-        padded += batch["attention_mask"].numel()
+    real = run = 0
+    for number, rows in enumerate(trainer.get_train_dataloader(), start=1):
+        size = rows["input_ids"].numel()
+        run += size
+        real += size if flattened else int(rows["attention_mask"].sum())
         if args.max_steps and number >= args.max_steps * accumulation:
             break
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    began = time.perf_counter()
+    _reset_peak_memory()
     trainer.train()
-    seconds = time.perf_counter() - began
     return {
         "tokens": real,
-        "seconds": round(seconds, 2),
-        "tokens_per_second": real / seconds,
+        "seconds": round(timing["seconds"], 2),
         "peak_memory_bytes": _peak_memory(),
-        "padding_fraction": round(1 - real / padded, 4),
+        "padding_fraction": round(1 - real / run, 4),
         "steps": trainer.state.global_step,
     }
+
+
+def _peft_model(args: argparse.Namespace, model_dir: Path) -> Any:
+    """The base model with a fresh LoRA, loaded by `training.model` as `twin train` does."""
+    import torch
+
+    from training.model import LoraOptions, ModelOptions, load_for_training
+
+    torch.manual_seed(args.seed)
+    return load_for_training(
+        ModelOptions(str(model_dir), quant=args.quant),
+        LoraOptions(rank=args.rank, alpha=2 * args.rank, dropout=0.0),
+        activation_checkpointing=args.checkpointing,
+    )
+
+
+def _reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _vocab_size(model_dir: Path) -> int:
@@ -308,10 +360,18 @@ def training_flops(model_dir: Path, lengths: list[int]) -> float:
 # --- driver ----------------------------------------------------------------------------------
 
 
+ARMS = {
+    "reference": run_reference,
+    "twin": run_twin,
+    "flattening": run_flattening,
+    "padded": run_padded,
+}
+
+
 def child(args: argparse.Namespace) -> None:
     work = Path(args.work)
-    run = run_ours if args.arm == "ours" else run_baseline
-    result = run(args, Path(args.model_dir), work)
+    result = ARMS[args.arm](args, Path(args.model_dir), work)
+    result["tokens_per_second"] = result["tokens"] / max(result["seconds"], 1e-9)
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
 
 
@@ -341,7 +401,11 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="default: one epoch")
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: 8192 / 16384")
     parser.add_argument("--row-tokens", type=int, default=None, help="default: the trainer's")
-    parser.add_argument("--baseline-batch", type=int, default=4, help="examples per batch")
+    parser.add_argument("--baseline-batch", type=int, default=4, help="examples per padded batch")
+    parser.add_argument("--arms", default=",".join(ARMS), help="which arms, comma separated")
+    parser.add_argument(
+        "--twin-row-tokens", type=int, default=None, help="twin's --row-tokens (default: its own)"
+    )
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--quant", default="auto", help="auto: 4bit on CUDA, none on CPU")
     parser.add_argument("--hidden-size", type=int, default=256, help="CPU tiny model width")
@@ -357,7 +421,7 @@ def main() -> None:
         help="runs per arm; the median (upper one for an even count) is shown",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arm", choices=("ours", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--arm", choices=tuple(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -398,11 +462,12 @@ def main() -> None:
 
 
 def compare(args: argparse.Namespace, model_dir: Path, root: Path) -> dict[str, dict[str, Any]]:
-    """Both arms `--repeats` times, in alternating order (so machine load hits both alike)."""
-    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
+    """Every arm `--repeats` times, the order rotated each time (machine load hits all alike)."""
+    arms = args.arms.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for repeat in range(args.repeats):
-        order = ("baseline", "ours") if repeat % 2 == 0 else ("ours", "baseline")
-        for arm in order:
+        shift = repeat % len(arms)
+        for arm in arms[shift:] + arms[:shift]:
             runs[arm].append(measure(args, arm, model_dir, root / f"{repeat}"))
     return {
         arm: sorted(results, key=lambda result: result["tokens_per_second"])[len(results) // 2]
@@ -417,16 +482,20 @@ def report(
     args: argparse.Namespace,
     cuda: bool,
 ) -> None:
-    base, ours = results["baseline"], results["ours"]
+    """One line per arm; speed and memory as ratios against the reference (or first) arm."""
+    first = "reference" if "reference" in results else next(iter(results))
+    base = results[first]
     print(f"\n{architecture} ({model_dir.name})")
-    header = f"  {'arm':<10}{'tokens/s':>12}{'peak GiB':>10}{'padding':>9}{'steps':>7}"
+    header = f"  {'arm':<12}{'tokens/s':>10}{'x ' + first:>14}{'peak GiB':>10}{'padding':>9}"
+    header += f"{'steps':>7}"
     if cuda:
         header += f"{'MFU':>8}"
     print(header)
     lengths = chat_lengths(args.examples, args.seed)
-    for arm, result in (("baseline", base), ("ours", ours)):
+    for arm, result in results.items():
+        speed = result["tokens_per_second"] / base["tokens_per_second"]
         line = (
-            f"  {arm:<10}{result['tokens_per_second']:>12,.0f}"
+            f"  {arm:<12}{result['tokens_per_second']:>10,.0f}{speed:>13.2f}x"
             f"{result['peak_memory_bytes'] / 2**30:>10.2f}{result['padding_fraction']:>9.1%}"
             f"{result['steps']:>7}"
         )
@@ -436,9 +505,6 @@ def report(
             mfu = flops / result["seconds"] / (args.peak_tflops * 1e12)
             line += f"{mfu:>8.1%}"
         print(line)
-    speed = ours["tokens_per_second"] / base["tokens_per_second"]
-    memory = ours["peak_memory_bytes"] / base["peak_memory_bytes"]
-    print(f"  ours / baseline: {speed:.2f}x trained tokens/s, {memory:.2f}x peak memory")
 
 
 if __name__ == "__main__":

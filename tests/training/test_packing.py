@@ -1,4 +1,9 @@
-"""Padding-free packing: examples never see each other, loss only on the owner's tokens."""
+"""Padding-free rows: examples never see each other, loss only on the owner's tokens, steps by budget.
+
+Training rows come from TRL's padding-free collator (what `SFTTrainer` builds for
+`twin train`); held-out rows from `training.packing`. Both pass no attention mask and rely on
+transformers building the block-diagonal mask from the restarting `position_ids`.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,8 @@ from training.packing import (
     PackedCausalLM,
     PackedRow,
     TokenTable,
-    attention_mask_for,
-    block_causal_mask,
     collate_row,
     pack_examples,
-    padding_fraction,
-    plan_steps,
 )
 
 
@@ -58,28 +59,33 @@ def owner_labels(ids: list[int], owner_from: int) -> list[int]:
 def test_packed_example_logits_equal_the_example_alone(
     model_dirs: dict[str, Path], tokenizer: Any, architecture: str, attention: str
 ) -> None:
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
     from training.model import ModelOptions, load_base_model
 
     model = load_base_model(ModelOptions(str(model_dirs[architecture]), attention=attention))
     examples = random_examples([9, 14, 6], len(tokenizer))
-    table = TokenTable.from_lists(examples, examples)
-    batch = collate_row(
-        table, PackedRow((0, 1, 2)), pad_token_id=tokenizer.pad_token_id, pad_to_multiple=8
-    )
+    collator = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)
+    batch = collator([{"input_ids": ids, "labels": ids} for ids in examples])
+    inputs = {name: value for name, value in batch.items() if name != "labels"}
 
     with torch.no_grad():
-        hidden = model.get_decoder()(
-            input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
-            attention_mask=attention_mask_for(model, batch["segment_ids"], batch["position_ids"]),
-        )[0]
-        packed = model.get_output_embeddings()(hidden)[0]
+        packed = model(**inputs).logits[0]
         alone = [model(input_ids=torch.tensor([ids])).logits[0] for ids in examples]
+        held_out = PackedCausalLM(model)
+        row = collate_row(
+            TokenTable.from_lists(examples, examples), PackedRow((0, 1, 2)), pad_token_id=0
+        )
+        hidden = model.get_decoder()(input_ids=row["input_ids"], position_ids=row["position_ids"])[
+            0
+        ]
 
-    assert batch["input_ids"].shape == (1, 32)  # 29 tokens padded to a multiple of 8
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (1, 29)
     torch.testing.assert_close(packed[0:9], alone[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(packed[9:23], alone[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(packed[23:29], alone[2], atol=1e-5, rtol=1e-4)
+    held_out_logits = held_out.causal_lm.get_output_embeddings()(hidden)[0]
+    torch.testing.assert_close(held_out_logits, packed, atol=1e-5, rtol=1e-4)
 
 
 def lora_model(model_dir: Path) -> Any:
@@ -152,23 +158,6 @@ def test_loss_is_transformers_shifted_loss_on_owner_tokens(
     torch.testing.assert_close(loss_sum, expected_sum, atol=1e-4, rtol=1e-5)
 
 
-def test_block_causal_mask_keeps_examples_apart_and_respects_a_window() -> None:
-    segments = torch.tensor([[0, 0, 0, 1, 1]])
-    positions = torch.tensor([[0, 1, 2, 0, 1]])
-
-    mask = block_causal_mask(segments, positions)[0, 0].int().tolist()
-    windowed = block_causal_mask(segments, positions, sliding_window=2)[0, 0].int().tolist()
-
-    assert mask == [
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [0, 0, 0, 1, 0],
-        [0, 0, 0, 1, 1],
-    ]
-    assert windowed[2] == [0, 1, 1, 0, 0]
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60),
@@ -187,64 +176,57 @@ def test_packing_places_every_example_once_within_capacity(
         assert size <= capacity or len(row.examples) == 1
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    lengths=st.lists(st.integers(2, 120), min_size=1, max_size=50),
-    world_size=st.integers(1, 3),
-    epochs=st.integers(1, 3),
-)
-def test_every_epoch_trains_each_example_once_with_equal_rows_per_process(
-    lengths: list[int], world_size: int, epochs: int
-) -> None:
-    examples = [[5] * n for n in lengths]
-    table = TokenTable.from_lists(examples, [owner_labels(ids, 1) for ids in examples])
+def shaped(row_lengths: list[int], world: int, **options: Any) -> Any:
+    from training.sft import step_shape
+    from training.trainer import TrainOptions
 
-    plan = plan_steps(
-        table, row_tokens=128, batch_tokens=300, world_size=world_size, epochs=epochs, seed=3
-    )
-
-    for epoch in range(epochs):
-        trained = sorted(
-            index
-            for step in plan
-            if step.epoch == epoch
-            for rows in step.rows_by_rank
-            for row in rows
-            if not row.masked
-            for index in row.examples
-        )
-        assert trained == list(range(len(lengths)))
-    for step in plan:
-        assert len({len(rows) for rows in step.rows_by_rank}) == 1
-    assert sum(step.target_tokens for step in plan) == epochs * int(table.target_counts().sum())
-    if world_size == 1:
-        assert padding_fraction(plan, table, pad_to_multiple=1) == 0.0
+    return step_shape(row_lengths, TrainOptions(**options), world=world)
 
 
-def test_max_steps_cuts_the_plan_and_crosses_epochs() -> None:
-    examples = [[5] * 40 for _ in range(10)]
-    table = TokenTable.from_lists(examples, examples)
+def bench_like_table(count: int = 400) -> TokenTable:
+    import numpy as np
 
-    plan = plan_steps(table, row_tokens=80, batch_tokens=80, max_steps=7)
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(200), 0.75, size=count), 24, 2048).astype(int)
+    examples = [[5] * int(n) for n in lengths]
+    return TokenTable.from_lists(examples, [owner_labels(ids, len(ids) // 2) for ids in examples])
 
-    assert len(plan) == 7
-    assert [step.epoch for step in plan] == [0, 0, 0, 0, 0, 1, 1]
+
+def test_packed_rows_hold_every_example_once_and_tell_where_each_starts() -> None:
+    from training.sft import packed_rows
+
+    table = bench_like_table()
+
+    rows = packed_rows(table, row_tokens=512, seed=3)
+
+    lengths = sorted(n for seq in rows["seq_lengths"] for n in seq)
+    assert lengths == sorted(table.lengths.tolist())
+    for ids, labels, seq in zip(
+        rows["input_ids"], rows["labels"], rows["seq_lengths"], strict=True
+    ):
+        assert len(ids) == len(labels) == sum(seq)
+        assert sum(seq) <= 512 or len(seq) == 1
+    owner = sum(label != IGNORE_INDEX for labels in rows["labels"] for label in labels)
+    assert owner == int((table.labels != IGNORE_INDEX).sum())
 
 
 @pytest.mark.parametrize(("batch_tokens", "world_size"), [(2048, 1), (4096, 2), (8192, 2)])
 def test_steps_accumulate_rows_up_to_the_token_budget(batch_tokens: int, world_size: int) -> None:
-    import numpy as np
+    from training.sft import packed_rows
 
-    rng = np.random.default_rng(0)
-    lengths = np.clip(rng.lognormal(np.log(200), 0.75, size=400), 24, 2048).astype(int)
-    examples = [[5] * int(n) for n in lengths]
-    table = TokenTable.from_lists(examples, examples)
+    rows = packed_rows(bench_like_table(), row_tokens=512, seed=0)
+    row_lengths = [sum(seq) for seq in rows["seq_lengths"]]
+    mean = sum(row_lengths) / len(row_lengths)
 
-    plan = plan_steps(
-        table, row_tokens=512, batch_tokens=batch_tokens, world_size=world_size, epochs=2
-    )
+    shape = shaped(row_lengths, world_size, batch_tokens=batch_tokens, epochs=2)
 
-    per_step = [step.tokens for step in plan]
-    assert 0.8 * batch_tokens <= sum(per_step) / len(per_step) <= 1.25 * batch_tokens
-    assert max(per_step) <= 2 * batch_tokens
-    assert sum(per_step) == 2 * int(lengths.sum())
+    per_step = shape.accumulation * world_size * mean
+    assert 0.8 * batch_tokens <= per_step <= 1.25 * batch_tokens
+    assert shape.steps_per_epoch == -(-len(row_lengths) // (shape.accumulation * world_size))
+    assert (shape.steps, shape.epochs) == (2 * shape.steps_per_epoch, 2)
+
+
+def test_max_steps_and_a_small_dataset_bound_the_steps() -> None:
+    assert shaped([80] * 10, 1, batch_tokens=80, max_steps=7).steps == 7
+    tiny = shaped([40] * 3, 1, batch_tokens=100_000, epochs=1)
+    assert (tiny.accumulation, tiny.steps) == (3, 1)  # one step holds the whole epoch

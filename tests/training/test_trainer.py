@@ -304,14 +304,17 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_zero(
 
 def test_the_optimizer_is_adamw_on_a_cpu_and_paged_8bit_needs_a_gpu() -> None:
     from training.errors import TrainingError
-    from training.trainer import _make_optimizer
+    from training.sft import optimizer_name
 
-    parameters = [torch.nn.Parameter(torch.zeros(4))]
     cpu = torch.device("cpu")
 
-    assert type(_make_optimizer(TrainOptions(), parameters, cpu)) is torch.optim.AdamW
+    assert optimizer_name(TrainOptions(), cpu) == "adamw_torch"
+    assert optimizer_name(TrainOptions(), torch.device("cuda")) in (
+        "adamw_torch",
+        "paged_adamw_8bit",
+    )
     with pytest.raises(TrainingError, match="paged_adamw_8bit needs a CUDA GPU: use adamw"):
-        _make_optimizer(TrainOptions(optimizer="paged_adamw_8bit"), parameters, cpu)
+        optimizer_name(TrainOptions(optimizer="paged_adamw_8bit"), cpu)
 
 
 @pytest.mark.gpu
@@ -492,10 +495,11 @@ def test_two_processes_under_torchrun_train_one_run(
     from storage.runs import list_runs
 
     open_database(sqlite_url).close()  # as `twin` would have: two processes must not migrate
-    torchrun = Path(sys.executable).with_name("torchrun")
     completed = subprocess.run(
         [
-            str(torchrun),
+            sys.executable,  # `torchrun`, run by this interpreter
+            "-m",
+            "torch.distributed.run",
             "--standalone",
             "--nproc_per_node",
             "2",
@@ -525,11 +529,10 @@ def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
 ) -> None:
     import copy
 
-    from accelerate import Accelerator
-
     from training.model import LoraOptions, ModelOptions, load_for_training
-    from training.packing import IGNORE_INDEX, PackedCausalLM, TokenTable, collate_row, plan_steps
-    from training.trainer import _Loop, _Selection
+    from training.packing import IGNORE_INDEX, PackedCausalLM, PackedRow, TokenTable, collate_row
+    from training.run_folder import CheckpointState
+    from training.sft import SftRun, make_trainer, packed_rows, step_shape
 
     torch.manual_seed(0)
     model = load_for_training(
@@ -545,34 +548,40 @@ def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
     examples = [torch.randint(10, 300, (n,), generator=generator).tolist() for n in (12, 9, 14)]
     labels = [[IGNORE_INDEX] * (len(ids) // 2) + ids[len(ids) // 2 :] for ids in examples]
     table = TokenTable.from_lists(examples, labels)
-    (step,) = plan_steps(table, row_tokens=24, batch_tokens=10_000, max_steps=1)
+    options = TrainOptions(max_grad_norm=0, batch_tokens=10_000, max_steps=1, row_tokens=12)
+    rows = packed_rows(table, row_tokens=12, seed=0)  # 12 + 9 > 12: one example per row
+    shape = step_shape([sum(seq) for seq in rows["seq_lengths"]], options, world=1)
     parameters = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in parameters]
     optimizer = torch.optim.SGD(parameters, lr=1.0)  # the update is minus the gradient
-    loop = _Loop(
-        accelerator=Accelerator(cpu=True),
-        module=PackedCausalLM(model),
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-        parameters=parameters,
-        plan=[step],
-        selection=_Selection(table, table, None, {}),
-        options=TrainOptions(max_grad_norm=0),
-        row_tokens=24,
-        pad_token_id=mistral.tokenizer.pad_token_id,
-        pad_multiple=1,
-        progress=None,
+    run = SftRun(
+        peft_model=model,
+        tokenizer=mistral.tokenizer,
+        train_rows=rows,
+        validation=TokenTable.from_lists([], []),
+        options=options,
+        data_dir=mistral.data_dir,
+        run_id=1,
+        signature={},
+        row_tokens=12,
+        shape=shape,
+        device=torch.device("cpu"),
+    )
+    state = CheckpointState()
+    trainer = make_trainer(
+        run, state, None, (optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
     )
 
-    loss = loop._step(step)
+    trainer.train()
 
-    rows = step.rows_by_rank[0]
-    assert len(rows) > 1  # the step really accumulates
+    assert (shape.rows, shape.accumulation, shape.steps) == (3, 3, 1)  # the step accumulates
+    assert trainer.data_collator.padding_free
     whole = PackedCausalLM(reference)
-    total = sum(whole(**collate_row(table, row, pad_token_id=0))[0] for row in rows)
+    total = sum(whole(**collate_row(table, PackedRow((i,)), pad_token_id=0))[0] for i in range(3))
     mean = total / int(table.target_counts().sum())
     mean.backward()
     expected = [p.grad for p in reference.parameters() if p.requires_grad]
-    assert loss == pytest.approx(float(mean.detach()), rel=1e-5)
+    assert [point.step for point in state.history] == [1]
+    assert state.history[0].train_loss == pytest.approx(float(mean.detach()), rel=1e-5)
     for old, new, gradient in zip(before, parameters, expected, strict=True):
-        torch.testing.assert_close(old - new.detach(), gradient, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(old - new.detach(), gradient, atol=1e-5, rtol=1e-4)

@@ -83,6 +83,22 @@ def test_continue_with_nothing_new_says_so_with_its_own_exit_code(
     assert "nothing new since run 1" in capsys.readouterr().out
 
 
+def test_dpo_self_play_is_a_child_run_that_serves_and_rolls_back(
+    tiny: TinySetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert twin(tiny, "train", *FAST, "--max-steps", "6") == 0
+    capsys.readouterr()
+
+    assert twin(tiny, "train", "--dpo", "--self-play", "8", "--max-steps", "2", "--lr", "1e-4") == 0
+
+    trained = " ".join(capsys.readouterr().out.split())
+    assert "run 2: succeeded" in trained and "continued from │ run 1" in trained
+    assert "self-play pairs" in trained and "held-out preference accuracy │ 0% ->" in trained
+    assert twin(tiny, "runs") == 0
+    assert "*2" in capsys.readouterr().out
+    assert twin(tiny, "runs", "activate", "1") == 0
+
+
 def test_4bit_on_a_cpu_is_one_line_and_creates_no_run(
     tiny: TinySetup, capsys: pytest.CaptureFixture[str]
 ) -> None:

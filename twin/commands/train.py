@@ -43,11 +43,12 @@ runs_app = typer.Typer(
 def train(ctx: typer.Context, options: TrainOptions, data_dir: DataDirOption = None) -> None:
     """Tune LoRA adapters on the built dataset, so the model answers as you.
 
-    Trains on your replies only, packed without padding; shows loss, tokens/s and ETA;
+    Trains on your replies only (TRL's SFTTrainer, padding-free); shows loss, tokens/s, ETA;
     checkpoints as it goes (`--resume` after a crash). The run is recorded (`twin runs`)
     and, on success, becomes the one the bot serves. Runs unchanged under
     `accelerate launch -m twin train` for several GPUs. With `--continue` and nothing newer
-    than the active run, it says so and exits with 3.
+    than the active run, it says so and exits with 3. `--dpo --self-play N` preference-tunes
+    the active run: its own replies to N training contexts against yours, as a new run.
 
     Example: twin train --quant 4bit --epochs 2 --batch-tokens 16384
     """
@@ -286,13 +287,22 @@ def _result_table(result: RunResult) -> Table:
         ("validation loss", f"{_number(start)} -> {_number(end)}"),
         ("train loss (last steps)", _number(metrics.get("train_loss"))),
         ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
-        ("padding", f"{metrics['padding_fraction']:.1%}"),
+        ("padding", f"{metrics.get('padding_fraction', 0.0):.1%}"),
         ("peak memory", f"{metrics['peak_memory_bytes'] / 2**30:.2f} GiB"),
         ("adapter", str(result.adapter_path)),
         ("active", "yes" if result.activated else "no (`twin runs activate`)"),
     ]
     if result.parent_id is not None:
         rows.insert(1, ("continued from", f"run {result.parent_id}"))
+    if "self_play_pairs" in metrics:  # --dpo
+        start, end = metrics.get("preference_accuracy_start"), metrics.get("preference_accuracy")
+        rows[2:2] = [
+            (
+                "self-play pairs",
+                f"{metrics['self_play_pairs']} ({metrics['held_out_pairs']} held out)",
+            ),
+            ("held-out preference accuracy", f"{_share(start)} -> {_share(end)}"),
+        ]
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -330,12 +340,12 @@ def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
                 f"{_number(evaluation.get('base_loss'))} -> {_number(evaluation.get('tuned_loss'))}"
                 if evaluation
                 else "-",
-                _share(picks(session, run.id).took_twin),
+                _took_twin(picks(session, run.id).took_twin),
             )
     Console().print(table if table.row_count else "no training runs yet: `twin train`")
 
 
-def _share(took_twin: list[bool]) -> str:
+def _took_twin(took_twin: list[bool]) -> str:
     if not took_twin:
         return "-"
     return f"{sum(took_twin) / len(took_twin):.0%} of {len(took_twin)}"
@@ -421,6 +431,10 @@ def _examples(metrics: dict[str, Any]) -> str:
     if metrics.get("replay_examples"):
         text += f" ({metrics['new_examples']} new + {metrics['replay_examples']} replayed)"
     return text
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _number(value: float | None) -> str:

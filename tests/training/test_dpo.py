@@ -1,0 +1,95 @@
+"""`twin train --dpo --self-play N` on a tiny model: preference up, owner-token loss kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.training.test_trainer import TinySetup, tiny_options, tiny_setup
+from training.run_folder import RunFolder
+from training.trainer import train
+
+DPO = {"dpo": True, "self_play": 32, "max_steps": 16, "learning_rate": 1e-4, "eval_every": 0}
+
+
+@pytest.fixture
+def mistral(tmp_path: Path) -> TinySetup:
+    """A tiny Mistral and its dataset, trained on one thread (the tests' CPU share)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return tiny_setup(tmp_path, "mistral")
+
+
+def test_self_play_dpo_raises_held_out_preference_and_keeps_the_owner_loss(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    from storage.runs import activate_run, active_run, get_run
+
+    sft = train(sqlite_database, tiny_options(max_steps=30), mistral.data_dir)
+
+    result = train(sqlite_database, tiny_options(**DPO), mistral.data_dir)
+
+    metrics = result.metrics
+    assert metrics["self_play_pairs"] > 16 and 6 <= metrics["held_out_pairs"] <= 8
+    assert metrics["preference_accuracy_start"] == 0.0  # the policy starts as its reference
+    assert metrics["preference_accuracy"] >= 0.625
+    assert metrics["val_loss"] <= 1.02 * metrics["val_loss_start"]
+    assert metrics["val_loss_start"] == pytest.approx(sft.metrics["val_loss"], rel=1e-4)
+    with sqlite_database.session() as session:
+        run = active_run(session)
+        assert (run.id, run.parent_id, run.status) == (result.run_id, sft.run_id, "succeeded")
+        assert run.newest_message_at == get_run(session, sft.run_id).newest_message_at
+    folder = RunFolder(result.adapter_path)
+    history = folder.history()
+    assert [p.step for p in history if p.train_loss is not None] == list(range(1, 17))
+    assert [p.step for p in history if p.val_loss is not None] == [0, 16]
+    assert not (result.adapter_path / "ref").exists()  # DPO's frozen copy is not kept
+    assert folder.options()["parent_id"] == sft.run_id
+    with sqlite_database.session() as session:  # rolled back like any run
+        activate_run(session, sft.run_id)
+        assert active_run(session).id == sft.run_id
+
+
+def test_dpo_without_an_active_run_says_to_train_first(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    from training.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="--dpo needs an active run"):
+        train(sqlite_database, tiny_options(**DPO), mistral.data_dir)
+
+
+def test_each_self_play_pair_keeps_one_examples_context_and_owner_reply(
+    mistral: TinySetup,
+) -> None:
+    from training.dpo import owner_reply, self_play_pairs
+    from training.model import ModelOptions, load_base_model
+    from training.trainer import load_dataset
+
+    dataset, _ = load_dataset(mistral.data_dir)
+    split = dataset["train"]
+    model = load_base_model(ModelOptions(str(mistral.model_dir)))
+    examples = {}
+    for row in split:
+        prompt, reply = owner_reply(row["input_ids"], row["labels"])
+        examples.setdefault(tuple(prompt), set()).add((tuple(reply), row["chat_id"]))
+
+    pairs = self_play_pairs(model, split, 24, seed=0)
+
+    assert len(pairs) > 12
+    for pair in pairs:
+        # The pair's prompt, its chosen reply and its chat are those of one example.
+        assert (tuple(pair.chosen_ids), pair.chat_id) in examples[tuple(pair.prompt_ids)]
+        assert pair.rejected_ids != pair.chosen_ids
+
+
+def test_the_owners_reply_is_the_last_trained_span() -> None:
+    from training.dpo import owner_reply
+
+    ids = [1, 2, 3, 4, 5, 6, 7]
+    labels = [-100, 2, -100, -100, 5, 6, 7]
+
+    assert owner_reply(ids, labels) == ([1, 2, 3, 4], [5, 6, 7])
