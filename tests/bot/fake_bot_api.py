@@ -293,6 +293,13 @@ class FakeBotApi:
             return list(self._updates[:100])
 
 
+def buttons_of(call: Call) -> list[str]:
+    """The callback data of every inline button a sent message carries."""
+    markup = call.params["reply_markup"]
+    markup = json.loads(markup) if isinstance(markup, str) else markup
+    return [button["callback_data"] for row in markup["inline_keyboard"] for button in row]
+
+
 def _decode(content_type: str, body: bytes) -> dict[str, Any]:
     """Form or multipart parameters; JSON-encoded values decoded, text fields kept as text."""
     raw: dict[str, Any] = {}

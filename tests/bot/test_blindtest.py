@@ -3,7 +3,6 @@ shown a held-out moment of their own chat with two replies, taps one, and the pi
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.bot.conftest import FRIEND, OWNER, STRANGER, allow, real_run, serve
+from tests.bot.fake_bot_api import buttons_of
 from tests.bot.fakes import ScriptedBackend
 
 TWIN_SAYS = "twin-reply-7"
@@ -31,12 +31,6 @@ def chats_with_held_out(served: tuple[Any, int], tmp_path: Path) -> dict[int, li
     for example in held_out_examples(tmp_path / "data", fingerprint):
         by_chat.setdefault(example.chat_id, []).append(example)
     return by_chat
-
-
-def buttons_of(call: Any) -> list[str]:
-    markup = call.params["reply_markup"]
-    markup = json.loads(markup) if isinstance(markup, str) else markup
-    return [button["callback_data"] for row in markup["inline_keyboard"] for button in row]
 
 
 def test_a_person_picks_between_the_owners_reply_and_the_twins_from_their_own_chat(

@@ -3,10 +3,10 @@ owner's corrections, his picks between two replies, and reactions on the twin's 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tests.bot.conftest import FRIEND, OWNER, STRANGER, allow, serve
+from tests.bot.fake_bot_api import buttons_of
 from tests.bot.fakes import ScriptedBackend
 
 
@@ -18,12 +18,6 @@ def stored(database: Any) -> list[Any]:
         for row in rows:
             session.expunge(row)
         return rows
-
-
-def buttons_of(call: Any) -> list[str]:
-    markup = call.params["reply_markup"]
-    markup = json.loads(markup) if isinstance(markup, str) else markup
-    return [button["callback_data"] for row in markup["inline_keyboard"] for button in row]
 
 
 def test_the_owners_reply_to_a_twin_message_is_kept_as_the_better_reply(

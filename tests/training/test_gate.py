@@ -9,10 +9,8 @@ import pytest
 from tests.training.test_trainer import (
     TinySetup,
     add_new_sessions,
-    conversation_rows,
     tiny_options,
     tiny_setup,
-    write_dataset,
 )
 from training.gate import GateDecision, judge_retrain
 from training.trainer import train
@@ -28,19 +26,6 @@ def one_thread() -> None:
 @pytest.fixture
 def retrained(tmp_path: Any) -> TinySetup:
     return tiny_setup(tmp_path)
-
-
-def third_build(setup: TinySetup, count: int) -> None:
-    """Another build with `count` sessions newer than the second one's."""
-    rows = conversation_rows(48 + 8 + 8 + count)
-    write_dataset(
-        setup.data_dir,
-        setup.tokenizer,
-        str(setup.model_dir),
-        rows[: 56 + count],
-        rows[56 + count :],
-        "fp-third",
-    )
 
 
 def active_id(database: Any) -> int | None:
@@ -86,7 +71,7 @@ def test_force_serves_a_worse_retrain_and_a_better_one_serves_by_itself(
         retrained.data_dir,
     )
     assert forced.activated and forced.gate.passed and forced.gate.forced
-    third_build(retrained, 16)
+    add_new_sessions(retrained, 16, before=56, fingerprint="fp-third")
 
     better = train(sqlite_database, tiny_options(continue_training=True), retrained.data_dir)
 

@@ -415,16 +415,19 @@ def test_resume_after_kill_finishes_with_the_same_steps_and_weights(
     database.close()
 
 
-def add_new_sessions(setup: TinySetup, count: int) -> str:
-    """A second dataset build: the first one's sessions plus `count` newer ones."""
-    rows = conversation_rows(48 + 8 + count)
+def add_new_sessions(
+    setup: TinySetup, count: int, *, before: int = 48, fingerprint: str = "fp-second"
+) -> str:
+    """A later dataset build: the `before` training sessions of the last one plus `count`
+    newer ones, then 8 validation sessions."""
+    rows = conversation_rows(before + 8 + count)
     return write_dataset(
         setup.data_dir,
         setup.tokenizer,
         str(setup.model_dir),
-        rows[: 48 + count],
-        rows[48 + count :],
-        "fp-second",
+        rows[: before + count],
+        rows[before + count :],
+        fingerprint,
     )
 
 
