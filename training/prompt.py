@@ -71,10 +71,6 @@ def _timestamp(item: Any) -> float:
     return float(item.timestamp)
 
 
-#: The older name of `Turn`, still imported by training/dataset.py and training/windows.py.
-ChatTurn = Turn
-
-
 @dataclass(frozen=True)
 class RenderedExample:
     """Token ids and labels of one conversation, and where each turn's tokens are.

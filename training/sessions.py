@@ -51,7 +51,7 @@ class SelectedMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class Turn:
+class MergedTurn:
     """Consecutive messages of one sender, joined by newlines.
 
     An owner turn with `trained` false holds no words of the owner (only forwards or media)
@@ -107,13 +107,13 @@ def select_message(
     )
 
 
-def merge_turns(session: Sequence[SelectedMessage]) -> list[Turn]:
+def merge_turns(session: Sequence[SelectedMessage]) -> list[MergedTurn]:
     """Join consecutive messages of one sender into turns.
 
     An owner turn keeps only the owner's own words when it has any; otherwise it keeps the
     forwards and markers, untrained, so the other person's next turn still makes sense.
     """
-    turns: list[Turn] = []
+    turns: list[MergedTurn] = []
     index = 0
     while index < len(session):
         first = session[index]
@@ -129,7 +129,7 @@ def merge_turns(session: Sequence[SelectedMessage]) -> list[Turn]:
             trained = False
             content = "\n".join(message.text for message in run)
         turns.append(
-            Turn(
+            MergedTurn(
                 role="assistant" if first.from_owner else "user",
                 content=content,
                 trained=trained,
@@ -144,6 +144,6 @@ def merge_turns(session: Sequence[SelectedMessage]) -> list[Turn]:
     return turns
 
 
-def has_owner_reply(turns: Sequence[Turn]) -> bool:
+def has_owner_reply(turns: Sequence[MergedTurn]) -> bool:
     """A session gives an example only if the owner wrote something in it."""
     return any(turn.role == "assistant" and turn.trained for turn in turns)

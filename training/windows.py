@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from training.prompt import ChatTurn, RenderedExample, normalize_turns, render_examples
+from training.prompt import RenderedExample, Turn, normalize_turns, render_examples
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,7 +34,7 @@ class WindowExample:
 
     input_ids: list[int]
     labels: list[int]
-    turns: list[ChatTurn]
+    turns: list[Turn]
     reply_spans: list[tuple[int, int, int]]
 
 
@@ -51,7 +51,7 @@ class RenderedSession:
     replies_dropped: int = 0
 
 
-def session_turns(turns: Sequence[ChatTurn]) -> list[ChatTurn]:
+def session_turns(turns: Sequence[Turn]) -> list[Turn]:
     """Normalized turns up to the session's last trained owner turn (nothing after it)."""
     normalized = normalize_turns(turns)
     last = max(
@@ -99,7 +99,7 @@ def _last_trained(roles: Sequence[str], trained: Sequence[bool], before: int) ->
 
 
 def render_sessions(
-    sessions: Sequence[tuple[Sequence[ChatTurn], str | None]],
+    sessions: Sequence[tuple[Sequence[Turn], str | None]],
     tokenizer: PreTrainedTokenizerBase,
     max_tokens: int,
 ) -> list[RenderedSession]:
@@ -129,7 +129,7 @@ def render_sessions(
 
 
 def _render_windows(
-    prepared: list[tuple[list[ChatTurn], str | None]],
+    prepared: list[tuple[list[Turn], str | None]],
     results: list[RenderedSession],
     pending: list[tuple[int, int, int]],
     tokenizer: PreTrainedTokenizerBase,
@@ -167,7 +167,7 @@ def _render_windows(
 
 
 def _truncated(
-    session: tuple[list[ChatTurn], str | None],
+    session: tuple[list[Turn], str | None],
     first: int,
     last: int,
     tokenizer: PreTrainedTokenizerBase,
@@ -180,7 +180,7 @@ def _truncated(
     user_ids = _content_ids(tokenizer, user.content)
     reply_ids = _content_ids(tokenizer, reply.content)
     empty = render_examples(
-        [([ChatTurn("user", ""), ChatTurn("assistant", "", reply.trained)], system)], tokenizer
+        [([Turn("user", ""), Turn("assistant", "", reply.trained)], system)], tokenizer
     )[0]
     room = max_tokens - len(empty.input_ids)
     if room <= 1:
@@ -194,7 +194,7 @@ def _truncated(
     for _ in range(8):
         user_text = _keep_end(tokenizer, user.content, user_ids, context_room)
         reply_text = _keep_start(tokenizer, reply.content, reply_ids, reply_room)
-        window = [ChatTurn("user", user_text), ChatTurn("assistant", reply_text, reply.trained)]
+        window = [Turn("user", user_text), Turn("assistant", reply_text, reply.trained)]
         example = render_examples([(window, system)], tokenizer)[0]
         over = len(example.input_ids) - max_tokens
         if over <= 0:
@@ -240,7 +240,7 @@ def _keep_end(tokenizer: Any, text: str, encoding: Any, count: int) -> str:
     return ELLIPSIS + text[offsets[len(offsets) - count + 1][0] :].lstrip()
 
 
-def _reply_numbers(turns: Sequence[ChatTurn]) -> list[int]:
+def _reply_numbers(turns: Sequence[Turn]) -> list[int]:
     """For each turn, its number among the session's trained owner turns (-1 for others)."""
     numbers = []
     count = 0

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.training.chat_data import WORDS, save_tokenizer
-from training.prompt import IGNORE_INDEX, ChatTurn
+from training.prompt import IGNORE_INDEX, Turn
 from training.windows import choose_windows, render_sessions
 
 
@@ -50,7 +50,7 @@ def test_every_window_fits_and_every_owner_reply_is_learned_at_most_once(
 ) -> None:
     turns = []
     for theirs, reply, trained in exchanges:
-        turns += [ChatTurn("user", theirs), ChatTurn("assistant", reply, trained)]
+        turns += [Turn("user", theirs), Turn("assistant", reply, trained)]
     trained_replies = sum(trained for _, _, trained in exchanges)
 
     [result] = render_sessions([(turns, system)], tokenizer, max_tokens)
@@ -69,7 +69,7 @@ def test_every_window_fits_and_every_owner_reply_is_learned_at_most_once(
 
 def test_a_reply_longer_than_the_cap_is_truncated_and_counted(tokenizer: Any) -> None:
     long_reply = " ".join(["coffee tomorrow at the station"] * 40)
-    turns = [ChatTurn("user", "what are the plans?"), ChatTurn("assistant", long_reply)]
+    turns = [Turn("user", "what are the plans?"), Turn("assistant", long_reply)]
 
     [result] = render_sessions([(turns, None)], tokenizer, 64)
 

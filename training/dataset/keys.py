@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from storage.messages import ChatDigest
     from training.dataset.options import DatasetOptions
     from training.pii import PiiOptions
-    from training.sessions import Turn
+    from training.sessions import MergedTurn
 
 # Bump when what a build writes, or how a session renders, changes: old caches stop matching.
 FORMAT_VERSION = 1
@@ -112,7 +112,7 @@ def fingerprint(pipeline: str, options: DatasetOptions, digests: Sequence[ChatDi
     return hasher.hexdigest()
 
 
-def session_key(pipeline: str, chat_id: int, contact: str, turns: Sequence[Turn]) -> str:
+def session_key(pipeline: str, chat_id: int, contact: str, turns: Sequence[MergedTurn]) -> str:
     """The cache key of one session: the pipeline, its chat and contact, and its turns."""
     hasher = hashlib.blake2b(digest_size=16)
     head = [pipeline, chat_id, contact, turns[0].first_message_id, turns[-1].end]

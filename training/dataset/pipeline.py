@@ -28,11 +28,11 @@ from training.dataset.tables import (
     session_table,
 )
 from training.errors import TrainingError
-from training.prompt import ChatTurn, system_prompt
+from training.prompt import Turn, system_prompt
 from training.sessions import (
+    MergedTurn,
     SelectedMessage,
     StoredMessage,
-    Turn,
     has_owner_reply,
     merge_turns,
     select_message,
@@ -201,9 +201,9 @@ class ChatPipeline:
         return keys
 
     def _session(
-        self, chat_id: int, contact: str, system: str | None, turns: list[Turn]
+        self, chat_id: int, contact: str, system: str | None, turns: list[MergedTurn]
     ) -> SessionToRender:
-        chat_turns = [ChatTurn(turn.role, turn.content, turn.trained) for turn in turns]
+        chat_turns = [Turn(turn.role, turn.content, turn.trained) for turn in turns]
         replies = [
             OwnerReply(turns[index - 1].content if index else "", turn.content, turn.start)
             for index, turn in enumerate(turns)

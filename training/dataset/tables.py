@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from training.prompt import ChatTurn
+    from training.prompt import Turn
     from training.windows import RenderedSession
 
 MAX_CHUNKS = 1024  # tables with more chunks are combined (copied) into one
@@ -36,7 +36,7 @@ class SessionToRender:
     end: int
     contact: str
     system: str | None
-    turns: list[ChatTurn]
+    turns: list[Turn]
     replies: list[OwnerReply]  # each trained owner turn, for the pairs table
 
 
