@@ -50,16 +50,9 @@ def run_blind_test(context: Any, run_id: int | None, count: int, options: Any) -
     replies = replies_to(model, tokenizer, chosen, options.sampling())
     for number, (example, twin_reply) in enumerate(zip(chosen, replies, strict=True), 1):
         owner_first = rng.random() < 0.5
-        first, second = (
-            (example.owner_reply, twin_reply) if owner_first else (twin_reply, example.owner_reply)
-        )
         console.rule(f"{number}/{len(chosen)}")
-        for turn in example.context[-4:]:
-            speaker = "you" if turn.role == "assistant" else "they"
-            console.print(f"[bold]{speaker}:[/bold] {escape(turn.content)}")
-        console.print(f"\n[bold]A:[/bold] {escape(first)}\n[bold]B:[/bold] {escape(second)}")
-        answer = typer.prompt("Which one did you write? (a/b, q to stop)").strip().lower()
-        if answer.startswith("q"):
+        answer = _ask(console, example, twin_reply, owner_first)
+        if answer is None:
             break
         with database.session() as session:
             trial = blind_store.create_trial(
@@ -73,9 +66,7 @@ def run_blind_test(context: Any, run_id: int | None, count: int, options: Any) -
                 twin_reply=twin_reply,
                 owner_first=owner_first,
             )
-            found = blind_store.answer_trial(
-                session, trial, OWNER_TRIALS, answer.startswith("a")
-            ).picked_owner
+            found = blind_store.answer_trial(session, trial, OWNER_TRIALS, answer).picked_owner
         console.print("right: that one is yours" if found else "that was the twin")
     with database.session() as session:
         mine = blind_store.picks(session, run_id, owner=True)
@@ -83,3 +74,16 @@ def run_blind_test(context: Any, run_id: int | None, count: int, options: Any) -
     console.print(f"you found your own reply {found} times of {len(mine.took_twin)}")
     with database.session() as session:
         console.print(blind_test_text(blind_store.picks(session, run_id).took_twin))
+
+
+def _ask(console: Console, example: Any, twin_reply: str, owner_first: bool) -> bool | None:
+    """Show the context and both replies; True if the first was picked, None to stop."""
+    first, second = (
+        (example.owner_reply, twin_reply) if owner_first else (twin_reply, example.owner_reply)
+    )
+    for turn in example.context[-4:]:
+        speaker = "you" if turn.role == "assistant" else "they"
+        console.print(f"[bold]{speaker}:[/bold] {escape(turn.content)}")
+    console.print(f"\n[bold]A:[/bold] {escape(first)}\n[bold]B:[/bold] {escape(second)}")
+    answer = typer.prompt("Which one did you write? (a/b, q to stop)").strip().lower()
+    return None if answer.startswith("q") else answer.startswith("a")
