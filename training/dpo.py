@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +163,40 @@ def likelihood_accuracy(scores: list[tuple[float, float]]) -> float | None:
     return sum(chosen > rejected for chosen, rejected in scores) / len(scores)
 
 
+@dataclass(frozen=True)
+class FeedbackPair:
+    """A pair the owner gave (a correction, a pick) as text, with the context it answered."""
+
+    chat_id: int
+    context: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    system: str | None = None
+
+
+def feedback_pairs(feedback: list[FeedbackPair], tokenizer: Any) -> list[PreferencePair]:
+    """The owner's pairs rendered exactly as training renders a conversation ending on a reply.
+
+    Each pair keeps its own chat's context: a correction never trains a prompt of another chat.
+    A context that does not end on the other person's turn is skipped.
+    """
+    from training.prompt import Turn, render_example
+
+    pairs = []
+    for item in feedback:
+        turns = [Turn(t["role"], t["content"]) for t in item.context if t.get("content")]
+        if not turns or turns[-1].role != "user":
+            continue
+        rendered = [
+            owner_reply(*render_example([*turns, Turn("assistant", reply)], tokenizer, item.system))
+            for reply in (item.chosen, item.rejected)
+        ]
+        (prompt, chosen), (same_prompt, rejected) = rendered
+        if prompt == same_prompt and chosen and rejected and chosen != rejected:
+            pairs.append(PreferencePair(prompt, chosen, rejected, item.chat_id))
+    return pairs
+
+
 @dataclass
 class DpoRun:
     """What one DPO step needs: the active run's adapter loaded trainable, and the data."""
@@ -176,6 +210,7 @@ class DpoRun:
     output_dir: Path
     row_tokens: int
     device: torch.device
+    feedback: list[FeedbackPair] = field(default_factory=list)  # the owner's stored pairs
 
 
 def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
@@ -185,7 +220,8 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     options = run.options
     model = run.peft_model
     began = time.perf_counter()
-    pairs = self_play_pairs(model, run.train_split, options.self_play, seed=options.seed)
+    given = feedback_pairs(run.feedback, run.tokenizer)
+    pairs = self_play_pairs(model, run.train_split, options.self_play, seed=options.seed) + given
     held_out = []
     if run.validation_split is not None:
         held_out = self_play_pairs(
@@ -222,7 +258,8 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     figures = {
         "optimizer": type(optimizer).__name__,
         "epochs": math.ceil(state.step * _batch(pairs) / len(pairs)),
-        "self_play_pairs": len(pairs),
+        "self_play_pairs": len(pairs) - len(given),
+        "feedback_pairs": len(given),
         "held_out_pairs": len(held_out),
         "preference_accuracy_start": preference_accuracy(reference, reference),
         "preference_accuracy": preference_accuracy(scores, reference),

@@ -98,7 +98,7 @@ def train(
     setup = _share(processes, lambda: prepare_run(database, options, data_dir), "run preparation")
     try:
         with _running(database, setup, data_dir, processes):
-            metrics = _fit(setup, data_dir, processes, progress)
+            metrics = _fit(setup, data_dir, processes, progress, database)
     except RunBusyError as busy:
         raise TrainingError(f"{busy}: wait for it, or stop that process first") from None
     except BaseException as error:
@@ -175,6 +175,7 @@ def _fit(
     data_dir: Path,
     processes: PartialState,
     progress: ProgressCallback | None,
+    database: Database,
 ) -> dict[str, Any]:
     """Load the model and data, train (`training.sft`, or `training.dpo`), write the folder."""
     import torch
@@ -202,9 +203,10 @@ def _fit(
     attention = peft_model.get_base_model().config._attn_implementation
     row_tokens = sft.row_tokens_for(options, attention, device)
     if options.dpo:
-        state, figures = _fit_dpo(
-            setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens, device, progress
-        )
+        run = _dpo_run(setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens)
+        run.device = device
+        run.feedback = _stored_feedback(database, meta)
+        state, figures = _fit_dpo(run, progress)
     else:
         state, figures = _fit_sft(
             setup, data_dir, peft_model, tokenizer, selection, row_tokens, processes, progress
@@ -270,7 +272,7 @@ def _fit_sft(
     }
 
 
-def _fit_dpo(
+def _dpo_run(
     setup: RunSetup,
     data_dir: Path,
     peft_model: Any,
@@ -278,13 +280,11 @@ def _fit_dpo(
     dataset: Any,
     selection: Selection,
     row_tokens: int,
-    device: Any,
-    progress: ProgressCallback | None,
-) -> tuple[CheckpointState, dict[str, Any]]:
-    """Preference tuning of the active run's adapter on self-play pairs (`training.dpo`)."""
+) -> Any:
+    """What preference tuning of the active run's adapter needs (`training.dpo.DpoRun`)."""
     from training import dpo
 
-    run = dpo.DpoRun(
+    return dpo.DpoRun(
         peft_model=peft_model,
         tokenizer=tokenizer,
         train_split=dataset["train"],
@@ -293,9 +293,39 @@ def _fit_dpo(
         options=setup.options,
         output_dir=checkpoint_root(data_dir, setup.run_id),
         row_tokens=row_tokens,
-        device=device,
+        device=None,
     )
+
+
+def _fit_dpo(run: Any, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
+    """Self-play pairs and the owner's stored pairs, then DPO (`training.dpo`)."""
+    from training import dpo
+
     return dpo.fit(run, progress)
+
+
+def _stored_feedback(database: Database, meta: dict[str, Any]) -> list[Any]:
+    """The owner's corrections and picks kept in the database, each with the system prompt the
+    dataset gave its chat (`training.prompt.chat_system_prompt`)."""
+    from storage.bot import chat_title
+    from storage.preferences import preference_pairs
+    from training.dpo import FeedbackPair
+    from training.prompt import chat_system_prompt
+
+    options = meta.get("options") or {}
+    found = []
+    with database.session() as session:
+        for pair in preference_pairs(session):
+            system = chat_system_prompt(
+                options.get("owner_name"),
+                chat_title(session, pair.chat_id),
+                enabled=bool(options.get("system_prompt", True)),
+                contact_names=bool(options.get("contact_names", False)),
+            )
+            found.append(
+                FeedbackPair(pair.chat_id, list(pair.context), pair.chosen, pair.rejected, system)
+            )
+    return found
 
 
 def _metrics(

@@ -93,3 +93,36 @@ def test_the_owners_reply_is_the_last_trained_span() -> None:
     labels = [-100, 2, -100, -100, 5, 6, 7]
 
     assert owner_reply(ids, labels) == ([1, 2, 3, 4], [5, 6, 7])
+
+
+def test_dpo_also_learns_the_owners_stored_corrections_each_in_its_own_chat(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    from storage.preferences import add_preference
+    from training.dpo import FeedbackPair, feedback_pairs
+    from training.model import load_tokenizer
+    from training.prompt import Turn, render_prompt
+
+    train(sqlite_database, tiny_options(max_steps=10), mistral.data_dir)
+    context = [{"role": "user", "content": "are you coming tonight?"}]
+    with sqlite_database.session() as session:
+        add_preference(
+            session, chat_id=7, source="correction", context=context,
+            chosen="yes! see you at 8", rejected="I am not sure.",
+        )  # fmt: skip
+        add_preference(  # a judged single reply is no pair: not for DPO
+            session, chat_id=7, source="reaction", context=context, chosen="ok", verdict=True
+        )
+
+    result = train(sqlite_database, tiny_options(**{**DPO, "max_steps": 4}), mistral.data_dir)
+
+    assert result.metrics["feedback_pairs"] == 1
+    tokenizer = load_tokenizer(str(mistral.model_dir))
+    [pair] = feedback_pairs(
+        [FeedbackPair(7, context, "yes! see you at 8", "I am not sure.")], tokenizer
+    )
+    assert pair.chat_id == 7
+    assert pair.prompt_ids == render_prompt([Turn("user", "are you coming tonight?")], tokenizer)
+    assert tokenizer.decode(pair.chosen_ids, skip_special_tokens=True).strip() == (
+        "yes! see you at 8"
+    )
