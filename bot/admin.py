@@ -309,10 +309,13 @@ class AdminCommands:
         message = ProgressMessage(twin, chat_id, None)
         await message.show(progress.render())
         newest_before, serving = await twin.in_session(run_queries.run_ids)
+        minimum = twin.options.dpo_min_pairs
+        new_pairs = await twin.in_session(run_queries.new_feedback_pairs) if minimum else 0
         options = PipelineOptions(
             command=twin.options.retrain_command,
             harvest=twin.options.harvest_configured,
             step_timeout=twin.options.retrain_step_timeout.total_seconds(),
+            dpo=bool(minimum) and new_pairs >= minimum,
         )
         still = f"still serving run #{serving}" if serving else "nothing was serving"
         # Once a new run has been trained, a cancel (the bot stopping) must not undo it: the

@@ -111,6 +111,8 @@ class BotOptions:
     harvest_configured: bool = False
     #: Longest a retrain step may run before it is stopped.
     retrain_step_timeout: timedelta = timedelta(hours=12)
+    #: /retrain preference-tunes after training once this many new pairs were given (0: never).
+    dpo_min_pairs: int = 0
     #: getUpdates long-poll timeout in seconds (tests shorten it).
     poll_timeout: int = 10
     #: How often, in seconds, the bot checks that its database is still there and follows

@@ -37,6 +37,7 @@ class RetrainStep:
 HARVEST = RetrainStep("harvest", ("harvest",))
 DATASET = RetrainStep("dataset", ("dataset", "build"))
 TRAIN = RetrainStep("train", ("train", "--continue"))
+DPO = RetrainStep("dpo", ("train", "--dpo"))
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class PipelineOptions:
     command: tuple[str, ...]
     harvest: bool = True
     step_timeout: float = 12 * 3600.0
+    dpo: bool = False  # enough new feedback: preference-tune after the continued training
 
 
 @dataclass
@@ -77,15 +79,16 @@ Report = Callable[[PipelineProgress], Awaitable[None]]
 async def run_pipeline(
     options: PipelineOptions, progress: PipelineProgress, report: Report
 ) -> PipelineResult:
-    """Run harvest (or note why not), dataset build and continued training in order."""
-    steps: list[RetrainStep] = [DATASET, TRAIN]
+    """Run harvest (or note why not), dataset build, continued training, and preference tuning
+    when there is enough new feedback; a gated training step ends the pipeline there."""
+    steps: list[RetrainStep] = [DATASET, TRAIN, *([DPO] if options.dpo else [])]
     if options.harvest:
         steps.insert(0, HARVEST)
     else:
         progress.set(HARVEST.name, "skipped: no Telegram session (run `twin login`)")
     for step in steps:
         progress.set(step.name, "waiting")
-    code = 0
+    trained = 0  # how the training step ended
     for step in steps:
         progress.set(step.name, "starting")
         await report(progress)
@@ -98,7 +101,15 @@ async def run_pipeline(
             return PipelineResult(ok=False, error=error)
         progress.set(step.name, ended[code])
         await report(progress)
-    return PipelineResult(ok=True, nothing_new=code == NOTHING_NEW_EXIT, gated=code == GATED_EXIT)
+        trained = code if step is TRAIN else trained
+        if step is TRAIN and code == GATED_EXIT:
+            break  # the new run does not serve: nothing to preference-tune
+    for step in steps:
+        if progress.lines.get(step.name) == "waiting":
+            progress.set(step.name, "skipped")
+    return PipelineResult(
+        ok=True, nothing_new=trained == NOTHING_NEW_EXIT, gated=trained == GATED_EXIT
+    )
 
 
 async def run_step(

@@ -11,6 +11,7 @@ from storage import bot as bot_store
 from storage import runs as run_store
 from storage.messages import count_messages
 from storage.models import Run
+from storage.preferences import preference_pairs
 from training.gate import GateDecision
 from training.run_folder import RunFigures
 
@@ -94,6 +95,13 @@ def newest_succeeded_after(session: Session, run_id: int) -> int | None:
 def gate_of(session: Session, run_id: int) -> GateDecision | None:
     """The quality gate's decision on a retrained run, where it judged one."""
     return GateDecision.from_metrics(run_store.get_run(session, run_id).metrics)
+
+
+def new_feedback_pairs(session: Session) -> int:
+    """Pairs the owner gave since the newest preference-tuned run (all, before the first)."""
+    tuned = [run for run in run_store.list_runs(session) if (run.options or {}).get("dpo")]
+    since = tuned[0].created_at if tuned else None
+    return len(preference_pairs(session, since))
 
 
 def reactivate(session: Session, run_id: int | None) -> None:

@@ -61,3 +61,29 @@ def test_a_retrain_the_gate_stopped_is_a_finished_pipeline_that_says_so() -> Non
 
     assert result.ok and result.gated and not result.nothing_new
     assert progress.lines["train"] == "worse: not switched"
+
+
+def run_with_dpo(train_ends: str) -> tuple[object, PipelineProgress]:
+    options = PipelineOptions(
+        command=(sys.executable, "-c", CHILD, train_ends), harvest=False, dpo=True
+    )
+    progress = PipelineProgress()
+
+    async def report(_: PipelineProgress) -> None:
+        return None
+
+    return asyncio.run(run_pipeline(options, progress, report)), progress
+
+
+def test_with_enough_feedback_preference_tuning_follows_the_training_step() -> None:
+    result, progress = run_with_dpo("done")
+
+    assert result.ok and list(progress.lines) == ["harvest", "dataset", "train", "dpo"]
+    assert progress.lines["dpo"] == "done"
+
+
+def test_a_gated_training_step_skips_preference_tuning() -> None:
+    result, progress = run_with_dpo("worse")
+
+    assert result.ok and result.gated
+    assert progress.lines["dpo"] == "skipped"

@@ -155,3 +155,39 @@ def test_a_bot_stopped_mid_step_ends_its_child_and_keeps_the_old_run(
     )
     assert not gone[1], "a retrain child outlived the bot"
     assert active_id(database) == serving
+
+
+def store_pairs(database: Any, count: int) -> None:
+    from storage.preferences import add_preference
+
+    with database.session() as session:
+        for number in range(count):
+            add_preference(
+                session, chat_id=OWNER, source="correction",
+                context=[{"role": "user", "content": f"question {number}"}],
+                chosen=f"mine {number}", rejected=f"twin's {number}",
+            )  # fmt: skip
+
+
+def test_enough_new_feedback_makes_the_retrain_preference_tune_after_training(
+    make_twin: Any, fake_api: Any, served: tuple[Any, int], tmp_path: Path
+) -> None:
+    database, _ = served
+    store_pairs(database, 2)
+    twin, _, log = bot_with_child(make_twin, served, tmp_path, "new", dpo_min_pairs=2)
+
+    serve(twin, retrain_until(fake_api, "Retrained"))
+
+    assert log.read_text().splitlines() == ["dataset build", "train --continue", "train --dpo"]
+
+
+def test_too_little_new_feedback_retrains_without_preference_tuning(
+    make_twin: Any, fake_api: Any, served: tuple[Any, int], tmp_path: Path
+) -> None:
+    database, _ = served
+    store_pairs(database, 1)
+    twin, _, log = bot_with_child(make_twin, served, tmp_path, "new", dpo_min_pairs=2)
+
+    serve(twin, retrain_until(fake_api, "Retrained"))
+
+    assert log.read_text().splitlines() == ["dataset build", "train --continue"]

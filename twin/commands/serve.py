@@ -129,6 +129,7 @@ def bot_options(context: AppContext, *, silent: bool = False, workers: int = 8) 
         workers=workers,
         retrain_command=tuple(command),
         harvest_configured=harvest_configured,
+        dpo_min_pairs=settings.dpo_min_pairs,
     )
 
 
