@@ -52,6 +52,8 @@ class DemoOptions:
     rank: int = 16
     eval_samples: int = 8
     reply_tokens: int = 40
+    self_play: int = 32  # training contexts of the self-play DPO round
+    dpo_steps: int = 8
     script: tuple[str, ...] = SCRIPT
 
     @classmethod
@@ -66,6 +68,8 @@ class DemoOptions:
             batch_tokens=1024,
             eval_samples=2,
             reply_tokens=12,
+            self_play=8,
+            dpo_steps=2,
             script=SCRIPT[:2],
         )
 
@@ -82,6 +86,7 @@ class DemoResult:
     base_loss: float | None = None
     tuned_loss: float | None = None
     judged: dict[str, float] = field(default_factory=dict)  # "judged to be you", by whose
+    dpo: dict[str, float | None] = field(default_factory=dict)  # the self-play round's figures
     report_path: Path | None = None
     conversation: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -286,7 +291,10 @@ def _train(
 ) -> None:
     from training.trainer import TrainOptions, train
 
-    reporter.step("4/6 tune LoRA adapters on the owner's replies (`twin train`, on the CPU)")
+    reporter.step(
+        "4/6 tune LoRA adapters on the owner's replies, then one self-play DPO round "
+        "(`twin train`, `twin train --dpo`, on the CPU)"
+    )
     train_options = TrainOptions(
         quant="none",
         dtype="float32",
@@ -310,6 +318,57 @@ def _train(
     from twin.commands.train import _result_table
 
     reporter.table(_result_table(run))  # what `twin train` prints
+    _self_play(database, options, reporter, result, train_options)
+
+
+def _self_play(
+    database: Database,
+    options: DemoOptions,
+    reporter: Reporter,
+    result: DemoResult,
+    sft: Any,
+) -> None:
+    """One self-play DPO round on the tuned run (`twin train --dpo`), before/after figures."""
+    from dataclasses import replace
+
+    from training.errors import TrainingError
+    from training.trainer import train
+
+    dpo = replace(
+        sft, dpo=True, self_play=options.self_play, max_steps=options.dpo_steps, learning_rate=1e-4
+    )
+    try:
+        with reporter.train_progress() as progress:
+            run = train(database, dpo, options.directory, progress)
+    except TrainingError as error:
+        reporter.done(f"self-play DPO round skipped: {error}")
+        return
+    figures = run.metrics
+    result.run_id = run.run_id
+    result.dpo = {key: figures.get(key) for key in DPO_FIGURES}
+    reporter.done(
+        f"self-play DPO round (`twin train --dpo`): {figures['self_play_pairs']} pairs; held-out "
+        f"preference accuracy {_share(figures.get('preference_accuracy_start'))} -> "
+        f"{_share(figures.get('preference_accuracy'))}, loss on your held-out replies "
+        f"{_loss(figures.get('val_loss_start'))} -> {_loss(figures.get('val_loss'))}"
+    )
+
+
+DPO_FIGURES = (
+    "self_play_pairs",
+    "preference_accuracy_start",
+    "preference_accuracy",
+    "val_loss_start",
+    "val_loss",
+)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _evaluate(

@@ -46,8 +46,10 @@ def test_the_quick_demo_runs_the_whole_pipeline_in_its_own_directory(
         assert f"you  {line}" in out
     assert out.count("twin  ") >= len(DemoOptions.quick(directory).script)
     assert f"twin --data-dir {directory} chat" in out
-    # The judge's line, the verdicts and the report.
     flat = " ".join(out.split())
+    # One self-play DPO round after training, with its before/after figures.
+    assert "self-play DPO round (`twin train --dpo`):" in flat and "preference accuracy" in flat
+    # The judge's line, the verdicts and the report.
     assert "judged to be you: the twin" in flat and "your own held-out replies" in flat
     assert "loss on your tokens: the tuned run is" in flat
     page = (directory / "report.html").read_text()
