@@ -156,6 +156,21 @@ def _context_before(session: Any, chat_id: int, reply: str | None) -> list[dict[
     return []
 
 
+def last_reply(session: Any, chat_id: int) -> str | None:
+    """The twin's newest remembered reply in the chat, if any."""
+    for turn in reversed(bot_store.recent_turns(session, chat_id, MEMORY_READ)):
+        if turn.role == "assistant":
+            return turn.text
+    return None
+
+
+def store_correction(
+    session: Any, chat_id: int, run_id: int | None, rejected: str, chosen: str
+) -> bool:
+    """The owner's `chosen` text is preferred to the twin's `rejected` reply in its context."""
+    return _store_pair(session, chat_id, run_id, "correction", rejected, chosen)
+
+
 def _store_pair(
     session: Any, chat_id: int, run_id: int | None, source: str, rejected: str, chosen: str
 ) -> bool:

@@ -21,6 +21,7 @@ TERMINAL_HELP = (
     "Write and press Enter; the twin answers as you would.\n"
     "/forget – clear what it remembers of this terminal chat\n"
     "/set NAME VALUE – temperature, top_p or max_new_tokens (this session only)\n"
+    "/better TEXT – what you would have written instead of its last reply (it learns from it)\n"
     "/quit – leave (Ctrl-D too); Ctrl-C stops a reply"
 )
 APOLOGY = "(no reply: generating failed, see the log)"
@@ -36,6 +37,7 @@ class TerminalChat:
     read: Callable[[str], str]
     out: TextIO
     chat_id: int = TERMINAL_CHAT_ID
+    run_id: int | None = None  # the run that answers, kept with the feedback
     you: str = "you> "
     twin: str = "twin> "
 
@@ -71,6 +73,8 @@ class TerminalChat:
             self.say(f"Forgotten: {forgotten} remembered messages of this chat.\n")
         elif name == "/set":
             self.set(args)
+        elif name == "/better":
+            self.better(text.split(maxsplit=1)[1] if len(text.split(maxsplit=1)) > 1 else "")
         elif name in ("/help", "/start"):
             self.say(f"{TERMINAL_HELP}\n")
         else:
@@ -87,6 +91,24 @@ class TerminalChat:
             self.say(f"Not changed: {error}\n")
             return
         self.say(f"Sampling: {self.sampling.describe()}\n")
+
+    def better(self, text: str) -> None:
+        """Keep `text` as the better reply to the twin's last one (`twin prefs`, `--dpo`)."""
+        from bot.feedback import last_reply, store_correction
+
+        if not text.strip():
+            self.say("Usage: /better what you would have written\n")
+            return
+        chat_id, responder = self.chat_id, self.responder
+        chosen = responder.scrubber.scrub(text.strip(), chat_id)
+        with responder.database.session() as session:
+            rejected = last_reply(session, chat_id)
+            kept = rejected is not None and store_correction(
+                session, chat_id, self.run_id, rejected, chosen
+            )
+        self.say(
+            "Noted: it will learn your version.\n" if kept else "No reply of it to improve yet.\n"
+        )
 
     def answer(self, text: str) -> None:
         """Remember the line, then stream the reply as it is generated."""

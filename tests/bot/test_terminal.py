@@ -174,3 +174,28 @@ def test_a_model_with_nothing_to_say_shows_that_and_remembers_no_reply(
 
     assert f"twin> {NO_REPLY}\n" in out.getvalue()
     assert remembered(sqlite_database) == [("user", "hello?")]
+
+
+def test_better_keeps_the_owners_version_of_the_last_reply_for_preference_tuning(
+    sqlite_database: Any,
+) -> None:
+    from bot.options import TERMINAL_CHAT_ID
+    from storage.preferences import preference_pairs
+    from storage.runs import create_run
+
+    with sqlite_database.session() as session:
+        run_id = create_run(session, base_model="tiny", options={}).id
+    out = run_chat(
+        sqlite_database,
+        ScriptedBackend(),
+        ["/better too early", "hi there", "/better привет)))", "/better"],
+        run_id=run_id,
+    )
+
+    said = out.getvalue()
+    assert "No reply of it to improve yet." in said and "Usage: /better" in said
+    with sqlite_database.session() as session:
+        [pair] = preference_pairs(session)
+        assert (pair.source, pair.chat_id, pair.run_id) == ("correction", TERMINAL_CHAT_ID, run_id)
+        assert (pair.chosen, pair.rejected) == ("привет)))", "echo: hi there")
+        assert pair.context == [{"role": "user", "content": "hi there"}]

@@ -97,7 +97,9 @@ def chat(
         try:
             conversation = ConversationOptions(session_gap=context.settings.session_gap)
             responder = Responder(database, backend, conversation.for_run(run.adapter_path))
-            terminal = TerminalChat(responder, load_sampling(database), input, sys.stdout)
+            terminal = TerminalChat(
+                responder, load_sampling(database), input, sys.stdout, run_id=backend.run_id
+            )
             terminal.run()
         finally:
             backend.close()
