@@ -101,7 +101,7 @@ def new_feedback_pairs(session: Session) -> int:
     """Pairs the owner gave since the newest preference-tuned run (all, before the first)."""
     tuned = [run for run in run_store.list_runs(session) if (run.options or {}).get("dpo")]
     since = tuned[0].created_at if tuned else None
-    return len(preference_pairs(session, since))
+    return sum(pair.source != "self_play" for pair in preference_pairs(session, since))
 
 
 def reactivate(session: Session, run_id: int | None) -> None:

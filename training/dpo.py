@@ -10,9 +10,11 @@ prompt of one chat with a reply from another. The pairs live in memory only, for
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,7 @@ class PreferencePair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     chat_id: int | None = None
+    context: list[dict[str, str]] | None = None  # the example's turns before the owner's reply
 
 
 def owner_reply(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
@@ -76,6 +79,11 @@ def self_play_pairs(
     chosen_rows = np.random.default_rng(seed).permutation(len(split))[:count].tolist()
     rows = split.select(sorted(chosen_rows))
     chats = rows["chat_id"] if "chat_id" in rows.column_names else [None] * len(rows)
+    contexts = (
+        [_context(messages) for messages in rows["messages"]]
+        if "messages" in rows.column_names
+        else [None] * len(rows)
+    )
     device = next(model.parameters()).device
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -83,8 +91,8 @@ def self_play_pairs(
     was_training = model.training
     model.eval()
     try:
-        for input_ids, labels, chat_id in zip(
-            rows["input_ids"], rows["labels"], chats, strict=True
+        for input_ids, labels, chat_id, context in zip(
+            rows["input_ids"], rows["labels"], chats, contexts, strict=True
         ):
             prompt, chosen = owner_reply(input_ids, labels)
             if not prompt or not chosen:
@@ -104,11 +112,31 @@ def self_play_pairs(
                 )
             rejected = output[0, len(prompt) :].tolist()
             if rejected and rejected != chosen:
-                pairs.append(PreferencePair(prompt, chosen, rejected, chat_id))
+                pairs.append(PreferencePair(prompt, chosen, rejected, chat_id, context))
     finally:
         model.train(was_training)
         torch.random.set_rng_state(generator_state)
     return pairs
+
+
+def _context(messages: str) -> list[dict[str, str]]:
+    """An example's turns before its last (the owner's) reply, without the system text."""
+    turns = [turn for turn in json.loads(messages) if turn.get("role") != "system"]
+    return turns[:-1]
+
+
+def kept_self_play(pairs: list[PreferencePair], tokenizer: Any) -> list[FeedbackPair]:
+    """Self-play pairs as text, to keep beside the owner's feedback (source `self_play`)."""
+    return [
+        FeedbackPair(
+            pair.chat_id,
+            pair.context,
+            tokenizer.decode(pair.chosen_ids, skip_special_tokens=True).strip(),
+            tokenizer.decode(pair.rejected_ids, skip_special_tokens=True).strip(),
+        )
+        for pair in pairs
+        if pair.chat_id is not None and pair.context
+    ]
 
 
 def _eos_ids(model: Any) -> list[int]:
@@ -211,6 +239,7 @@ class DpoRun:
     row_tokens: int
     device: torch.device
     feedback: list[FeedbackPair] = field(default_factory=list)  # the owner's stored pairs
+    keep: Callable[[list[FeedbackPair]], None] | None = None  # stores the self-play pairs
 
 
 def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
@@ -221,7 +250,10 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     model = run.peft_model
     began = time.perf_counter()
     given = feedback_pairs(run.feedback, run.tokenizer)
-    pairs = self_play_pairs(model, run.train_split, options.self_play, seed=options.seed) + given
+    played = self_play_pairs(model, run.train_split, options.self_play, seed=options.seed)
+    if run.keep is not None:
+        run.keep(kept_self_play(played, run.tokenizer))
+    pairs = played + given
     held_out = []
     if run.validation_split is not None:
         held_out = self_play_pairs(

@@ -206,6 +206,7 @@ def _fit(
         run = _dpo_run(setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens)
         run.device = device
         run.feedback = _stored_feedback(database, meta)
+        run.keep = lambda played: _keep_self_play(database, setup.run_id, played)
         state, figures = _fit_dpo(run, progress)
     else:
         state, figures = _fit_sft(
@@ -304,6 +305,23 @@ def _fit_dpo(run: Any, progress: ProgressCallback | None) -> tuple[CheckpointSta
     return dpo.fit(run, progress)
 
 
+def _keep_self_play(database: Database, run_id: int, played: list[Any]) -> None:
+    """The run's self-play pairs, kept with the owner's feedback (`twin prefs`)."""
+    from storage.preferences import add_preference
+
+    with database.session() as session:
+        for pair in played:
+            add_preference(
+                session,
+                chat_id=pair.chat_id,
+                run_id=run_id,
+                source="self_play",
+                context=pair.context,
+                chosen=pair.chosen,
+                rejected=pair.rejected,
+            )
+
+
 def _stored_feedback(database: Database, meta: dict[str, Any]) -> list[Any]:
     """The owner's corrections and picks kept in the database, each with the system prompt the
     dataset gave its chat (`training.prompt.chat_system_prompt`)."""
@@ -316,6 +334,8 @@ def _stored_feedback(database: Database, meta: dict[str, Any]) -> list[Any]:
     found = []
     with database.session() as session:
         for pair in preference_pairs(session):
+            if pair.source == "self_play":
+                continue  # made again, by the run being tuned, on every round
             system = chat_system_prompt(
                 options.get("owner_name"),
                 chat_title(session, pair.chat_id),

@@ -117,6 +117,14 @@ def test_dpo_also_learns_the_owners_stored_corrections_each_in_its_own_chat(
     result = train(sqlite_database, tiny_options(**{**DPO, "max_steps": 4}), mistral.data_dir)
 
     assert result.metrics["feedback_pairs"] == 1
+    from storage.preferences import preference_pairs
+
+    with sqlite_database.session() as session:
+        played = [p for p in preference_pairs(session) if p.source == "self_play"]
+        assert len(played) == result.metrics["self_play_pairs"] > 0
+        assert {p.run_id for p in played} == {result.run_id}
+        assert all(p.context and p.context[-1]["role"] == "user" for p in played)
+        assert all(p.chosen != p.rejected for p in played)
     tokenizer = load_tokenizer(str(mistral.model_dir))
     [pair] = feedback_pairs(
         [FeedbackPair(7, context, "yes! see you at 8", "I am not sure.")], tokenizer
