@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.bot.conftest import OWNER, real_run, serve
 from tests.bot.fakes import ScriptedBackend
 
@@ -169,25 +171,26 @@ def store_pairs(database: Any, count: int) -> None:
             )  # fmt: skip
 
 
-def test_enough_new_feedback_makes_the_retrain_preference_tune_after_training(
-    make_twin: Any, fake_api: Any, served: tuple[Any, int], tmp_path: Path
+@pytest.mark.parametrize(
+    ("pairs", "steps"),
+    [
+        (2, ["dataset build", "train --continue", "train --dpo"]),
+        (1, ["dataset build", "train --continue"]),
+    ],
+    ids=["enough new feedback: preference-tuned", "too little: not"],
+)
+def test_new_feedback_pairs_decide_whether_the_retrain_preference_tunes(
+    make_twin: Any,
+    fake_api: Any,
+    served: tuple[Any, int],
+    tmp_path: Path,
+    pairs: int,
+    steps: list[str],
 ) -> None:
     database, _ = served
-    store_pairs(database, 2)
+    store_pairs(database, pairs)
     twin, _, log = bot_with_child(make_twin, served, tmp_path, "new", dpo_min_pairs=2)
 
     serve(twin, retrain_until(fake_api, "Retrained"))
 
-    assert log.read_text().splitlines() == ["dataset build", "train --continue", "train --dpo"]
-
-
-def test_too_little_new_feedback_retrains_without_preference_tuning(
-    make_twin: Any, fake_api: Any, served: tuple[Any, int], tmp_path: Path
-) -> None:
-    database, _ = served
-    store_pairs(database, 1)
-    twin, _, log = bot_with_child(make_twin, served, tmp_path, "new", dpo_min_pairs=2)
-
-    serve(twin, retrain_until(fake_api, "Retrained"))
-
-    assert log.read_text().splitlines() == ["dataset build", "train --continue"]
+    assert log.read_text().splitlines() == steps
