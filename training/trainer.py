@@ -203,11 +203,22 @@ def _fit(
     attention = peft_model.get_base_model().config._attn_implementation
     row_tokens = sft.row_tokens_for(options, attention, device)
     if options.dpo:
-        run = _dpo_run(setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens)
-        run.device = device
-        run.feedback = _stored_feedback(database, meta)
-        run.keep = lambda played: _keep_self_play(database, setup.run_id, played)
-        state, figures = _fit_dpo(run, progress)
+        from training import dpo
+
+        run = dpo.DpoRun(
+            peft_model=peft_model,
+            tokenizer=tokenizer,
+            train_split=dataset["train"],
+            validation_split=dataset.get("validation"),
+            validation=selection.validation,
+            options=setup.options,
+            output_dir=checkpoint_root(data_dir, setup.run_id),
+            row_tokens=row_tokens,
+            device=device,
+            feedback=_stored_feedback(database, meta),
+            keep=lambda played: _keep_self_play(database, setup.run_id, played),
+        )
+        state, figures = dpo.fit(run, progress)
     else:
         state, figures = _fit_sft(
             setup, data_dir, peft_model, tokenizer, selection, row_tokens, processes, progress
@@ -271,38 +282,6 @@ def _fit_sft(
         "accumulation": shape.accumulation,
         "padding_fraction": 0.0,  # the padding-free collator adds no padding
     }
-
-
-def _dpo_run(
-    setup: RunSetup,
-    data_dir: Path,
-    peft_model: Any,
-    tokenizer: Any,
-    dataset: Any,
-    selection: Selection,
-    row_tokens: int,
-) -> Any:
-    """What preference tuning of the active run's adapter needs (`training.dpo.DpoRun`)."""
-    from training import dpo
-
-    return dpo.DpoRun(
-        peft_model=peft_model,
-        tokenizer=tokenizer,
-        train_split=dataset["train"],
-        validation_split=dataset.get("validation"),
-        validation=selection.validation,
-        options=setup.options,
-        output_dir=checkpoint_root(data_dir, setup.run_id),
-        row_tokens=row_tokens,
-        device=None,
-    )
-
-
-def _fit_dpo(run: Any, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
-    """Self-play pairs and the owner's stored pairs, then DPO (`training.dpo`)."""
-    from training import dpo
-
-    return dpo.fit(run, progress)
 
 
 def _keep_self_play(database: Database, run_id: int, played: list[Any]) -> None:
