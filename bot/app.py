@@ -90,8 +90,9 @@ class TwinBot:
     ) -> None:
         if problems := options.problems():
             from bot.errors import BotError
+            from training.errors import problems_text
 
-            raise BotError("; ".join(problems))
+            raise BotError(problems_text(problems))
         self.options = options
         self.database = database
         self.backend = backend

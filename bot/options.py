@@ -119,16 +119,17 @@ class BotOptions:
     #: a run another command (`twin train`, `twin runs activate`) made active.
     watch_every: float = 5.0
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[tuple[str, str]]:
+        """Every bad value as (field, message); the CLI names the flag or setting to change."""
         found = []
         if not self.token:
-            found.append("TWIN_BOT_TOKEN is not set: create a bot with @BotFather and set it")
+            found.append(("token", "is not set: create a bot with @BotFather and set it"))
         if not self.owner_id:
-            found.append("TWIN_OWNER_ID is not set: your numeric Telegram user id")
+            found.append(("owner_id", "is not set: your numeric Telegram user id"))
         if self.rate_limit_messages < 1:
-            found.append(f"--rate-limit {self.rate_limit_messages}: must be at least 1")
+            found.append(("rate_limit_messages", f"{self.rate_limit_messages}: at least 1"))
         if self.workers < 1:
-            found.append(f"--workers {self.workers}: must be at least 1")
+            found.append(("workers", f"{self.workers}: must be at least 1"))
         if self.max_reply_delay < 0:
-            found.append(f"--max-reply-delay {self.max_reply_delay}: must not be negative")
+            found.append(("max_reply_delay", f"{self.max_reply_delay}: must not be negative"))
         return found

@@ -42,17 +42,20 @@ class BackendOptions:
     openai_model: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[tuple[str, str]]:
+        """Every bad value as (field, message); the CLI names the flag or setting to change."""
         found = []
         if self.kind not in ("local", "openai"):
-            found.append(f"TWIN_BOT_BACKEND {self.kind!r}: use local or openai")
+            found.append(("kind", f"{self.kind!r}: use local or openai"))
         if self.kind == "openai" and not self.openai_base_url:
             found.append(
-                "TWIN_OPENAI_BASE_URL is not set: the OpenAI-compatible server's URL, "
-                "e.g. http://127.0.0.1:8000/v1"
+                (
+                    "openai_base_url",
+                    "is not set: the OpenAI-compatible server's URL, e.g. http://127.0.0.1:8000/v1",
+                )
             )
         if self.max_batch < 1:
-            found.append(f"--max-batch {self.max_batch}: must be at least 1")
+            found.append(("max_batch", f"{self.max_batch}: must be at least 1"))
         return found
 
 
@@ -81,7 +84,7 @@ def open_backend(options: BackendOptions, run: ServedRun) -> ReplyBackend:
     from training.model import ModelLoadError, load_tokenizer, serving_options
 
     if problems := options.problems():
-        raise BotError("; ".join(problems))
+        raise BotError(problems_text(problems))
     model = serving_options(
         run.base_model,
         run.trained_with,

@@ -34,14 +34,15 @@ class Sampling:
     top_p: float = 0.9
     max_new_tokens: int = 128
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[tuple[str, str]]:
+        """Every bad value as (field, message): the field is the name `/set` takes."""
         found = []
         if not 0 <= self.temperature <= 5:
-            found.append(f"temperature {self.temperature}: use 0 (greedy) to 5")
+            found.append(("temperature", f"{self.temperature}: use 0 (greedy) to 5"))
         if not 0 < self.top_p <= 1:
-            found.append(f"top_p {self.top_p}: use a number in (0, 1]")
+            found.append(("top_p", f"{self.top_p}: use a number in (0, 1]"))
         if not 1 <= self.max_new_tokens <= 4096:
-            found.append(f"max_new_tokens {self.max_new_tokens}: use 1 to 4096")
+            found.append(("max_new_tokens", f"{self.max_new_tokens}: use 1 to 4096"))
         return found
 
     def with_value(self, name: str, text: str) -> Sampling:
@@ -61,7 +62,7 @@ class Sampling:
             raise SamplingError(f"{name} {text!r}: not a number") from None
         changed = replace(self, **{name: value})
         if problems := changed.problems():
-            raise SamplingError("; ".join(problems))
+            raise SamplingError("; ".join(f"{name} {message}" for name, message in problems))
         return changed
 
     def describe(self) -> str:

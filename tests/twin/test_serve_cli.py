@@ -101,6 +101,16 @@ def test_bot_without_token_owner_or_run_names_every_missing_piece(
     assert "Traceback" not in error
 
 
+def test_bot_problems_name_the_flag_a_user_types(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--data-dir", str(data_dir), "bot", "--workers", "0"]) == 1
+
+    error = one_line(capsys.readouterr().err)
+    assert "--workers 0: must be at least 1" in error
+    assert "--max-batch" not in error and "max_batch" not in error
+
+
 def test_bot_with_settings_but_no_trained_run_says_which_command_makes_one(
     data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,7 +52,7 @@ def bot(
     with _bot_errors(context):
         options = bot_options(context, silent=silent, workers=workers)
         backend_options = _backend_options(context, quant, max_batch=workers)
-        problems = options.problems() + backend_options.problems()
+        problems = _named(options.problems() + backend_options.problems())
         run = _served_or_problem(context, problems)
         if problems or run is None:
             from bot.errors import BotError
@@ -86,7 +86,7 @@ def chat(
     context = app_context(ctx, data_dir)
     with _bot_errors(context):
         backend_options = _backend_options(context, quant, max_batch=1)
-        if problems := backend_options.problems():
+        if problems := _named(backend_options.problems()):
             from bot.errors import BotError
 
             raise BotError("; ".join(problems))
@@ -149,6 +149,23 @@ def _backend_options(context: AppContext, quant: str, *, max_batch: int) -> Back
             settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         ),
     )
+
+
+#: BotOptions and BackendOptions fields -> what a user changes: a flag or a TWIN_* setting.
+KNOBS = {
+    "token": "TWIN_BOT_TOKEN",
+    "owner_id": "TWIN_OWNER_ID",
+    "workers": "--workers",
+    "max_batch": "--workers",  # `twin bot --workers` sets the backend's batch too
+    "quant": "--quant",
+    "kind": "TWIN_BOT_BACKEND",
+    "openai_base_url": "TWIN_OPENAI_BASE_URL",
+}
+
+
+def _named(problems: list[tuple[str, str]]) -> list[str]:
+    """(field, message) problems as lines naming the flag or setting to change."""
+    return [f"{KNOBS.get(name, name)} {message}" for name, message in problems]
 
 
 def _served_or_problem(context: AppContext, problems: list[str]) -> ServedRun | None:
