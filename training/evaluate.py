@@ -461,18 +461,17 @@ def _generate(
     """A reply for every prompt, in batches, through the bot's generation loop, seeded."""
     import torch
 
-    from training.generation import generate_batch, stop_token_ids
+    from training.generation import generate_replies
+
+    def report(done: int, total: int) -> None:
+        if progress:
+            progress(f"generate ({which})", done, total)
 
     torch.manual_seed(options.seed)
-    stop_ids = stop_token_ids(model, tokenizer)
-    replies: list[str] = []
-    for start in range(0, len(prompts), options.batch_size):
-        batch = prompts[start : start + options.batch_size]
-        generated = generate_batch(model, tokenizer, batch, options.sampling(), stop_ids=stop_ids)
-        replies.extend(reply.strip() for reply in generated)
-        if progress:
-            progress(f"generate ({which})", len(replies), len(prompts))
-    return replies
+    return generate_replies(
+        model, tokenizer, prompts, options.sampling(), batch_size=options.batch_size,
+        progress=report,
+    )  # fmt: skip
 
 
 def _compute_dtype(model: Any) -> torch.dtype:

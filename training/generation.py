@@ -239,6 +239,27 @@ def generate_batch(
     return list(streamer.replies)
 
 
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    sampling: Sampling,
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Every prompt's reply, `batch_size` at a time through `generate_batch`, stripped."""
+    stop_ids = stop_token_ids(model, tokenizer)
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        generated = generate_batch(model, tokenizer, batch, sampling, stop_ids=stop_ids)
+        replies.extend(reply.strip() for reply in generated)
+        if progress:
+            progress(len(replies), len(prompts))
+    return replies
+
+
 def input_device(model: Any) -> Any:
     """Where input ids go: the embedding's device (models split across devices too)."""
     try:

@@ -158,14 +158,8 @@ def replies_to(
     batch_size: int = 8,
 ) -> list[str]:
     """The model's reply to each example's context, through the bot's generation loop."""
-    from training.generation import generate_batch, stop_token_ids
+    from training.generation import generate_replies
     from training.prompt import render_prompt
 
-    stop_ids = stop_token_ids(model, tokenizer)
-    replies: list[str] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        prompts = [render_prompt(e.context, tokenizer, e.system) for e in batch]
-        generated = generate_batch(model, tokenizer, prompts, sampling, stop_ids=stop_ids)
-        replies.extend(reply.strip() for reply in generated)
-    return replies
+    prompts = [render_prompt(e.context, tokenizer, e.system) for e in examples]
+    return generate_replies(model, tokenizer, prompts, sampling, batch_size=batch_size)
