@@ -59,6 +59,7 @@ def owner_reply(input_ids: list[int], labels: list[int]) -> tuple[list[int], lis
 
 def self_play_pairs(
     model: Any,
+    tokenizer: Any,
     split: Dataset,
     count: int,
     *,
@@ -67,12 +68,14 @@ def self_play_pairs(
 ) -> list[PreferencePair]:
     """Pairs from `count` examples of `split`: the model's reply to each context is rejected.
 
-    Generation stops at the token that ends the owner's reply in the training template (its
-    end-of-turn, or eos), as it does when serving. A generated reply identical to the owner's
-    teaches nothing and is dropped.
+    The replies come from the one generation loop (`training.generation`), with the bot's stop
+    tokens (the template's end-of-turn, eos), in batches. A generated reply identical to the
+    owner's teaches nothing and is dropped.
     """
     import numpy as np
     import torch
+
+    from training.generation import Sampling, generate_reply_ids
 
     if count <= 0 or len(split) == 0:
         return []
@@ -84,39 +87,33 @@ def self_play_pairs(
         if "messages" in rows.column_names
         else [None] * len(rows)
     )
-    device = next(model.parameters()).device
+    examples = [
+        (*owner_reply(input_ids, labels), chat_id, context)
+        for input_ids, labels, chat_id, context in zip(
+            rows["input_ids"], rows["labels"], chats, contexts, strict=True
+        )
+    ]
+    examples = [example for example in examples if example[0] and example[1]]
+    if not examples:
+        return []
+    longest = max(len(chosen) for _, chosen, _, _ in examples)
+    sampling = Sampling(temperature=temperature, top_p=0.95, max_new_tokens=max(8, 2 * longest))
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    pairs = []
     was_training = model.training
     model.eval()
     try:
-        for input_ids, labels, chat_id, context in zip(
-            rows["input_ids"], rows["labels"], chats, contexts, strict=True
-        ):
-            prompt, chosen = owner_reply(input_ids, labels)
-            if not prompt or not chosen:
-                continue
-            stops = sorted({chosen[-1], *_eos_ids(model)})
-            with torch.no_grad():
-                output = model.generate(
-                    input_ids=torch.tensor([prompt], device=device),
-                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-                    max_new_tokens=max(8, 2 * len(chosen)),
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=0.95,
-                    eos_token_id=stops,
-                    pad_token_id=stops[0],
-                    use_cache=True,  # training loads the model with the cache off
-                )
-            rejected = output[0, len(prompt) :].tolist()
-            if rejected and rejected != chosen:
-                pairs.append(PreferencePair(prompt, chosen, rejected, chat_id, context))
+        generated = generate_reply_ids(
+            model, tokenizer, [prompt for prompt, _, _, _ in examples], sampling
+        )
     finally:
         model.train(was_training)
         torch.random.set_rng_state(generator_state)
-    return pairs
+    return [
+        PreferencePair(prompt, chosen, rejected, chat_id, context)
+        for (prompt, chosen, chat_id, context), rejected in zip(examples, generated, strict=True)
+        if rejected and rejected != chosen
+    ]
 
 
 def _context(messages: str) -> list[dict[str, str]]:
@@ -137,13 +134,6 @@ def kept_self_play(pairs: list[PreferencePair], tokenizer: Any) -> list[Feedback
         for pair in pairs
         if pair.chat_id is not None and pair.context
     ]
-
-
-def _eos_ids(model: Any) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
 
 
 def sequence_logps(model: Any, pairs: list[PreferencePair]) -> list[tuple[float, float]]:
@@ -250,14 +240,16 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     model = run.peft_model
     began = time.perf_counter()
     given = feedback_pairs(run.feedback, run.tokenizer)
-    played = self_play_pairs(model, run.train_split, options.self_play, seed=options.seed)
+    played = self_play_pairs(
+        model, run.tokenizer, run.train_split, options.self_play, seed=options.seed
+    )
     if run.keep is not None:
         run.keep(kept_self_play(played, run.tokenizer))
     pairs = played + given
     held_out = []
     if run.validation_split is not None:
         held_out = self_play_pairs(
-            model, run.validation_split, HELD_OUT_PAIRS, seed=options.seed + 1
+            model, run.tokenizer, run.validation_split, HELD_OUT_PAIRS, seed=options.seed + 1
         )
     generation_seconds = time.perf_counter() - began
     if not pairs:

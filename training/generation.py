@@ -8,7 +8,7 @@ sampling (greedy at temperature 0, else nucleus sampling without a top-k cut).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +130,8 @@ class RowStreamer:
     token, and `on_text(row, piece)` gets the decoded text as it grows (never half a character).
 
     `cancelled(row)` says that a reader went away: that row stops too. `replies` holds each
-    row's text once `end()` ran.
+    row's text once `end()` ran; `tokens` its token ids, and `stopped_by` the stop token that
+    ended it (None when it ran out of new tokens or its reader went away).
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class RowStreamer:
         self.stop_ids = stop_ids
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.replies: list[str] = [""] * rows
+        self.stopped_by: list[int | None] = [None] * rows
         self.finished: list[bool] = [bool(cancelled and cancelled(row)) for row in range(rows)]
         self._on_text = on_text
         self._on_end = on_end
@@ -163,6 +165,7 @@ class RowStreamer:
             if self._cancelled is not None and self._cancelled(row):
                 self._finish(row)
             elif token in self.stop_ids:
+                self.stopped_by[row] = token
                 self._flush(row, final=True)
                 self._finish(row)
             else:
@@ -249,15 +252,41 @@ def generate_replies(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Every prompt's reply, `batch_size` at a time through `generate_batch`, stripped."""
-    stop_ids = stop_token_ids(model, tokenizer)
     replies: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        generated = generate_batch(model, tokenizer, batch, sampling, stop_ids=stop_ids)
-        replies.extend(reply.strip() for reply in generated)
+    for streamer in _batches(model, tokenizer, prompts, sampling, batch_size):
+        replies.extend(reply.strip() for reply in streamer.replies)
         if progress:
             progress(len(replies), len(prompts))
     return replies
+
+
+def generate_reply_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    sampling: Sampling,
+    *,
+    batch_size: int = 8,
+) -> list[list[int]]:
+    """Every prompt's reply as token ids, ending with the stop token that ended it (if one did):
+    the reply as training labels it, for preference pairs."""
+    replies: list[list[int]] = []
+    for streamer in _batches(model, tokenizer, prompts, sampling, batch_size):
+        for tokens, stop in zip(streamer.tokens, streamer.stopped_by, strict=True):
+            replies.append(tokens + ([stop] if stop is not None else []))
+    return replies
+
+
+def _batches(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], sampling: Sampling, size: int
+) -> Iterator[RowStreamer]:
+    """Each batch of `size` prompts generated, as the streamer that followed its rows."""
+    stop_ids = stop_token_ids(model, tokenizer)
+    for start in range(0, len(prompts), size):
+        batch = prompts[start : start + size]
+        streamer = RowStreamer(tokenizer, len(batch), stop_ids)
+        generate_batch(model, tokenizer, batch, sampling, streamer=streamer)
+        yield streamer
 
 
 def input_device(model: Any) -> Any:

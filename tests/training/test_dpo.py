@@ -66,24 +66,72 @@ def test_each_self_play_pair_keeps_one_examples_context_and_owner_reply(
     mistral: TinySetup,
 ) -> None:
     from training.dpo import owner_reply, self_play_pairs
-    from training.model import ModelOptions, load_base_model
+    from training.generation import stop_token_ids
+    from training.model import ModelOptions, load_base_model, load_tokenizer
     from training.trainer import load_dataset
 
     dataset, _ = load_dataset(mistral.data_dir)
     split = dataset["train"]
     model = load_base_model(ModelOptions(str(mistral.model_dir)))
+    tokenizer = load_tokenizer(str(mistral.model_dir))
+    stops = stop_token_ids(model, tokenizer)
     examples = {}
     for row in split:
         prompt, reply = owner_reply(row["input_ids"], row["labels"])
         examples.setdefault(tuple(prompt), set()).add((tuple(reply), row["chat_id"]))
 
-    pairs = self_play_pairs(model, split, 24, seed=0)
+    pairs = self_play_pairs(model, tokenizer, split, 24, seed=0)
 
     assert len(pairs) > 12
+    assert pairs == self_play_pairs(model, tokenizer, split, 24, seed=0)  # seeded
     for pair in pairs:
         # The pair's prompt, its chosen reply and its chat are those of one example.
         assert (tuple(pair.chosen_ids), pair.chat_id) in examples[tuple(pair.prompt_ids)]
         assert pair.rejected_ids != pair.chosen_ids
+        # The model's reply stops where a served reply stops, and keeps that token as the
+        # owner's reply keeps its own; nothing past it.
+        assert pair.chosen_ids[-1] in stops
+        ends = [i for i, token in enumerate(pair.rejected_ids) if token in stops]
+        assert ends in ([], [len(pair.rejected_ids) - 1])
+
+
+def test_a_generated_reply_keeps_the_stop_token_that_ended_it_as_training_labels_it() -> None:
+    """Self-play's rejected replies come from the bot's generation loop: they end where a
+    served reply ends, on the stop token, which the owner's labelled reply also ends with."""
+    import torch
+
+    from tests.training.test_trainer import built_tiny_model
+    from training.generation import Sampling, generate_replies, generate_reply_ids
+    from training.model import ModelOptions, load_for_inference
+    from training.prompt import Turn, render_prompt
+
+    model, tokenizer = load_for_inference(
+        ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None
+    )
+    prompts = [render_prompt([Turn("user", text)], tokenizer) for text in ("hello there", "hi")]
+    with torch.inference_mode():
+        free = model.generate(
+            input_ids=torch.tensor([prompts[0]]),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(prompts[0]) :].tolist()
+    stop = free[3]
+    assert stop not in free[:3]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
+    greedy = Sampling(temperature=0.0, max_new_tokens=12)
+
+    first, second = generate_reply_ids(model, tokenizer, prompts, greedy, batch_size=2)
+
+    assert first == [*free[:3], stop]
+    assert stop not in second[:-1] and len(second) <= 12 + 1
+    texts = generate_replies(model, tokenizer, prompts, greedy, batch_size=2)
+    assert texts[0] == tokenizer.decode(free[:3], skip_special_tokens=True).strip()
+    assert (
+        texts[1]
+        == tokenizer.decode([t for t in second if t != stop], skip_special_tokens=True).strip()
+    )
 
 
 def test_the_owners_reply_is_the_last_trained_span() -> None:
