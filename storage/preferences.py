@@ -64,5 +64,16 @@ def preference_pairs(session: Session, since: datetime | None = None) -> list[Pr
     return list(session.scalars(query.order_by(Preference.id)))
 
 
+def judged_replies(session: Session, since: datetime | None = None) -> list[Preference]:
+    """Every stored single reply judged good or bad (newest last), for KTO."""
+    query = select(Preference).where(
+        Preference.verdict.is_not(None),
+        (Preference.chosen.is_(None)) | (Preference.rejected.is_(None)),
+    )
+    if since is not None:
+        query = query.where(Preference.created_at > since)
+    return list(session.scalars(query.order_by(Preference.id)))
+
+
 def recent_preferences(session: Session, limit: int = 5) -> list[Preference]:
     return list(session.scalars(select(Preference).order_by(Preference.id.desc()).limit(limit)))

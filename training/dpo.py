@@ -1,16 +1,16 @@
-"""`twin train --dpo --self-play N`: preference tuning of the active run on self-play pairs.
+"""`twin train --dpo`: preference tuning of the active run, with TRL's DPO or KTO trainer.
 
-Self-play (SPIN, Chen et al. 2024): for N training contexts the active run writes its own
-reply, which becomes the `rejected` answer against the owner's real reply as `chosen`. TRL's
-`DPOTrainer` then trains the run's adapter further; given a `PeftModel` with a trained adapter
-and no reference model, it copies that adapter into a frozen "ref" adapter, so the SFT
-adapter is the reference. Each pair comes from one example (one chat), so no pair shows the
-prompt of one chat with a reply from another. The pairs live in memory only, for this run.
+The data (`training.preferences`): self-play pairs, the owner's stored pairs and judged single
+replies. DPO (`DPOTrainer`) learns from pairs; KTO (`KTOTrainer`, Ethayarajh et al. 2024) learns
+from replies judged good or bad one by one, so 👍/👎 reactions train too, with each pair read as
+a good and a bad reply. `--preference-loss auto` takes KTO when judged replies are stored, else
+DPO. Either way the active run's adapter trains; given a `PeftModel` with a trained adapter and
+no reference model, TRL copies that adapter into a frozen "ref" adapter, so the run being tuned
+is the reference. The run is a child of the active run, served and rolled back like any run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,6 +20,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.errors import TrainingError
+from training.preferences import (
+    Answered,
+    FeedbackPair,
+    FeedbackReply,
+    JudgedReply,
+    PreferencePair,
+    answer_examples,
+    feedback_pairs,
+    feedback_replies,
+    kept_self_play,
+    likelihood_accuracy,
+    preference_accuracy,
+    self_play_pairs,
+    sequence_logps,
+    style_gap,
+    unpaired,
+)
 from training.run_folder import CheckpointState, LossPoint
 
 if TYPE_CHECKING:
@@ -32,192 +49,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 HELD_OUT_PAIRS = 32  # validation contexts whose pairs measure preference accuracy
-_BATCH = 8  # pairs per optimizer step
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """A context, the owner's real reply (chosen) and the model's own (rejected), as token ids."""
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    chat_id: int | None = None
-    context: list[dict[str, str]] | None = None  # the example's turns before the owner's reply
-
-
-def owner_reply(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
-    """(context, reply): the example split before its last trained span, the owner's reply."""
-    end = max((i for i, label in enumerate(labels) if label != IGNORE_INDEX), default=-1) + 1
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
-    return list(input_ids[:start]), list(input_ids[start:end])
-
-
-def self_play_pairs(
-    model: Any,
-    tokenizer: Any,
-    split: Dataset,
-    count: int,
-    *,
-    seed: int,
-    temperature: float = 0.7,
-) -> list[PreferencePair]:
-    """Pairs from `count` examples of `split`: the model's reply to each context is rejected.
-
-    The replies come from the one generation loop (`training.generation`), with the bot's stop
-    tokens (the template's end-of-turn, eos), in batches. A generated reply identical to the
-    owner's teaches nothing and is dropped.
-    """
-    import numpy as np
-    import torch
-
-    from training.generation import Sampling, generate_reply_ids
-
-    if count <= 0 or len(split) == 0:
-        return []
-    chosen_rows = np.random.default_rng(seed).permutation(len(split))[:count].tolist()
-    rows = split.select(sorted(chosen_rows))
-    chats = rows["chat_id"] if "chat_id" in rows.column_names else [None] * len(rows)
-    contexts = (
-        [_context(messages) for messages in rows["messages"]]
-        if "messages" in rows.column_names
-        else [None] * len(rows)
-    )
-    examples = [
-        (*owner_reply(input_ids, labels), chat_id, context)
-        for input_ids, labels, chat_id, context in zip(
-            rows["input_ids"], rows["labels"], chats, contexts, strict=True
-        )
-    ]
-    examples = [example for example in examples if example[0] and example[1]]
-    if not examples:
-        return []
-    longest = max(len(chosen) for _, chosen, _, _ in examples)
-    sampling = Sampling(temperature=temperature, top_p=0.95, max_new_tokens=max(8, 2 * longest))
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        generated = generate_reply_ids(
-            model, tokenizer, [prompt for prompt, _, _, _ in examples], sampling
-        )
-    finally:
-        model.train(was_training)
-        torch.random.set_rng_state(generator_state)
-    return [
-        PreferencePair(prompt, chosen, rejected, chat_id, context)
-        for (prompt, chosen, chat_id, context), rejected in zip(examples, generated, strict=True)
-        if rejected and rejected != chosen
-    ]
-
-
-def _context(messages: str) -> list[dict[str, str]]:
-    """An example's turns before its last (the owner's) reply, without the system text."""
-    turns = [turn for turn in json.loads(messages) if turn.get("role") != "system"]
-    return turns[:-1]
-
-
-def kept_self_play(pairs: list[PreferencePair], tokenizer: Any) -> list[FeedbackPair]:
-    """Self-play pairs as text, to keep beside the owner's feedback (source `self_play`)."""
-    return [
-        FeedbackPair(
-            pair.chat_id,
-            pair.context,
-            tokenizer.decode(pair.chosen_ids, skip_special_tokens=True).strip(),
-            tokenizer.decode(pair.rejected_ids, skip_special_tokens=True).strip(),
-        )
-        for pair in pairs
-        if pair.chat_id is not None and pair.context
-    ]
-
-
-def sequence_logps(model: Any, pairs: list[PreferencePair]) -> list[tuple[float, float]]:
-    """Per pair, (log p(chosen | prompt), log p(rejected | prompt)) under `model`, summed."""
-    import torch
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    scores = []
-    with torch.no_grad():
-        for pair in pairs:
-            both = []
-            for reply in (pair.chosen_ids, pair.rejected_ids):
-                ids = torch.tensor([pair.prompt_ids + reply], device=device)
-                logits = model(input_ids=ids).logits[0, len(pair.prompt_ids) - 1 : -1].float()
-                targets = ids[0, len(pair.prompt_ids) :]
-                both.append(float(logits.log_softmax(-1).gather(1, targets[:, None]).sum()))
-            scores.append((both[0], both[1]))
-    model.train(was_training)
-    return scores
-
-
-def preference_accuracy(
-    scores: list[tuple[float, float]], reference: list[tuple[float, float]]
-) -> float | None:
-    """Share of pairs whose policy log-ratio (vs `reference`) favours chosen over rejected.
-
-    DPO's implicit reward margin, `(log pi(c) - log ref(c)) - (log pi(r) - log ref(r)) > 0`:
-    what TRL logs as `rewards/accuracies`, here on held-out pairs.
-    """
-    if not scores:
-        return None
-    margins = [
-        (chosen - ref_chosen) - (rejected - ref_rejected)
-        for (chosen, rejected), (ref_chosen, ref_rejected) in zip(scores, reference, strict=True)
-    ]
-    return sum(margin > 0 for margin in margins) / len(margins)
-
-
-def likelihood_accuracy(scores: list[tuple[float, float]]) -> float | None:
-    """Share of pairs where the owner's reply is more likely than the model's own one."""
-    if not scores:
-        return None
-    return sum(chosen > rejected for chosen, rejected in scores) / len(scores)
-
-
-@dataclass(frozen=True)
-class FeedbackPair:
-    """A pair the owner gave (a correction, a pick) as text, with the context it answered."""
-
-    chat_id: int
-    context: list[dict[str, str]]
-    chosen: str
-    rejected: str
-    system: str | None = None
-
-
-def feedback_pairs(feedback: list[FeedbackPair], tokenizer: Any) -> list[PreferencePair]:
-    """The owner's pairs rendered exactly as training renders a conversation ending on a reply.
-
-    Each pair keeps its own chat's context: a correction never trains a prompt of another chat.
-    A context that does not end on the other person's turn is skipped.
-    """
-    from training.prompt import Turn, render_example
-
-    pairs = []
-    for item in feedback:
-        turns = [Turn(t["role"], t["content"]) for t in item.context if t.get("content")]
-        if not turns or turns[-1].role != "user":
-            continue
-        rendered = [
-            owner_reply(*render_example([*turns, Turn("assistant", reply)], tokenizer, item.system))
-            for reply in (item.chosen, item.rejected)
-        ]
-        (prompt, chosen), (same_prompt, rejected) = rendered
-        if prompt == same_prompt and chosen and rejected and chosen != rejected:
-            pairs.append(PreferencePair(prompt, chosen, rejected, item.chat_id))
-    return pairs
+_BATCH = 8  # pairs (DPO) or judged replies (KTO) per optimizer step
 
 
 @dataclass
 class DpoRun:
-    """What one DPO step needs: the active run's adapter loaded trainable, and the data."""
+    """What one preference step needs: the active run's adapter loaded trainable, and the data."""
 
     peft_model: Any
     tokenizer: Any
@@ -229,30 +67,39 @@ class DpoRun:
     row_tokens: int
     device: torch.device
     feedback: list[FeedbackPair] = field(default_factory=list)  # the owner's stored pairs
+    judged: list[FeedbackReply] = field(default_factory=list)  # replies judged good or bad
     keep: Callable[[list[FeedbackPair]], None] | None = None  # stores the self-play pairs
 
 
+def preference_loss(options: TrainOptions, judged: int) -> str:
+    """`dpo` or `kto`: as asked, or (auto) KTO when there are judged replies to learn from."""
+    if options.preference_loss != "auto":
+        return options.preference_loss
+    return "kto" if judged else "dpo"
+
+
 def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
-    """Self-play pairs, then DPO on them; held-out loss and preference accuracy before/after."""
+    """Self-play pairs, then DPO or KTO on all the data; held-out loss and preference accuracy
+    before and after."""
     from training.sft import held_out_loss
 
     options = run.options
     model = run.peft_model
     began = time.perf_counter()
     given = feedback_pairs(run.feedback, run.tokenizer)
+    judged = feedback_replies(run.judged, run.tokenizer)
     played = self_play_pairs(
         model, run.tokenizer, run.train_split, options.self_play, seed=options.seed
     )
     if run.keep is not None:
         run.keep(kept_self_play(played, run.tokenizer))
     pairs = played + given
-    held_out = []
-    if run.validation_split is not None:
-        held_out = self_play_pairs(
-            model, run.tokenizer, run.validation_split, HELD_OUT_PAIRS, seed=options.seed + 1
-        )
+    answered = _held_out_answers(run)
+    held_out = answered.learnable()
     generation_seconds = time.perf_counter() - began
-    if not pairs:
+    loss = preference_loss(options, len(judged))
+    examples = unpaired(pairs) + judged if loss == "kto" else []
+    if not pairs and len(examples) < 2:
         raise TrainingError(
             "self-play gave no pair to learn from (every generated reply equals the owner's): "
             "raise --self-play, or train on more data first"
@@ -262,51 +109,106 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     start_loss = held_out_loss(model, run.validation, run.row_tokens, pad)
     if start_loss is not None:
         state.history.append(LossPoint(step=0, val_loss=start_loss))
-    reference = sequence_logps(model, held_out)  # the active run's: DPO's reference
-    trainer = _dpo_trainer(run, pairs)
-    # Each step runs a batch of pairs: prompt + chosen and prompt + rejected.
-    per_pair = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    tokens_per_step = round(per_pair / len(pairs) * _batch(pairs))
+    reference = sequence_logps(model, held_out)  # the active run's: the reference
+    if loss == "kto":
+        trainer = _kto_trainer(run, examples)
+        tokens = [2 * len(e.prompt_ids) + 2 * len(e.completion_ids) for e in examples]  # + KL
+    else:
+        trainer = _dpo_trainer(run, pairs)
+        tokens = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    batch = trainer.args.per_device_train_batch_size
+    tokens_per_step = round(sum(tokens) / len(tokens) * batch)
     trainer.add_callback(
         _history_callback(state, progress, trainer.args.max_steps, tokens_per_step)
     )
     trainer.train()
     if "ref" in model.peft_config:
-        model.delete_adapter("ref")  # the frozen copy served only as DPO's reference
+        model.delete_adapter("ref")  # the frozen copy served only as the reference
     model.set_adapter("default")
     end_loss = held_out_loss(model, run.validation, run.row_tokens, pad)
     if end_loss is not None:
         state.history.append(LossPoint(step=state.step, val_loss=end_loss))
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     scores = sequence_logps(model, held_out)
+    answered_after = _held_out_answers(run)  # the same contexts and draws, the tuned run
     figures = {
         "optimizer": type(optimizer).__name__,
-        "epochs": math.ceil(state.step * _batch(pairs) / len(pairs)),
-        "self_play_pairs": len(pairs) - len(given),
+        "preference_loss": loss,
+        "epochs": math.ceil(state.step * batch / len(tokens)),
+        "self_play_pairs": len(played),
         "feedback_pairs": len(given),
+        "judged_replies": len(judged) if loss == "kto" else 0,
+        "judged_replies_unused": 0 if loss == "kto" else len(judged),
         "held_out_pairs": len(held_out),
         "preference_accuracy_start": preference_accuracy(reference, reference),
         "preference_accuracy": preference_accuracy(scores, reference),
         "likelihood_accuracy_start": likelihood_accuracy(reference),
         "likelihood_accuracy": likelihood_accuracy(scores),
+        "style_distance_start": style_gap(answered, run.tokenizer),
+        "style_distance": style_gap(answered_after, run.tokenizer),
         "generation_seconds": round(generation_seconds, 2),
         "beta": options.beta,
     }
     return state, figures
 
 
-def _batch(pairs: list[PreferencePair]) -> int:
-    return max(1, min(_BATCH, len(pairs)))
+def _held_out_answers(run: DpoRun) -> Answered:
+    """The run's replies to `HELD_OUT_PAIRS` validation contexts: pairs to measure preference
+    accuracy on, and replies whose style `style_gap` compares with the owner's."""
+    if run.validation_split is None:
+        return Answered([])
+    return answer_examples(
+        run.peft_model,
+        run.tokenizer,
+        run.validation_split,
+        HELD_OUT_PAIRS,
+        seed=run.options.seed + 1,
+    )
+
+
+def _steps(options: TrainOptions, examples: int, batch: int) -> int:
+    return options.max_steps or max(1, math.ceil(options.epochs * examples / batch))
+
+
+def _common_config(run: DpoRun, steps: int, batch: int) -> dict[str, Any]:
+    """The `TrainingArguments` both TRL configs take from the run's options."""
+    import torch
+
+    from training.sft import optimizer_name
+
+    options = run.options
+    cuda = run.device.type == "cuda"
+    return {
+        "output_dir": str(run.output_dir),
+        "beta": options.beta,
+        "per_device_train_batch_size": batch,
+        "max_steps": steps,
+        "learning_rate": options.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": math.ceil(options.warmup_ratio * steps),
+        "weight_decay": options.weight_decay,
+        "max_grad_norm": options.max_grad_norm,
+        "optim": optimizer_name(options, run.device),
+        "bf16": cuda and torch.cuda.is_bf16_supported() and options.dtype in ("auto", "bfloat16"),
+        "fp16": False,
+        "use_cpu": not cuda,
+        "activation_checkpointing": False,
+        "max_length": None,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": options.seed,
+        "dataloader_pin_memory": cuda,
+    }
 
 
 def _dpo_trainer(run: DpoRun, pairs: list[PreferencePair]) -> Any:
     """TRL's DPOTrainer over pre-tokenized pairs (TRL would tokenize text; ours is tokenized)."""
-    import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
-
-    from training.sft import optimizer_name
 
     class PairsDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
@@ -314,38 +216,13 @@ def _dpo_trainer(run: DpoRun, pairs: list[PreferencePair]) -> Any:
                 return dataset
             return super()._prepare_dataset(dataset, *args, **kwargs)
 
-    options = run.options
-    cuda = run.device.type == "cuda"
-    batch = _batch(pairs)
-    steps = options.max_steps or max(1, math.ceil(options.epochs * len(pairs) / batch))
-    bf16 = cuda and torch.cuda.is_bf16_supported() and options.dtype in ("auto", "bfloat16")
+    batch = max(1, min(_BATCH, len(pairs)))
     config = DPOConfig(
-        output_dir=str(run.output_dir),
-        beta=options.beta,
+        **_common_config(run, _steps(run.options, len(pairs), batch), batch),
         # DPO plus the owner's replies' own likelihood (RPO): DPO alone lowers both replies'
         # likelihood, which forgets the owner's style; the SFT term holds it up.
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, 1.0],
-        per_device_train_batch_size=batch,
-        max_steps=steps,
-        learning_rate=options.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=math.ceil(options.warmup_ratio * steps),
-        weight_decay=options.weight_decay,
-        max_grad_norm=options.max_grad_norm,
-        optim=optimizer_name(options, run.device),
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not cuda,
-        activation_checkpointing=False,
-        max_length=None,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
-        seed=options.seed,
-        dataloader_pin_memory=cuda,
     )
     dataset = Dataset.from_dict(
         {
@@ -355,6 +232,58 @@ def _dpo_trainer(run: DpoRun, pairs: list[PreferencePair]) -> Any:
         }
     )
     trainer = PairsDPOTrainer(
+        model=run.peft_model, args=config, train_dataset=dataset, processing_class=run.tokenizer
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _kto_trainer(run: DpoRun, examples: list[JudgedReply]) -> Any:
+    """TRL's KTOTrainer over pre-tokenized judged replies, good and bad weighted to balance.
+
+    KTO estimates its KL term from mismatched (prompt, reply) pairs of the same batch, which TRL
+    builds by rotating each batch's replies by one; the batches are a fixed, seeded shuffle (TRL
+    reads them in order), so good and bad replies mix.
+    """
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import KTOConfig, KTOTrainer
+
+    class JudgedKTOTrainer(KTOTrainer):
+        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+            if "prompt_ids" in dataset.column_names:
+                return dataset
+            return super()._prepare_dataset(dataset, *args, **kwargs)
+
+    import numpy as np
+
+    order = np.random.default_rng(run.options.seed).permutation(len(examples))
+    examples = [examples[i] for i in order]
+    batch = max(2, min(_BATCH, len(examples)))  # KTO's KL term needs two or more per batch
+    good = sum(example.good for example in examples)
+    bad = len(examples) - good
+    config = KTOConfig(
+        **_common_config(run, _steps(run.options, len(examples), batch), batch),
+        loss_type="kto",
+        # The rarer kind weighs more, so both sides pull alike (KTO paper, eq. 8).
+        desirable_weight=max(1.0, bad / max(good, 1)),
+        undesirable_weight=max(1.0, good / max(bad, 1)),
+        train_sampling_strategy="sequential",
+    )
+    completions = [example.completion_ids for example in examples]
+    mismatched = []  # each batch's completions rotated by one, as TRL's own preparation does
+    for start in range(0, len(completions), batch):
+        chunk = completions[start : start + batch]
+        mismatched.extend([chunk[-1], *chunk[:-1]])
+    dataset = Dataset.from_dict(
+        {
+            "prompt_ids": [example.prompt_ids for example in examples],
+            "completion_ids": completions,
+            "KL_completion_ids": mismatched,
+            "label": [example.good for example in examples],
+        }
+    )
+    trainer = JudgedKTOTrainer(
         model=run.peft_model, args=config, train_dataset=dataset, processing_class=run.tokenizer
     )
     trainer.remove_callback(PrinterCallback)

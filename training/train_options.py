@@ -12,6 +12,7 @@ from typing import Any
 from training.model import LoraOptions, ModelOptions
 from training.options import option
 
+PREFERENCE_LOSSES = ("auto", "dpo", "kto")
 OPTIMIZER_CHOICES = ("auto", "adamw", "paged_adamw_8bit")
 
 
@@ -73,12 +74,18 @@ class TrainOptions:
     seed: int = option(0, "Seed for data order and LoRA init.")
     dpo: bool = option(
         False,
-        "Preference-tune the active run (TRL DPO) on --self-play pairs, as a new run.",
+        "Preference-tune the active run (TRL DPO or KTO) on --self-play pairs and your "
+        "feedback, as a new run.",
     )
     self_play: int = option(
         64, "With --dpo: training contexts the run answers itself (rejected) vs you (chosen)."
     )
-    beta: float = option(0.1, "With --dpo: how far from the active run's replies (DPO beta).")
+    beta: float = option(0.1, "With --dpo: how far from the active run's replies (beta).")
+    preference_loss: str = option(
+        "auto",
+        "With --dpo: dpo (pairs only), kto (pairs and single replies judged by reactions), "
+        "or auto (kto when judged replies are stored, else dpo).",
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid value as (field, message), so the CLI reports them all at once."""
@@ -119,6 +126,11 @@ class TrainOptions:
             ),
             (self.self_play > 0, "self_play", f"{self.self_play}: must be positive"),
             (self.beta > 0, "beta", f"{self.beta}: must be positive"),
+            (
+                self.preference_loss in PREFERENCE_LOSSES,
+                "preference_loss",
+                f"{self.preference_loss!r}: use one of {', '.join(PREFERENCE_LOSSES)}",
+            ),
         ]
         return found + [(name, message) for ok, name, message in checks if not ok]
 

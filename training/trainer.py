@@ -205,6 +205,7 @@ def _fit(
     if options.dpo:
         from training import dpo
 
+        pairs, judged = _stored_feedback(database, meta)
         run = dpo.DpoRun(
             peft_model=peft_model,
             tokenizer=tokenizer,
@@ -215,7 +216,8 @@ def _fit(
             output_dir=checkpoint_root(data_dir, setup.run_id),
             row_tokens=row_tokens,
             device=device,
-            feedback=_stored_feedback(database, meta),
+            feedback=pairs,
+            judged=judged,
             keep=lambda played: _keep_self_play(database, setup.run_id, played),
         )
         state, figures = dpo.fit(run, progress)
@@ -301,30 +303,45 @@ def _keep_self_play(database: Database, run_id: int, played: list[Any]) -> None:
             )
 
 
-def _stored_feedback(database: Database, meta: dict[str, Any]) -> list[Any]:
-    """The owner's corrections and picks kept in the database, each with the system prompt the
-    dataset gave its chat (`training.prompt.chat_system_prompt`)."""
+def _stored_feedback(database: Database, meta: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """The owner's corrections and picks (pairs) and the replies judged by reactions kept in the
+    database, each with the system prompt the dataset gave its chat
+    (`training.prompt.chat_system_prompt`)."""
     from storage.bot import chat_title
-    from storage.preferences import preference_pairs
-    from training.dpo import FeedbackPair
+    from storage.preferences import judged_replies, preference_pairs
+    from training.preferences import FeedbackPair, FeedbackReply
     from training.prompt import chat_system_prompt
 
     options = meta.get("options") or {}
-    found = []
+    pairs, judged = [], []
     with database.session() as session:
-        for pair in preference_pairs(session):
-            if pair.source == "self_play":
-                continue  # made again, by the run being tuned, on every round
-            system = chat_system_prompt(
+
+        def system(chat_id: int) -> str | None:
+            return chat_system_prompt(
                 options.get("owner_name"),
-                chat_title(session, pair.chat_id),
+                chat_title(session, chat_id),
                 enabled=bool(options.get("system_prompt", True)),
                 contact_names=bool(options.get("contact_names", False)),
             )
-            found.append(
-                FeedbackPair(pair.chat_id, list(pair.context), pair.chosen, pair.rejected, system)
+
+        for pair in preference_pairs(session):
+            if pair.source == "self_play":
+                continue  # made again, by the run being tuned, on every round
+            context = list(pair.context)
+            pairs.append(
+                FeedbackPair(
+                    pair.chat_id, context, pair.chosen, pair.rejected, system(pair.chat_id)
+                )
             )
-    return found
+        for item in judged_replies(session):
+            reply = item.chosen if item.verdict else item.rejected
+            if reply:
+                judged.append(
+                    FeedbackReply(
+                        item.chat_id, list(item.context), reply, item.verdict, system(item.chat_id)
+                    )
+                )
+    return pairs, judged
 
 
 def _metrics(

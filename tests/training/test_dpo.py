@@ -65,9 +65,9 @@ def test_dpo_without_an_active_run_says_to_train_first(
 def test_each_self_play_pair_keeps_one_examples_context_and_owner_reply(
     mistral: TinySetup,
 ) -> None:
-    from training.dpo import owner_reply, self_play_pairs
     from training.generation import stop_token_ids
     from training.model import ModelOptions, load_base_model, load_tokenizer
+    from training.preferences import owner_reply, self_play_pairs
     from training.trainer import load_dataset
 
     dataset, _ = load_dataset(mistral.data_dir)
@@ -135,7 +135,7 @@ def test_a_generated_reply_keeps_the_stop_token_that_ended_it_as_training_labels
 
 
 def test_the_owners_reply_is_the_last_trained_span() -> None:
-    from training.dpo import owner_reply
+    from training.preferences import owner_reply
 
     ids = [1, 2, 3, 4, 5, 6, 7]
     labels = [-100, 2, -100, -100, 5, 6, 7]
@@ -147,8 +147,8 @@ def test_dpo_also_learns_the_owners_stored_corrections_each_in_its_own_chat(
     mistral: TinySetup, sqlite_database: Any
 ) -> None:
     from storage.preferences import add_preference
-    from training.dpo import FeedbackPair, feedback_pairs
     from training.model import load_tokenizer
+    from training.preferences import FeedbackPair, feedback_pairs
     from training.prompt import Turn, render_prompt
 
     train(sqlite_database, tiny_options(max_steps=10), mistral.data_dir)
@@ -158,13 +158,16 @@ def test_dpo_also_learns_the_owners_stored_corrections_each_in_its_own_chat(
             session, chat_id=7, source="correction", context=context,
             chosen="yes! see you at 8", rejected="I am not sure.",
         )  # fmt: skip
-        add_preference(  # a judged single reply is no pair: not for DPO
+        add_preference(  # a judged single reply is no pair: DPO leaves it (KTO reads it)
             session, chat_id=7, source="reaction", context=context, chosen="ok", verdict=True
         )
 
-    result = train(sqlite_database, tiny_options(**{**DPO, "max_steps": 4}), mistral.data_dir)
+    options = tiny_options(**{**DPO, "max_steps": 4, "preference_loss": "dpo"})
+    result = train(sqlite_database, options, mistral.data_dir)
 
     assert result.metrics["feedback_pairs"] == 1
+    assert result.metrics["preference_loss"] == "dpo"
+    assert result.metrics["judged_replies_unused"] == 1
     from storage.preferences import preference_pairs
 
     with sqlite_database.session() as session:
@@ -182,3 +185,58 @@ def test_dpo_also_learns_the_owners_stored_corrections_each_in_its_own_chat(
     assert tokenizer.decode(pair.chosen_ids, skip_special_tokens=True).strip() == (
         "yes! see you at 8"
     )
+
+
+ROBOTIC = "As an AI language model, I am unable to help with that request."
+
+
+def test_reactions_train_through_kto_and_the_owners_replies_win_on_held_out_chats(
+    mistral: TinySetup, sqlite_database: Any
+) -> None:
+    """👍 on the owner's kind of reply and 👎 on a robotic one, stored as single judged replies:
+    `--dpo` (auto) takes TRL's KTO, and on held-out contexts the tuned run prefers the owner's
+    reply to the robotic one more than its parent did, without forgetting the owner's replies."""
+    from storage.preferences import add_preference
+    from training.model import ModelOptions, load_for_inference
+    from training.preferences import (
+        FeedbackPair,
+        feedback_pairs,
+        preference_accuracy,
+        sequence_logps,
+    )
+    from training.trainer import load_dataset
+
+    sft = train(sqlite_database, tiny_options(max_steps=30), mistral.data_dir)
+    dataset, _ = load_dataset(mistral.data_dir)
+    import json
+
+    with sqlite_database.session() as session:
+        for number, row in enumerate(dataset["train"].select(range(16))):
+            turns = [t for t in json.loads(row["messages"]) if t["role"] != "system"]
+            context, reply = turns[:-1], turns[-1]["content"]
+            good = number % 2 == 0  # half the reactions are 👍 on the owner's reply, half 👎
+            add_preference(
+                session, chat_id=row["chat_id"], source="reaction", context=context,
+                chosen=reply if good else None, rejected=None if good else ROBOTIC,
+                verdict=good,
+            )  # fmt: skip
+
+    options = tiny_options(**{**DPO, "self_play": 8, "max_steps": 12, "learning_rate": 3e-4})
+    result = train(sqlite_database, options, mistral.data_dir)
+
+    metrics = result.metrics
+    assert metrics["preference_loss"] == "kto" and metrics["judged_replies"] == 16
+    assert metrics["val_loss"] <= 1.02 * metrics["val_loss_start"]
+    held_out = []
+    for row in dataset["validation"]:
+        turns = [t for t in json.loads(row["messages"]) if t["role"] != "system"]
+        held_out.append(FeedbackPair(row["chat_id"], turns[:-1], turns[-1]["content"], ROBOTIC))
+    model_dir = str(mistral.model_dir)
+    _, tokenizer = load_for_inference(ModelOptions(model_dir, quant="none"), None)
+    pairs = feedback_pairs(held_out, tokenizer)
+    assert len(pairs) == len(dataset["validation"]) >= 6
+    scores = {}
+    for name, run in (("parent", sft), ("tuned", result)):
+        model, _ = load_for_inference(ModelOptions(model_dir, quant="none"), run.adapter_path)
+        scores[name] = sequence_logps(model, pairs)
+    assert preference_accuracy(scores["tuned"], scores["parent"]) == 1.0
