@@ -59,16 +59,16 @@ def chat_rows(
 ) -> list[tuple]:
     """`count` messages of one chat: sessions of ~4-30 messages, senders in runs."""
     rows = []
-    when = start
+    date = start
     owner = False
     left_in_session = 0
     for message_id in range(first_id, first_id + count):
         if left_in_session == 0:
-            when += timedelta(hours=rng.choice((30, 50, 80, 200)), minutes=rng.randint(0, 600))
+            date += timedelta(hours=rng.choice((30, 50, 80, 200)), minutes=rng.randint(0, 600))
             left_in_session = rng.randint(4, 30)
             owner = False
         else:
-            when += timedelta(seconds=rng.randint(5, 900))
+            date += timedelta(seconds=rng.randint(5, 900))
         left_in_session -= 1
         if rng.random() < 0.55:
             owner = not owner if rng.random() < 0.8 else owner
@@ -76,7 +76,7 @@ def chat_rows(
             (
                 chat_id,
                 message_id,
-                when.strftime("%Y-%m-%d %H:%M:%S.000000"),
+                date.strftime("%Y-%m-%d %H:%M:%S.000000"),
                 int(owner),
                 None if owner else chat_id,
                 sentence(rng) if rng.random() > 0.03 else "",

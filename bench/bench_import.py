@@ -63,7 +63,7 @@ def generate(path: Path, messages: int, seed: int = 1) -> None:
     rng = random.Random(seed)
     per_chat = max(1, messages // CHATS)
     next_id = 0
-    when = 1_600_000_000
+    date = 1_600_000_000
     with path.open("w", encoding="utf-8") as out:
         out.write(
             '{\n "about": "synthetic benchmark export",\n "personal_information": {\n'
@@ -77,8 +77,8 @@ def generate(path: Path, messages: int, seed: int = 1) -> None:
             items = []
             for _ in range(count):
                 next_id += 1
-                when += rng.randint(5, 900)
-                items.append(_message(rng, next_id, when, peer))
+                date += rng.randint(5, 900)
+                items.append(_message(rng, next_id, date, peer))
             out.write(",\n")
             out.write(_chat(peer, f"Person {index} Персона", "personal_chat", items))
         out.write("\n  ]\n }\n}\n")
@@ -96,12 +96,12 @@ def _group_messages(rng: random.Random) -> list[str]:
     return [_message(rng, n, 1_600_000_000 + n, 2_000_001) for n in range(1, 1001)]
 
 
-def _message(rng: random.Random, message_id: int, when: int, peer: int) -> str:
+def _message(rng: random.Random, message_id: int, date: int, peer: int) -> str:
     own = rng.random() < 0.5
     sender, name = (OWNER_ID, "Owner") if own else (peer, "Персона")
     head = (
         f'     {{\n      "id": {message_id},\n      "type": "%s",\n'
-        f'      "date": "2020-09-13T12:26:40",\n      "date_unixtime": "{when}",\n'
+        f'      "date": "2020-09-13T12:26:40",\n      "date_unixtime": "{date}",\n'
     )
     roll = rng.random()
     if roll < 0.01:
@@ -112,7 +112,7 @@ def _message(rng: random.Random, message_id: int, when: int, peer: int) -> str:
     lines = [head % "message"]
     if rng.random() < 0.05:
         lines.append(
-            f'      "edited": "2020-09-13T12:30:00",\n      "edited_unixtime": "{when + 60}",\n'
+            f'      "edited": "2020-09-13T12:30:00",\n      "edited_unixtime": "{date + 60}",\n'
         )
     lines.append(f'      "from": "{name}",\n      "from_id": "user{sender}",\n')
     if rng.random() < 0.02:

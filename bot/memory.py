@@ -1,7 +1,7 @@
 """Per-chat memory as the model saw conversations in training: one session, turns, a budget.
 
 Pure functions over remembered messages (the `storage.bot` rows `bot.responder` reads): the
-session is cut by `training.prompt.sessionize`, the same cut the dataset builder makes.
+session is cut by `training.sessions.sessionize`, the same cut the dataset builder makes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from training.prompt import Turn, normalize_turns, sessionize
+from training.prompt import Turn, normalize_turns
+from training.sessions import sessionize
 
 
 class Remembered(Protocol):
@@ -29,14 +30,15 @@ class Remembered(Protocol):
 R = TypeVar("R", bound=Remembered)
 
 
-def _seconds(message: Remembered) -> float:
-    at = message.created_at
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+def _date(message: Remembered) -> float:
+    """The message's date in unix seconds (a stored time without a zone is UTC)."""
+    date = message.created_at
+    return (date if date.tzinfo else date.replace(tzinfo=UTC)).timestamp()
 
 
 def current_session(messages: Sequence[R], gap: timedelta) -> list[R]:
     """The messages after the last silence longer than `gap`: a new session starts fresh."""
-    sessions = list(sessionize(messages, gap.total_seconds(), time_of=_seconds))
+    sessions = list(sessionize(messages, gap.total_seconds(), date_of=_date))
     return sessions[-1] if sessions else []
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from training.errors import TrainingError
 
@@ -48,7 +48,6 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 _ZERO_WIDTH_SPACE = "\u200b"
-T = TypeVar("T")
 # Private-use characters no chat message or template contains: they mark where each message's
 # content sits in a rendering, so one rendering per conversation shape serves every conversation.
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
@@ -67,10 +66,6 @@ class Turn:
     trained: bool = True
 
 
-def _timestamp(item: Any) -> float:
-    return float(item.timestamp)
-
-
 @dataclass(frozen=True)
 class RenderedExample:
     """Token ids and labels of one conversation, and where each turn's tokens are.
@@ -83,65 +78,6 @@ class RenderedExample:
     labels: list[int]
     turns: tuple[Turn, ...]
     turn_spans: tuple[tuple[int, int], ...]
-
-
-def sessionize(
-    items: Iterable[T], gap_seconds: float, time_of: Callable[[T], float] = _timestamp
-) -> Iterator[list[T]]:
-    """Split one chat's messages (in time order) where the silence exceeds `gap_seconds`.
-
-    A session is what one prompt holds: the dataset builder and the bot's memory both cut
-    here. `time_of` gives an item's time in seconds (default: its `timestamp`).
-    """
-    session: list[T] = []
-    previous = 0.0
-    for item in items:
-        at = time_of(item)
-        if session and at - previous > gap_seconds:
-            yield session
-            session = []
-        session.append(item)
-        previous = at
-    if session:
-        yield session
-
-
-#: How a media kind is named in a context marker ("[voice message 0:12]").
-_MEDIA_WORDS = {
-    "voice_message": "voice message",
-    "video_message": "video message",
-    "video_file": "video",
-    "audio_file": "audio",
-    "animation": "GIF",
-    "live_location": "live location",
-}
-#: Kinds whose own text ("📊 Pizza?", "👤 Ivan", "📍 Café Pushkin") is the whole marker.
-_SELF_DESCRIBED = frozenset({"poll", "contact", "location", "live_location", "venue"})
-
-
-def media_marker(
-    media_type: str | None, label: str | None = None, duration: int | None = None
-) -> str:
-    """How a media message appears in a context, never as anyone's words: "[photo]",
-    "[voice message 0:12]", "[sticker 😅]", "[file report.pdf]"; a poll, a contact or a
-    place as its own text ("📍 Café Pushkin")."""
-    if label and media_type in _SELF_DESCRIBED:
-        return label
-    parts = [_MEDIA_WORDS.get(media_type or "", media_type or "media")]
-    if label:
-        parts.append(label)
-    if duration:
-        minutes, seconds = divmod(duration, 60)
-        hours, minutes = divmod(minutes, 60)
-        parts.append(
-            f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-        )
-    return f"[{' '.join(parts)}]"
-
-
-def speaker_line(name: str | None, text: str) -> str:
-    """A group message of someone else as a context shows it: "Masha: text"."""
-    return f"{name or 'Someone'}: {text}"
 
 
 def system_prompt(owner_name: str | None, contact_name: str | None) -> str | None:

@@ -42,7 +42,7 @@ class RunSetup:
     fingerprint: str
     parent_id: int | None = None
     parent_adapter: str | None = None
-    cutoff: int | None = None  # continued training: only sessions ending after this
+    cutoff: int | None = None  # continued training: only sessions whose last date is later
     resume: bool = False
 
 
@@ -65,15 +65,15 @@ def prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> Ru
         return _prepare_resume(database, data_dir)
     dataset, meta = load_dataset(data_dir, options.dataset)
     fingerprint = meta["fingerprint"]
-    ends = _session_ends(dataset["train"])
-    if not len(ends):
+    last_dates = _session_last_dates(dataset["train"])
+    if not len(last_dates):
         raise TrainingError(
             f"dataset {fingerprint} has no training examples: check `twin dataset stats`"
         )
     with database.session() as session:
         newest = None
         if options.continue_training:
-            setup = _prepare_continue(session, options, meta, ends)
+            setup = _prepare_continue(session, options, meta, last_dates)
         elif options.dpo:  # preference tuning sees no new message: the parent's newest stays
             setup, parent = _from_active_run(session, options, meta, "--dpo")
             newest = parent.newest_message_at
@@ -81,7 +81,7 @@ def prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> Ru
             base_model = _check_base_model(options.base_model, meta)
             setup = RunSetup(0, replace(options, base_model=base_model), base_model, fingerprint)
         if newest is None:
-            used = ends if setup.cutoff is None else ends[ends > setup.cutoff]
+            used = last_dates if setup.cutoff is None else last_dates[last_dates > setup.cutoff]
             newest = datetime.fromtimestamp(int(used.max()), UTC)
         run = create_run(
             session,
@@ -97,11 +97,11 @@ def prepare_run(database: Database, options: TrainOptions, data_dir: Path) -> Ru
 
 
 def _prepare_continue(
-    session: Any, options: TrainOptions, meta: dict[str, Any], ends: Any
+    session: Any, options: TrainOptions, meta: dict[str, Any], last_dates: Any
 ) -> RunSetup:
     setup, parent = _from_active_run(session, options, meta, "--continue")
     cutoff = int(parent.newest_message_at.timestamp()) if parent.newest_message_at else None
-    if cutoff is not None and not (ends > cutoff).any():
+    if cutoff is not None and not (last_dates > cutoff).any():
         raise NothingNewError(
             f"nothing new since run {parent.id} (its newest message is from "
             f"{parent.newest_message_at:%Y-%m-%d %H:%M} UTC): harvest and "
@@ -211,12 +211,16 @@ def load_dataset(data_dir: Path, fingerprint: str | None = None) -> tuple[Datase
     return dataset, meta
 
 
-def _session_ends(split: Dataset) -> Any:
+def _session_last_dates(split: Dataset) -> Any:
+    """Each row's session's last date (unix seconds)."""
     import numpy as np
 
     if len(split) == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(split.with_format("numpy")["session_end"], dtype=np.int64)
+    # A dataset built before format 2 names the column `session_end`: a run interrupted
+    # before an upgrade still resumes on it.
+    column = "session_last_date" if "session_last_date" in split.column_names else "session_end"
+    return np.asarray(split.with_format("numpy")[column], dtype=np.int64)
 
 
 def token_table(split: Dataset, indices: list[int] | None = None) -> TokenTable:
@@ -239,13 +243,13 @@ def select_examples(
     import numpy as np
 
     train_split = dataset["train"]
-    ends = _session_ends(train_split)
+    last_dates = _session_last_dates(train_split)
     if cutoff is None:
         chosen = np.arange(len(train_split))
         counts = {"new_examples": len(chosen), "replay_examples": 0}
     else:
-        new = np.flatnonzero(ends > cutoff)
-        old = np.flatnonzero(ends <= cutoff)
+        new = np.flatnonzero(last_dates > cutoff)
+        old = np.flatnonzero(last_dates <= cutoff)
         wanted = min(len(old), round(replay * len(new)))
         replayed = np.random.default_rng(seed).choice(old, size=wanted, replace=False)
         chosen = np.sort(np.concatenate([new, replayed]).astype(np.int64))
@@ -256,7 +260,7 @@ def select_examples(
     return Selection(
         train=token_table(train_split, chosen.tolist()),
         validation=token_table(validation) if validation is not None else _empty_table(),
-        newest_session_end=int(ends[chosen].max()) if len(ends) else None,
+        newest_session_end=int(last_dates[chosen].max()) if len(last_dates) else None,
         counts={
             **counts,
             "train_examples": len(chosen),

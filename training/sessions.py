@@ -3,27 +3,29 @@
 A *session* is a chat's run of messages where no gap exceeds `session_gap`; a *turn* is a run of
 consecutive messages of one sender inside a session. Only the owner's own words are learned:
 a forward or a captionless photo from the owner stays in the conversation as context only.
+
+A message's time is its `date`, as in storage and Telegram; here it is unix seconds (UTC),
+and a turn spans `first_date` to `last_date`. The bot's memory cuts its sessions with the
+same `sessionize`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-# One cut for training and the bot's memory: the dataset builder imports it from here.
-from training.prompt import media_marker, sessionize, speaker_line  # noqa: F401
+from typing import Any, Literal, TypeVar
 
 Role = Literal["user", "assistant"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message as the builder reads it; `timestamp` is unix seconds, UTC."""
+    """A message as the builder reads it; its `date` is unix seconds, UTC."""
 
     chat_id: int
     message_id: int
-    timestamp: int
+    date: int
     from_owner: bool
     text: str
     kind: str = "text"
@@ -40,11 +42,12 @@ class StoredMessage:
 class SelectedMessage:
     """A message kept for training: its text as the model sees it and whose words it is.
 
-    `owner_words` is true only for the owner's own text (not forwarded, not a bare media).
+    `owner_words` is true only for the owner's own text (not forwarded, not a bare media);
+    `date` is unix seconds, UTC.
     """
 
     message_id: int
-    timestamp: int
+    date: int
     from_owner: bool
     text: str
     owner_words: bool
@@ -55,7 +58,8 @@ class MergedTurn:
     """Consecutive messages of one sender, joined by newlines.
 
     An owner turn with `trained` false holds no words of the owner (only forwards or media)
-    and stays as context.
+    and stays as context. `first_date` and `last_date` are its first and last message's
+    dates (unix seconds, UTC).
     """
 
     role: Role
@@ -63,9 +67,47 @@ class MergedTurn:
     trained: bool
     first_message_id: int
     last_message_id: int
-    start: int
-    end: int
+    first_date: int
+    last_date: int
     messages: int
+
+
+#: How a media kind is named in a context marker ("[voice message 0:12]").
+_MEDIA_WORDS = {
+    "voice_message": "voice message",
+    "video_message": "video message",
+    "video_file": "video",
+    "audio_file": "audio",
+    "animation": "GIF",
+    "live_location": "live location",
+}
+#: Kinds whose own text ("📊 Pizza?", "👤 Ivan", "📍 Café Pushkin") is the whole marker.
+_SELF_DESCRIBED = frozenset({"poll", "contact", "location", "live_location", "venue"})
+
+
+def media_marker(
+    media_type: str | None, label: str | None = None, duration: int | None = None
+) -> str:
+    """How a media message appears in a context, never as anyone's words: "[photo]",
+    "[voice message 0:12]", "[sticker 😅]", "[file report.pdf]"; a poll, a contact or a
+    place as its own text ("📍 Café Pushkin")."""
+    if label and media_type in _SELF_DESCRIBED:
+        return label
+    parts = [_MEDIA_WORDS.get(media_type or "", media_type or "media")]
+    if label:
+        parts.append(label)
+    if duration:
+        minutes, seconds = divmod(duration, 60)
+        hours, minutes = divmod(minutes, 60)
+        parts.append(
+            f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+        )
+    return f"[{' '.join(parts)}]"
+
+
+def speaker_line(name: str | None, text: str) -> str:
+    """A group message of someone else as a context shows it: "Masha: text"."""
+    return f"{name or 'Someone'}: {text}"
 
 
 def select_message(
@@ -102,9 +144,32 @@ def select_message(
         text = f"[forwarded] {text}"
     if group and not message.from_owner:
         text = speaker_line(message.sender_name, text)
-    return SelectedMessage(
-        message.message_id, message.timestamp, message.from_owner, text, owner_words
-    )
+    return SelectedMessage(message.message_id, message.date, message.from_owner, text, owner_words)
+
+
+def _date(item: Any) -> float:
+    return float(item.date)
+
+
+def sessionize(
+    items: Iterable[T], gap_seconds: float, date_of: Callable[[T], float] = _date
+) -> Iterator[list[T]]:
+    """Split one chat's messages (in time order) where the silence exceeds `gap_seconds`.
+
+    A session is what one prompt holds: the dataset builder and the bot's memory both cut
+    here. `date_of` gives an item's date in unix seconds (default: its `date`).
+    """
+    session: list[T] = []
+    previous = 0.0
+    for item in items:
+        date = date_of(item)
+        if session and date - previous > gap_seconds:
+            yield session
+            session = []
+        session.append(item)
+        previous = date
+    if session:
+        yield session
 
 
 def merge_turns(session: Sequence[SelectedMessage]) -> list[MergedTurn]:
@@ -135,8 +200,8 @@ def merge_turns(session: Sequence[SelectedMessage]) -> list[MergedTurn]:
                 trained=trained,
                 first_message_id=first.message_id,
                 last_message_id=run[-1].message_id,
-                start=first.timestamp,
-                end=run[-1].timestamp,
+                first_date=first.date,
+                last_date=run[-1].date,
                 messages=len(run),
             )
         )

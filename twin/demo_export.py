@@ -87,13 +87,13 @@ def _language(style: str, rng: random.Random) -> str:
 
 
 def _message(
-    message_id: int, when: datetime, sender: tuple[int, str], text: Any, **extra: Any
+    message_id: int, date: datetime, sender: tuple[int, str], text: Any, **extra: Any
 ) -> dict[str, Any]:
     return {
         "id": message_id,
         "type": "message",
-        "date": when.replace(tzinfo=None).isoformat(),
-        "date_unixtime": str(int(when.timestamp())),
+        "date": date.replace(tzinfo=None).isoformat(),
+        "date_unixtime": str(int(date.timestamp())),
         "from": sender[1],
         "from_id": f"user{sender[0]}",
         "text": text,
@@ -103,16 +103,16 @@ def _message(
 
 
 def _conversation(
-    rng: random.Random, contact: tuple[int, str], style: str, when: datetime, next_id: list[int]
+    rng: random.Random, contact: tuple[int, str], style: str, date: datetime, next_id: list[int]
 ) -> tuple[list[dict[str, Any]], datetime]:
     owner = (OWNER_ID, OWNER_NAME)
     messages = []
 
     def say(sender: tuple[int, str], text: Any, gap: tuple[int, int] = (5, 90), **extra: Any):
-        nonlocal when
-        when += timedelta(seconds=rng.randint(*gap))
+        nonlocal date
+        date += timedelta(seconds=rng.randint(*gap))
         next_id[0] += 1
-        messages.append(_message(next_id[0], when, sender, text, **extra))
+        messages.append(_message(next_id[0], date, sender, text, **extra))
 
     for exchange in range(rng.randint(2, 4)):
         language = _language(style, rng)
@@ -127,10 +127,10 @@ def _conversation(
         )
         for part in replies:
             say(owner, part, gap=(20, 240))
-    return messages, when
+    return messages, date
 
 
-def _specials(rng: random.Random, contact: tuple[int, str], when: datetime, next_id: list[int]):
+def _specials(rng: random.Random, contact: tuple[int, str], date: datetime, next_id: list[int]):
     """Messages every importer must handle: entities, media, stickers, forwards, PII, service."""
     owner = (OWNER_ID, OWNER_NAME)
     items = [
@@ -146,22 +146,22 @@ def _specials(rng: random.Random, contact: tuple[int, str], when: datetime, next
     ]
     messages = []
     for sender, text, extra in items:
-        when += timedelta(seconds=rng.randint(30, 120))
+        date += timedelta(seconds=rng.randint(30, 120))
         next_id[0] += 1
-        message = _message(next_id[0], when, sender, text, **extra)
+        message = _message(next_id[0], date, sender, text, **extra)
         if "edited" in extra:
-            edited = when + timedelta(minutes=2)
+            edited = date + timedelta(minutes=2)
             message["edited"] = edited.replace(tzinfo=None).isoformat()
             message["edited_unixtime"] = str(int(edited.timestamp()))
         messages.append(message)
-    when += timedelta(seconds=10)
+    date += timedelta(seconds=10)
     next_id[0] += 1
     messages.append(
         {
             "id": next_id[0],
             "type": "service",
-            "date": when.replace(tzinfo=None).isoformat(),
-            "date_unixtime": str(int(when.timestamp())),
+            "date": date.replace(tzinfo=None).isoformat(),
+            "date_unixtime": str(int(date.timestamp())),
             "actor": contact[1],
             "actor_id": f"user{contact[0]}",
             "action": "phone_call",
@@ -178,14 +178,14 @@ def build_export(sessions_per_chat: int = 60, seed: int = 7) -> dict[str, Any]:
     chats = []
     for chat_id, name, style in CONTACTS:
         next_id = [0]
-        when = START + timedelta(hours=rng.randint(0, 48))
+        date = START + timedelta(hours=rng.randint(0, 48))
         messages: list[dict[str, Any]] = []
         for session in range(sessions_per_chat):
-            batch, when = _conversation(rng, (chat_id, name), style, when, next_id)
+            batch, date = _conversation(rng, (chat_id, name), style, date, next_id)
             messages.extend(batch)
             if session == 3:
-                messages.extend(_specials(rng, (chat_id, name), when, next_id))
-            when += timedelta(days=rng.randint(1, 4), hours=rng.randint(1, 12))
+                messages.extend(_specials(rng, (chat_id, name), date, next_id))
+            date += timedelta(days=rng.randint(1, 4), hours=rng.randint(1, 12))
         chats.append({"name": name, "type": "personal_chat", "id": chat_id, "messages": messages})
     bot = (300000001, "Demo Weather Bot")
     chats.append(

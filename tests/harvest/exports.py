@@ -23,17 +23,18 @@ def message(
     sender: tuple[int, str] | None,
     text: Any = "",
     *,
-    when: datetime | None = None,
+    date: datetime | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A regular message; `text` a string or a list of strings and entity objects."""
-    when = when or START + timedelta(minutes=message_id)
+    """A regular message (its `date` UTC); `text` a string or a list of strings and entity
+    objects."""
+    date = date or START + timedelta(minutes=message_id)
     item: dict[str, Any] = {
         "id": message_id,
         "type": "message",
         # Telegram Desktop writes local time here; the importer must use `date_unixtime`.
-        "date": (when + timedelta(hours=3)).replace(tzinfo=None).isoformat(),
-        "date_unixtime": str(int(when.timestamp())),
+        "date": (date + timedelta(hours=3)).replace(tzinfo=None).isoformat(),
+        "date_unixtime": str(int(date.timestamp())),
     }
     if sender is not None:
         item["from"] = sender[1]
@@ -44,26 +45,30 @@ def message(
     return item
 
 
-def edited(item: dict[str, Any], when: datetime) -> dict[str, Any]:
-    """The same message, edited at `when` (keys in Telegram Desktop's order)."""
+def edited(item: dict[str, Any], edited_at: datetime) -> dict[str, Any]:
+    """The same message, edited at `edited_at` (keys in Telegram Desktop's order)."""
     keys = list(item)
-    at = keys.index("date_unixtime") + 1
+    after = keys.index("date_unixtime") + 1
     values = {
-        "edited": when.replace(tzinfo=None).isoformat(),
-        "edited_unixtime": str(int(when.timestamp())),
+        "edited": edited_at.replace(tzinfo=None).isoformat(),
+        "edited_unixtime": str(int(edited_at.timestamp())),
     }
     return dict(
-        [*((k, item[k]) for k in keys[:at]), *values.items(), *((k, item[k]) for k in keys[at:])]
+        [
+            *((k, item[k]) for k in keys[:after]),
+            *values.items(),
+            *((k, item[k]) for k in keys[after:]),
+        ]
     )
 
 
 def service(message_id: int, actor: tuple[int, str], action: str = "phone_call") -> dict[str, Any]:
-    when = START + timedelta(minutes=message_id)
+    date = START + timedelta(minutes=message_id)
     return {
         "id": message_id,
         "type": "service",
-        "date": when.replace(tzinfo=None).isoformat(),
-        "date_unixtime": str(int(when.timestamp())),
+        "date": date.replace(tzinfo=None).isoformat(),
+        "date_unixtime": str(int(date.timestamp())),
         "actor": actor[1],
         "actor_id": f"user{actor[0]}",
         "action": action,
@@ -280,15 +285,15 @@ def _conversation() -> list[dict[str, Any]]:
 
 def generation_message(fact: dict[str, Any], generation: str) -> dict[str, Any]:
     """One message as Telegram Desktop of `generation` writes it."""
-    when = START + timedelta(minutes=fact["id"])
-    local = (when + EXPORT_OFFSET).replace(tzinfo=None).isoformat()
+    date = START + timedelta(minutes=fact["id"])
+    local = (date + EXPORT_OFFSET).replace(tzinfo=None).isoformat()
     item: dict[str, Any] = {
         "id": fact["id"],
         "type": "service" if "service" in fact else "message",
         "date": local,
     }
     if generation >= "2022":
-        item["date_unixtime"] = str(int(when.timestamp()))
+        item["date_unixtime"] = str(int(date.timestamp()))
     edited = fact.get("edited")
     if edited is not None:
         item["edited"] = (edited + EXPORT_OFFSET).replace(tzinfo=None).isoformat()

@@ -82,15 +82,15 @@ def _exported_text(message: types.Message) -> tuple[Any, list[dict[str, Any]]]:
     if not links:
         return text, [{"type": "plain", "text": text}] if text else []
     parts: list[Any] = []
-    at = 0
+    position = 0
     for link in links:
-        if link.offset > at:
-            parts.append(text[at : link.offset])
+        if link.offset > position:
+            parts.append(text[position : link.offset])
         end = link.offset + link.length
         parts.append({"type": "text_link", "text": text[link.offset : end], "href": link.url})
-        at = end
-    if at < len(text):
-        parts.append(text[at:])
+        position = end
+    if position < len(text):
+        parts.append(text[position:])
     entities = [p if isinstance(p, dict) else {"type": "plain", "text": p} for p in parts]
     return parts, entities
 

@@ -84,9 +84,9 @@ def test_labels_are_the_owners_replies_and_validation_is_the_newest_sessions(
         owner = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"]
         assert tokenizer.decode(trained) == "".join(f"{text}</s>" for text in owner)
         assert row["num_tokens"] == len(row["input_ids"]) <= 2048
-    train_ends = [row["session_end"] for row in built["train"]]
-    validation_ends = [row["session_end"] for row in built["validation"]]
-    assert max(train_ends) <= min(validation_ends)
+    train_dates = [row["session_last_date"] for row in built["train"]]
+    validation_dates = [row["session_last_date"] for row in built["validation"]]
+    assert max(train_dates) <= min(validation_dates)
     train_keys = {row["session_key"] for row in built["train"]}
     assert not train_keys & {row["session_key"] for row in built["validation"]}
     owner_messages = sum(m["from_owner"] for m in messages)
@@ -143,6 +143,25 @@ def test_same_messages_and_options_give_the_same_fingerprint_and_skip_the_work(
     assert again.stats == first.stats
     assert other.fingerprint != first.fingerprint
     assert load_stats(tmp_path)["fingerprint"] == first.fingerprint
+
+
+def test_a_build_of_an_older_format_is_neither_reused_nor_its_cache_read(
+    sqlite_database: Any, tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.dataset.keys
+
+    store(sqlite_database, *generated_store(chats=2, sessions=4))
+    opts = options(tokenizer_path)
+    current = training.dataset.keys.FORMAT_VERSION
+    monkeypatch.setattr(training.dataset.keys, "FORMAT_VERSION", current - 1)
+    old = build(sqlite_database, opts, tmp_path)
+    monkeypatch.undo()
+
+    new = build(sqlite_database, opts, tmp_path)
+
+    assert not new.skipped and new.fingerprint != old.fingerprint
+    assert new.stats["cache"]["sessions_reused"] == 0
+    assert new.stats["cache"]["sessions_rendered"] == old.stats["cache"]["sessions_rendered"] > 0
 
 
 def test_incremental_rebuild_renders_only_new_sessions_and_equals_a_full_build(
@@ -271,10 +290,10 @@ def conversation(chat_id: int, pairs: list[tuple[str, str]], day: int) -> list[d
     """One session per (theirs, owner's) pair, a day apart, ids from `day * 100`."""
     rows = []
     for number, (theirs, reply) in enumerate(pairs):
-        when = START + timedelta(days=2 * (day + number))
+        date = START + timedelta(days=2 * (day + number))
         base = (day + number) * 10
-        rows.append(message(chat_id, base + 1, when, False, theirs))
-        rows.append(message(chat_id, base + 2, when + timedelta(minutes=1), True, reply))
+        rows.append(message(chat_id, base + 1, date, False, theirs))
+        rows.append(message(chat_id, base + 2, date + timedelta(minutes=1), True, reply))
     return rows
 
 
@@ -336,9 +355,9 @@ def test_max_examples_per_chat_keeps_each_chats_most_recent(
     assert per_chat == {c["id"]: 3 for c in chats}
     everything = all_rows(tmp_path / "all")
     for chat_row in chats:
-        ends = sorted(r["session_end"] for r in everything if r["chat_id"] == chat_row["id"])
-        kept = sorted(r["session_end"] for r in rows if r["chat_id"] == chat_row["id"])
-        assert kept == ends[-3:]
+        dates = sorted(r["session_last_date"] for r in everything if r["chat_id"] == chat_row["id"])
+        kept = sorted(r["session_last_date"] for r in rows if r["chat_id"] == chat_row["id"])
+        assert kept == dates[-3:]
     assert step(result.stats, "cap")["dropped"]["max_examples_per_chat"] == (
         uncapped.train_examples + uncapped.validation_examples - 9
     )

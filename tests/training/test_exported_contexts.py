@@ -24,8 +24,8 @@ from tests.harvest.exports import (
 )
 from tests.training.chat_data import save_tokenizer
 from training.dataset import DatasetOptions, build_dataset, load_dataset_dir
-from training.prompt import IGNORE_INDEX, media_marker, speaker_line
-from training.sessions import StoredMessage, select_message
+from training.prompt import IGNORE_INDEX
+from training.sessions import StoredMessage, media_marker, select_message, speaker_line
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-def at(minutes: int) -> dict[str, Any]:
-    return {"when": START + timedelta(minutes=minutes)}
+def dated(minutes: int) -> dict[str, Any]:
+    return {"date": START + timedelta(minutes=minutes)}
 
 
 def conversations(database: Any, tokenizer_path: Path, tmp_path: Path, export: dict) -> list:
@@ -59,12 +59,12 @@ def test_media_without_a_caption_is_a_marker_in_the_context_never_the_owners_wor
     voice = {"file": "voice/a.ogg", "media_type": "voice_message", "duration_seconds": 12}
     poll = {"question": "Кино?", "answers": [{"text": "да"}, {"text": "нет"}]}
     alice = [
-        message(1, ALICE, "", **at(1), **voice),
-        message(2, OWNER, "", **at(2), file="s.webp", media_type="sticker", sticker_emoji="😅"),
-        message(3, ALICE, "", **at(3), photo="p.jpg"),
-        message(4, ALICE, "", **at(4), poll=poll),
-        message(5, ALICE, "", **at(5), place_name="Café Pushkin", address="Tverskoy 26"),
-        message(6, OWNER, "иду!", **at(6)),
+        message(1, ALICE, "", **dated(1), **voice),
+        message(2, OWNER, "", **dated(2), file="s.webp", media_type="sticker", sticker_emoji="😅"),
+        message(3, ALICE, "", **dated(3), photo="p.jpg"),
+        message(4, ALICE, "", **dated(4), poll=poll),
+        message(5, ALICE, "", **dated(5), place_name="Café Pushkin", address="Tverskoy 26"),
+        message(6, OWNER, "иду!", **dated(6)),
     ]
     export = full_export([chat(ALICE[1], "personal_chat", ALICE[0], alice)])
     [(messages, trained)] = conversations(sqlite_database, tokenizer_path, tmp_path, export)
@@ -80,12 +80,12 @@ def test_a_groups_context_names_its_speakers_and_only_the_owner_is_trained(
     sqlite_database: Any, tokenizer_path: Path, tmp_path: Path
 ) -> None:
     friends = [
-        message(1, ALICE, "всем привет", **at(1)),
-        message(2, BASSEM, "кто идёт в кино?", **at(2)),
-        message(3, ALICE, "", **at(3), photo="p.jpg"),
-        message(4, OWNER, "я иду", **at(4)),
-        message(5, BASSEM, "отлично", **at(5)),
-        message(6, OWNER, "до встречи", **at(6)),
+        message(1, ALICE, "всем привет", **dated(1)),
+        message(2, BASSEM, "кто идёт в кино?", **dated(2)),
+        message(3, ALICE, "", **dated(3), photo="p.jpg"),
+        message(4, OWNER, "я иду", **dated(4)),
+        message(5, BASSEM, "отлично", **dated(5)),
+        message(6, OWNER, "до встречи", **dated(6)),
     ]
     export = full_export([chat("Friends", "private_group", 4_000_001, friends)])
     rendered = conversations(sqlite_database, tokenizer_path, tmp_path, export)
@@ -100,9 +100,9 @@ def test_a_groups_context_names_its_speakers_and_only_the_owner_is_trained(
     assert owner == ["я иду", "до встречи"]  # the owner's words, without a name
 
 
-def test_markers_and_speaker_lines_come_from_the_prompt_module() -> None:
+def test_markers_and_speaker_lines_come_from_the_sessions_module() -> None:
     def stored(**values: Any) -> StoredMessage:
-        return StoredMessage(**{"chat_id": 1, "message_id": 1, "timestamp": 0, **values})
+        return StoredMessage(**{"chat_id": 1, "message_id": 1, "date": 0, **values})
 
     voice = stored(from_owner=True, text="", kind="media", media_type="voice_message", duration=75)
     selected = select_message(voice)

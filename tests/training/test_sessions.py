@@ -26,12 +26,12 @@ def chats(draw: st.DrawFn) -> list[SelectedMessage]:
     """One chat's selected messages in time order, with gaps from seconds to weeks."""
     gaps = draw(st.lists(st.integers(0, 3 * 86_400), min_size=0, max_size=40))
     messages = []
-    timestamp = 1_700_000_000
+    date = 1_700_000_000
     for message_id, gap in enumerate(gaps, start=1):
-        timestamp += gap
+        date += gap
         owner = draw(st.booleans())
         words = draw(st.booleans()) if owner else False
-        messages.append(SelectedMessage(message_id, timestamp, owner, draw(texts), words))
+        messages.append(SelectedMessage(message_id, date, owner, draw(texts), words))
     return messages
 
 
@@ -45,9 +45,9 @@ def test_sessionize_loses_and_reorders_nothing_and_respects_the_gap(
     assert [message for session in sessions for message in session] == messages
     assert all(session for session in sessions)
     for session in sessions:
-        assert all(b.timestamp - a.timestamp <= gap for a, b in pairwise(session))
+        assert all(b.date - a.date <= gap for a, b in pairwise(session))
     for before, after in pairwise(sessions):
-        assert after[0].timestamp - before[-1].timestamp > gap
+        assert after[0].date - before[-1].date > gap
 
 
 @settings(max_examples=200, deadline=None)
@@ -68,7 +68,7 @@ def test_merge_turns_alternates_and_keeps_every_message_in_order(
             run[0].message_id,
             run[-1].message_id,
         )
-        assert (turn.start, turn.end) == (run[0].timestamp, run[-1].timestamp)
+        assert (turn.first_date, turn.last_date) == (run[0].date, run[-1].date)
         own_words = [message.text for message in run if message.owner_words]
         if turn.role == "assistant" and own_words:
             assert turn.trained and turn.content == "\n".join(own_words)
@@ -81,7 +81,7 @@ def stored(**values: object) -> StoredMessage:
     defaults: dict[str, object] = {
         "chat_id": 1,
         "message_id": 1,
-        "timestamp": 0,
+        "date": 0,
         "from_owner": True,
         "text": "hi",
     }

@@ -38,9 +38,9 @@ def stored_messages(first: int, count: int) -> list[dict[str, Any]]:
         asked = START + timedelta(days=2 * number)
         for offset, (from_owner, text) in enumerate(((False, question), (True, answer))):
             sender = OWNER_ID if from_owner else chat_id
-            when = asked + timedelta(minutes=offset)
+            date = asked + timedelta(minutes=offset)
             rows.append(
-                message(chat_id, 10 * number + offset, when, from_owner, text, sender_id=sender)
+                message(chat_id, 10 * number + offset, date, from_owner, text, sender_id=sender)
             )
     return rows
 
@@ -83,8 +83,8 @@ def test_training_on_built_datasets_then_continuing_on_new_messages_only(
     store(sqlite_database, 48, 12)
     second_build = build_dataset(sqlite_database, dataset_options, data_dir)
     dataset, _ = load_dataset_dir(data_dir, second_build.fingerprint)
-    ends = dataset["train"]["session_end"]
-    unseen = sum(end > cutoff.timestamp() for end in ends)
+    last_dates = dataset["train"]["session_last_date"]
+    unseen = sum(date > cutoff.timestamp() for date in last_dates)
 
     child = train(
         sqlite_database,
@@ -102,7 +102,26 @@ def test_training_on_built_datasets_then_continuing_on_new_messages_only(
         run = active_run(session)
         assert (run.id, run.parent_id) == (child.run_id, parent.run_id)
         assert run.dataset_fingerprint == second_build.fingerprint
-        assert run.newest_message_at == datetime.fromtimestamp(max(ends), UTC)
+        assert run.newest_message_at == datetime.fromtimestamp(max(last_dates), UTC)
 
     with pytest.raises(NothingNewError, match=f"nothing new since run {child.run_id}"):
         train(sqlite_database, tiny_options(continue_training=True), data_dir)
+
+
+def test_a_dataset_built_before_format_2_is_still_selected_by_its_session_end() -> None:
+    from datasets import Dataset, DatasetDict
+
+    from training.run_setup import select_examples
+
+    rows = {
+        "input_ids": [[1, 2], [3, 4], [5, 6]],
+        "labels": [[-100, 2], [-100, 4], [-100, 6]],
+        "session_end": [10, 20, 30],  # what `session_last_date` was called before format 2
+    }
+
+    selection = select_examples(
+        DatasetDict({"train": Dataset.from_dict(rows)}), cutoff=15, replay=0.0, seed=0
+    )
+
+    assert selection.counts["new_examples"] == 2
+    assert selection.newest_session_end == 30

@@ -67,7 +67,7 @@ def conversation_rows(count: int, *, first_session: int = 0) -> list[dict[str, A
                 ],
                 "chat_id": 100 + number % len(CONTACTS),
                 "contact_name": contact,
-                "session_end": START + 3600 * number,
+                "session_last_date": START + 3600 * number,
             }
         )
     return rows
@@ -105,8 +105,8 @@ def write_dataset(
                     "input_ids": input_ids,
                     "labels": labels,
                     "chat_id": row["chat_id"],
-                    "session_key": f"{row['chat_id']}:{row['session_end']}",
-                    "session_end": row["session_end"],
+                    "session_key": f"{row['chat_id']}:{row['session_last_date']}",
+                    "session_last_date": row["session_last_date"],
                     "num_tokens": len(input_ids),
                     "messages": json.dumps(row["messages"], ensure_ascii=False),
                     "contact_name": row["contact_name"],
@@ -118,7 +118,7 @@ def write_dataset(
     DatasetDict({"train": split(train_rows), "validation": split(validation_rows)}).save_to_disk(
         str(folder)
     )
-    newest = max(row["session_end"] for row in train_rows + validation_rows)
+    newest = max(row["session_last_date"] for row in train_rows + validation_rows)
     meta = {
         "fingerprint": fingerprint,
         "base_model": base_model,

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from training.sessions import MergedTurn
 
 # Bump when what a build writes, or how a session renders, changes: old caches stop matching.
-FORMAT_VERSION = 1
+# 2: the columns `session_end` and `timestamp` became `session_last_date` and `date`.
+FORMAT_VERSION = 2
 
 # Files that decide a tokenizer's ids and chat template, as a hub repository or folder holds them.
 TOKENIZER_FILES = (
@@ -115,7 +116,7 @@ def fingerprint(pipeline: str, options: DatasetOptions, digests: Sequence[ChatDi
 def session_key(pipeline: str, chat_id: int, contact: str, turns: Sequence[MergedTurn]) -> str:
     """The cache key of one session: the pipeline, its chat and contact, and its turns."""
     hasher = hashlib.blake2b(digest_size=16)
-    head = [pipeline, chat_id, contact, turns[0].first_message_id, turns[-1].end]
+    head = [pipeline, chat_id, contact, turns[0].first_message_id, turns[-1].last_date]
     hasher.update(json.dumps(head).encode())
     for turn in turns:
         hasher.update(f"\x1e{turn.role}\x1f{int(turn.trained)}\x1f{turn.content}".encode())

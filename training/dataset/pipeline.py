@@ -46,10 +46,10 @@ if TYPE_CHECKING:
     from training.pii import PiiOptions, Scrubber
 
 RENDER_BATCH = 2_000  # sessions tokenized per batch: bounds the memory tokenizers hold
-# `storage.messages.training_message_rows` gives (chat_id, message_id, unix_seconds,
+# `storage.messages.training_message_rows` gives (chat_id, message_id, date in unix seconds,
 # from_owner, text, kind, media_type, forwarded, media_text, duration, sender_name);
 # `_stored_messages` names them.
-_TIME_THEN_ID = itemgetter(2, 1)
+_DATE_THEN_ID = itemgetter(2, 1)
 ChatRows = tuple["ChatDigest", list[Sequence[Any]]]  # a chat's digest and its stored rows
 
 
@@ -150,7 +150,7 @@ class ChatPipeline:
         """The chat's rows in time order as messages, their texts (and what media showed:
         a contact's name, a file's name) scrubbed."""
         with timer.step("select"):
-            rows.sort(key=_TIME_THEN_ID)
+            rows.sort(key=_DATE_THEN_ID)
             texts = ["" if row[5] == "service" else (row[4] or "").strip() for row in rows]
         with timer.step("scrub"):
             before = Counter(self.scrubber.counts())
@@ -205,12 +205,13 @@ class ChatPipeline:
     ) -> SessionToRender:
         chat_turns = [Turn(turn.role, turn.content, turn.trained) for turn in turns]
         replies = [
-            OwnerReply(turns[index - 1].content if index else "", turn.content, turn.start)
+            OwnerReply(turns[index - 1].content if index else "", turn.content, turn.first_date)
             for index, turn in enumerate(turns)
             if turn.role == "assistant" and turn.trained
         ]
         key = session_key(self.pipeline, chat_id, contact, turns)
-        return SessionToRender(key, chat_id, turns[-1].end, contact, system, chat_turns, replies)
+        last_date = turns[-1].last_date
+        return SessionToRender(key, chat_id, last_date, contact, system, chat_turns, replies)
 
     def _render(
         self,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from training.dataset.tables import PAIR_TIME_ORDER, RenderedTables
+from training.dataset.tables import PAIR_DATE_ORDER, RenderedTables
 from training.dedup import (
     NUM_PERM,
     DedupResult,
@@ -62,7 +62,7 @@ def deduplicate(pairs: pa.Table, options: DatasetOptions) -> tuple[DedupResult |
     if options.dedup == "none":
         return None, np.ones(len(pairs), dtype=bool)
     # Pairs are stored by chat; dedup decides in the order the replies were written.
-    written = pc.sort_indices(pairs.select([n for n, _ in PAIR_TIME_ORDER]), PAIR_TIME_ORDER)
+    written = pc.sort_indices(pairs.select([n for n, _ in PAIR_DATE_ORDER]), PAIR_DATE_ORDER)
     order = written.to_numpy()
     exact = pairs["exact_key"].to_numpy()[order]
     short = pairs["short_key"].to_numpy()[order]
@@ -126,10 +126,10 @@ def cap_per_chat(examples: pa.Table, kept: np.ndarray, cap: int | None) -> np.nd
     if cap is None:
         return kept.copy()
     chat = examples["chat_id"].to_numpy()
-    end = examples["session_end"].to_numpy()
+    last_date = examples["session_last_date"].to_numpy()
     window = examples["window"].to_numpy()
     index = np.flatnonzero(kept)
-    order = index[np.lexsort((-window[index], -end[index], chat[index]))]
+    order = index[np.lexsort((-window[index], -last_date[index], chat[index]))]
     chats_in_order = chat[order]
     new_group = np.concatenate(([True], chats_in_order[1:] != chats_in_order[:-1]))
     group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
@@ -150,12 +150,12 @@ def split(examples: pa.Table, kept: np.ndarray, fraction: float) -> tuple[np.nda
     if fraction > 0 and len(index) >= 2:
         target = min(max(target, 1), len(index) - 1)
     keys = np.asarray(examples["session_key"].to_pylist(), dtype=object)[index]
-    ends = examples["session_end"].to_numpy()[index]
+    row_dates = examples["session_last_date"].to_numpy()[index]
     unique_keys, inverse = np.unique(keys.astype(str), return_inverse=True)
-    session_end = np.zeros(len(unique_keys), dtype=np.int64)
-    np.maximum.at(session_end, inverse, ends)
+    last_date = np.zeros(len(unique_keys), dtype=np.int64)
+    np.maximum.at(last_date, inverse, row_dates)
     sizes = np.bincount(inverse, minlength=len(unique_keys))
-    newest_first = np.lexsort((unique_keys, -session_end))
+    newest_first = np.lexsort((unique_keys, -last_date))
     chosen = np.zeros(len(unique_keys), dtype=bool)
     taken = 0
     for session in newest_first:

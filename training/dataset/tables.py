@@ -33,7 +33,7 @@ class SessionToRender:
 
     key: str
     chat_id: int
-    end: int
+    last_date: int  # of its last message, unix seconds
     contact: str
     system: str | None
     turns: list[Turn]
@@ -41,11 +41,11 @@ class SessionToRender:
 
 
 class OwnerReply(NamedTuple):
-    """A trained owner turn, the turn before it, and when it was written (unix seconds)."""
+    """A trained owner turn, the turn before it, and its date (unix seconds)."""
 
     context: str
     reply: str
-    timestamp: int
+    date: int
 
 
 class RenderedTables(NamedTuple):
@@ -60,21 +60,21 @@ class RenderedTables(NamedTuple):
 TABLE_ORDER = RenderedTables(
     [
         ("chat_id", "ascending"),
-        ("session_end", "ascending"),
+        ("session_last_date", "ascending"),
         ("session_key", "ascending"),
         ("window", "ascending"),
     ],
     [
         ("chat_id", "ascending"),
-        ("timestamp", "ascending"),
+        ("date", "ascending"),
         ("session_key", "ascending"),
         ("reply", "ascending"),
     ],
     [("session_key", "ascending")],
 )
 # The order owner replies were written in: dedup keeps the first of duplicates in it.
-PAIR_TIME_ORDER = [
-    ("timestamp", "ascending"),
+PAIR_DATE_ORDER = [
+    ("date", "ascending"),
     ("chat_id", "ascending"),
     ("session_key", "ascending"),
     ("reply", "ascending"),
@@ -85,7 +85,7 @@ DATASET_COLUMNS = (
     "labels",
     "chat_id",
     "session_key",
-    "session_end",
+    "session_last_date",
     "num_tokens",
     "messages",
     "contact_name",
@@ -104,7 +104,7 @@ def table_schemas() -> RenderedTables:
             ("labels", tokens),
             ("chat_id", pa.int64()),
             ("session_key", pa.string()),
-            ("session_end", pa.int64()),
+            ("session_last_date", pa.int64()),
             ("num_tokens", pa.int32()),
             ("messages", pa.string()),
             ("contact_name", pa.string()),
@@ -120,7 +120,7 @@ def table_schemas() -> RenderedTables:
             ("session_key", pa.string()),
             ("reply", pa.int32()),
             ("chat_id", pa.int64()),
-            ("timestamp", pa.int64()),
+            ("date", pa.int64()),
             ("exact_key", pa.uint64()),
             ("short_key", pa.uint64()),
             ("signature", pa.list_(pa.uint32(), NUM_PERM)),
@@ -133,7 +133,7 @@ def table_schemas() -> RenderedTables:
         [
             ("session_key", pa.string()),
             ("chat_id", pa.int64()),
-            ("session_end", pa.int64()),
+            ("session_last_date", pa.int64()),
             ("truncated_replies", pa.int32()),
             ("truncated_contexts", pa.int32()),
             ("turns_cut", pa.int32()),
@@ -229,7 +229,7 @@ def example_table(
             columns["labels"].append(window.labels)
             columns["chat_id"].append(item.chat_id)
             columns["session_key"].append(item.key)
-            columns["session_end"].append(item.end)
+            columns["session_last_date"].append(item.last_date)
             columns["num_tokens"].append(len(window.input_ids))
             columns["messages"].append(
                 json.dumps(
@@ -262,12 +262,12 @@ def pair_table(
 
     columns: dict[str, list[Any]] = defaultdict(list)
     for item, result in zip(batch, rendered, strict=True):
-        for number, (context, reply, timestamp) in enumerate(item.replies):
+        for number, (context, reply, date) in enumerate(item.replies):
             features = pair_features(context, reply, short)
             columns["session_key"].append(item.key)
             columns["reply"].append(number)
             columns["chat_id"].append(item.chat_id)
-            columns["timestamp"].append(timestamp)
+            columns["date"].append(date)
             columns["exact_key"].append(features.exact_key)
             columns["short_key"].append(features.short_key)
             columns["text"].append(features.text)
@@ -299,7 +299,7 @@ def session_table(
     rows = {
         "session_key": [item.key for item in batch],
         "chat_id": [item.chat_id for item in batch],
-        "session_end": [item.end for item in batch],
+        "session_last_date": [item.last_date for item in batch],
         "truncated_replies": [result.truncated_replies for result in rendered],
         "truncated_contexts": [result.truncated_contexts for result in rendered],
         "turns_cut": [result.turns_cut for result in rendered],
