@@ -146,28 +146,9 @@ class MessageConverter:
     ) -> MessageRecord:
         """A message with media, an edit, a forward, a bot, a duration or reactions; a reply
         into another chat is no reply here."""
-        media_type = raw.get("media_type")
-        if media_type is None:
-            if not _MEDIA_KEY_SET.isdisjoint(special):
-                media_type = next(name for key, name in _MEDIA_KEYS if key in raw)
-        elif media_type.__class__ is not str:
-            raise FieldError(f"`media_type` is {short(media_type)}, expected text")
-        media_text = None
-        if media_type is not None:
-            if media_type == "sticker":
-                text = _sticker_text(raw, text)
-            elif media_type == "location" and "live_location_period_seconds" in raw:
-                media_type = "live_location"
-            media_text = media_description(raw, media_type)
-        if "edited_unixtime" in special:
-            edited_at = _unixtime(raw, "edited_unixtime")
-        elif "edited" in special:
-            edited_at = self._local_edit(raw)
-        else:
-            edited_at = None
-        duration = raw.get("duration_seconds") if "duration_seconds" in special else None
-        if duration is not None and duration.__class__ is not int:
-            raise FieldError(f"`duration_seconds` is {short(duration)}, expected a number")
+        media_type, media_text, text = _media(raw, special, text)
+        edited_at = self._edit_time(raw, special)
+        duration = _duration(raw) if "duration_seconds" in special else None
         reply_to_id = raw.get("reply_to_message_id")
         if "reply_to_peer_id" in special and self._peer(raw["reply_to_peer_id"]) != self.chat_id:
             reply_to_id = None
@@ -194,6 +175,14 @@ class MessageConverter:
             edited_at,
             details,
         )
+
+    def _edit_time(self, raw: dict[str, Any], special: frozenset[str]) -> datetime | None:
+        """When the message was last edited: `edited_unixtime`, else the local `edited`."""
+        if "edited_unixtime" in special:
+            return _unixtime(raw, "edited_unixtime")
+        if "edited" in special:
+            return self._local_edit(raw)
+        return None
 
     def _sender_name(self, raw: dict[str, Any]) -> str | None:
         return _name(raw, "from") if self.group else None
@@ -285,6 +274,31 @@ def _legacy_sender(value: int) -> int:
     if value >= LEGACY_CHAT_SHIFT:
         return -(CHANNEL_MARK + bare)  # only channels post in groups as themselves
     return bare
+
+
+def _media(
+    raw: dict[str, Any], special: frozenset[str], text: str
+) -> tuple[str | None, str | None, str]:
+    """(media type, what the media showed, text): a sticker without a caption is its emoji."""
+    media_type = raw.get("media_type")
+    if media_type is None:
+        if _MEDIA_KEY_SET.isdisjoint(special):
+            return None, None, text
+        media_type = next(name for key, name in _MEDIA_KEYS if key in raw)
+    elif media_type.__class__ is not str:
+        raise FieldError(f"`media_type` is {short(media_type)}, expected text")
+    if media_type == "sticker":
+        text = _sticker_text(raw, text)
+    elif media_type == "location" and "live_location_period_seconds" in raw:
+        media_type = "live_location"
+    return media_type, media_description(raw, media_type), text
+
+
+def _duration(raw: dict[str, Any]) -> int | None:
+    duration = raw.get("duration_seconds")
+    if duration is not None and duration.__class__ is not int:
+        raise FieldError(f"`duration_seconds` is {short(duration)}, expected a number")
+    return duration
 
 
 def media_description(raw: dict[str, Any], media_type: str) -> str | None:

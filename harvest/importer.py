@@ -100,46 +100,10 @@ def import_export(
     with database.session() as session:
         before = count_messages(session)
         stored_owner = stored_owner_id(session)
-    writer = _BatchWriter(database, database.where)
-    try:
-        for item in reader:
-            if item.__class__ is MessageRecord:
-                writer.messages.append(item)  # type: ignore[arg-type]
-                if len(writer.messages) >= options.batch_size:
-                    writer.flush()
-                    if progress:
-                        progress(reader.bytes_read, reader.total_bytes)
-            elif item.__class__ is ChatEnd:
-                writer.end_chat(item)  # type: ignore[arg-type]
-            else:
-                if stored_owner is not None:  # the owner is known once a chat is read
-                    check_same_owner(stored_owner, reader.owner_id, str(path), database.where)
-                    stored_owner = None
-                writer.add_chat(item)  # type: ignore[arg-type]
-    except BaseException as error:
-        # Also on a broken export: everything read before the broken spot gets stored.
-        _close_after(writer, error)
-        raise
-    writer.close()
-    if progress:
-        progress(reader.total_bytes, reader.total_bytes)
+    _store_export(reader, database, options.batch_size, stored_owner, progress)
     with database.session() as session:
         after = count_messages(session)
-    stats = reader.stats
-    summary = ImportSummary(
-        path=path,
-        owner_id=reader.owner_id,
-        chats=stats.chats,
-        messages=stats.messages,
-        new_messages=after - before,
-        skipped_messages=stats.skipped_messages,
-        skipped_chats=stats.skipped_chats,
-        seconds=time.perf_counter() - started,
-        groups=stats.groups,
-        times_note=reader.times.note,
-        times_guessed=reader.times.guessed,
-        chats_without_owner=stats.chats_without_owner,
-    )
+    summary = _summary(reader, after - before, time.perf_counter() - started)
     logger.debug(
         "imported %s: %d chats, %d messages (%d new) in %.1f s",
         path,
@@ -149,6 +113,63 @@ def import_export(
         summary.seconds,
     )
     return summary
+
+
+def _store_export(
+    reader: ExportReader,
+    database: Database,
+    batch_size: int,
+    stored_owner: int | None,
+    progress: ProgressCallback | None,
+) -> None:
+    """Write everything `reader` yields in batches; refuse an export of another account.
+
+    `stored_owner` is the account the database already holds (None: an empty database).
+    """
+    writer = _BatchWriter(database, database.where)
+    try:
+        for item in reader:
+            if item.__class__ is MessageRecord:
+                writer.messages.append(item)  # type: ignore[arg-type]
+                if len(writer.messages) >= batch_size:
+                    writer.flush()
+                    if progress:
+                        progress(reader.bytes_read, reader.total_bytes)
+            elif item.__class__ is ChatEnd:
+                writer.end_chat(item)  # type: ignore[arg-type]
+            else:
+                if stored_owner is not None:  # the owner is known once a chat is read
+                    check_same_owner(
+                        stored_owner, reader.owner_id, str(reader.path), database.where
+                    )
+                    stored_owner = None
+                writer.add_chat(item)  # type: ignore[arg-type]
+    except BaseException as error:
+        # Also on a broken export: everything read before the broken spot gets stored.
+        _close_after(writer, error)
+        raise
+    writer.close()
+    if progress:
+        progress(reader.total_bytes, reader.total_bytes)
+
+
+def _summary(reader: ExportReader, new_messages: int, seconds: float) -> ImportSummary:
+    """What the finished `reader` counted, with the messages the import added."""
+    stats = reader.stats
+    return ImportSummary(
+        path=reader.path,
+        owner_id=reader.owner_id,
+        chats=stats.chats,
+        messages=stats.messages,
+        new_messages=new_messages,
+        skipped_messages=stats.skipped_messages,
+        skipped_chats=stats.skipped_chats,
+        seconds=seconds,
+        groups=stats.groups,
+        times_note=reader.times.note,
+        times_guessed=reader.times.guessed,
+        chats_without_owner=stats.chats_without_owner,
+    )
 
 
 def check_same_owner(stored: int, incoming: int | None, source: str, where: str) -> None:

@@ -73,56 +73,12 @@ def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str,
     Per-row SQLAlchemy binding is most of an import's time otherwise. Rows whose rarer
     columns are all empty go in through a statement naming only the common columns (its
     conflict update still sets the others: to NULL). Returns False, having written nothing,
-    when a row lacks a column: SQLAlchemy then fills in the defaults. JSON columns are
-    encoded with `json.dumps`, as SQLAlchemy's `JSON` type does.
+    when a row lacks a column: SQLAlchemy then fills in the defaults.
     """
     if not _SQLITE_UPSERT_SQL:
-        dialect = session.get_bind().dialect
-        for name, columns in (("all", MESSAGE_COLUMNS), ("common", _COMMON_COLUMNS)):
-            compiled = statement.compile(dialect=dialect, column_keys=list(columns))
-            if tuple(compiled.positiontup) != columns:
-                raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
-            _SQLITE_UPSERT_SQL[name] = str(compiled)
-    common: list[tuple[Any, ...]] = []
-    every: list[tuple[Any, ...]] = []
+        _SQLITE_UPSERT_SQL.update(_compile_sqlite_upserts(session, statement))
     try:
-        for row in batch:
-            values = (
-                row["chat_id"],
-                row["message_id"],
-                _sqlite_time(row["date"]),
-                row["from_owner"],
-                row["sender_id"],
-                row["text"],
-                row["reply_to_id"],
-                row["kind"],
-                row["media_type"],
-                row["forwarded"],
-                None if row["edited_at"] is None else _sqlite_time(row["edited_at"]),
-            )
-            if (
-                row["media_text"] is None
-                and row["duration"] is None
-                and row["sender_name"] is None
-                and row["forwarded_from"] is None
-                and row["via_bot"] is None
-                and row["links"] is None
-                and row["reactions"] is None
-            ):
-                common.append(values)
-                continue
-            every.append(
-                (
-                    *values,
-                    row["media_text"],
-                    row["duration"],
-                    row["sender_name"],
-                    row["forwarded_from"],
-                    row["via_bot"],
-                    None if row["links"] is None else json.dumps(row["links"]),
-                    None if row["reactions"] is None else json.dumps(row["reactions"]),
-                )
-            )
+        common, every = _sqlite_parameters(batch)
     except KeyError:
         return False
     connection = session.connection()
@@ -131,6 +87,68 @@ def _upsert_on_sqlite(session: Session, statement: Any, batch: list[Mapping[str,
     if every:
         connection.exec_driver_sql(_SQLITE_UPSERT_SQL["all"], every)
     return True
+
+
+def _compile_sqlite_upserts(session: Session, statement: Any) -> dict[str, str]:
+    """The upsert's SQL naming every column ("all") and only the common ones ("common")."""
+    dialect = session.get_bind().dialect
+    compiled_sql = {}
+    for name, columns in (("all", MESSAGE_COLUMNS), ("common", _COMMON_COLUMNS)):
+        compiled = statement.compile(dialect=dialect, column_keys=list(columns))
+        if tuple(compiled.positiontup) != columns:
+            raise AssertionError(f"unexpected upsert parameters {compiled.positiontup}")
+        compiled_sql[name] = str(compiled)
+    return compiled_sql
+
+
+def _sqlite_parameters(
+    batch: list[Mapping[str, Any]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The batch's values in column order: (rows of common columns only, rows of all columns).
+
+    Times are bound as `UTCDateTime` stores them, JSON columns encoded with `json.dumps`, as
+    SQLAlchemy's `JSON` type does. A row lacking a column raises KeyError.
+    """
+    common: list[tuple[Any, ...]] = []
+    every: list[tuple[Any, ...]] = []
+    for row in batch:
+        values = (
+            row["chat_id"],
+            row["message_id"],
+            _sqlite_time(row["date"]),
+            row["from_owner"],
+            row["sender_id"],
+            row["text"],
+            row["reply_to_id"],
+            row["kind"],
+            row["media_type"],
+            row["forwarded"],
+            None if row["edited_at"] is None else _sqlite_time(row["edited_at"]),
+        )
+        if (
+            row["media_text"] is None
+            and row["duration"] is None
+            and row["sender_name"] is None
+            and row["forwarded_from"] is None
+            and row["via_bot"] is None
+            and row["links"] is None
+            and row["reactions"] is None
+        ):
+            common.append(values)
+            continue
+        every.append(
+            (
+                *values,
+                row["media_text"],
+                row["duration"],
+                row["sender_name"],
+                row["forwarded_from"],
+                row["via_bot"],
+                None if row["links"] is None else json.dumps(row["links"]),
+                None if row["reactions"] is None else json.dumps(row["reactions"]),
+            )
+        )
+    return common, every
 
 
 def _sqlite_time(value: datetime) -> str:

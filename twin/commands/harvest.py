@@ -28,9 +28,10 @@ from twin.settings import Settings
 
 if TYPE_CHECKING:
     from harvest.harvester import DialogResult, HarvestSummary
-    from harvest.importer import ImportSummary
+    from harvest.importer import ImportOptions, ImportSummary
     from harvest.records import ChatRecord
     from harvest.telegram import TelegramOptions
+    from storage import Database
 
 
 def login(ctx: typer.Context) -> None:
@@ -55,63 +56,71 @@ def login(ctx: typer.Context) -> None:
     Console().print(f"logged in as {who}; session stored in {options.session_path}")
 
 
+#: `twin harvest`'s flags, one alias each, so the command's signature fits on a screen.
+ChatOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--chat",
+        metavar="ID|@NAME",
+        help="Only this chat: a user id or @username (repeatable).",
+    ),
+]
+ExcludeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        metavar="ID|@NAME",
+        help="Skip this chat: a user id or @username (repeatable).",
+    ),
+]
+SinceOption = Annotated[
+    datetime | None,
+    typer.Option(
+        "--since",
+        metavar="DATE",
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+        help="Only messages sent on or after this date (UTC): 2024-01-31 or "
+        "2024-01-31T18:00:00. Later harvests go on from the newest message, so older "
+        "ones come in only through `twin import` of an export.",
+    ),
+]
+RefreshDaysOption = Annotated[
+    int | None,
+    typer.Option(
+        "--refresh-days",
+        metavar="N",
+        min=1,
+        help="Also re-read the last N days: picks up edits and deletions.",
+    ),
+]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Count new messages, write nothing.")]
+TakeoutOption = Annotated[
+    bool,
+    typer.Option(
+        "--takeout",
+        help="Use a takeout session: gentler rate limits for a first, big harvest "
+        "(Telegram may ask you to confirm it in another app).",
+    ),
+]
+HarvestGroupsOption = Annotated[
+    bool,
+    typer.Option(
+        "--include-groups",
+        help="Also harvest the groups and supergroups you wrote in (never channels); "
+        "they are included in training (`twin chats exclude ID` keeps one out).",
+    ),
+]
+
+
 def harvest(
     ctx: typer.Context,
-    chat: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--chat",
-            metavar="ID|@NAME",
-            help="Only this chat: a user id or @username (repeatable).",
-        ),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude",
-            metavar="ID|@NAME",
-            help="Skip this chat: a user id or @username (repeatable).",
-        ),
-    ] = None,
-    since: Annotated[
-        datetime | None,
-        typer.Option(
-            "--since",
-            metavar="DATE",
-            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
-            help="Only messages sent on or after this date (UTC): 2024-01-31 or "
-            "2024-01-31T18:00:00. Later harvests go on from the newest message, so older "
-            "ones come in only through `twin import` of an export.",
-        ),
-    ] = None,
-    refresh_days: Annotated[
-        int | None,
-        typer.Option(
-            "--refresh-days",
-            metavar="N",
-            min=1,
-            help="Also re-read the last N days: picks up edits and deletions.",
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Count new messages, write nothing.")
-    ] = False,
-    takeout: Annotated[
-        bool,
-        typer.Option(
-            "--takeout",
-            help="Use a takeout session: gentler rate limits for a first, big harvest "
-            "(Telegram may ask you to confirm it in another app).",
-        ),
-    ] = False,
-    include_groups: Annotated[
-        bool,
-        typer.Option(
-            "--include-groups",
-            help="Also harvest the groups and supergroups you wrote in (never channels); "
-            "they are included in training (`twin chats exclude ID` keeps one out).",
-        ),
-    ] = False,
+    chat: ChatOption = None,
+    exclude: ExcludeOption = None,
+    since: SinceOption = None,
+    refresh_days: RefreshDaysOption = None,
+    dry_run: DryRunOption = False,
+    takeout: TakeoutOption = False,
+    include_groups: HarvestGroupsOption = False,
 ) -> None:
     """Download new messages of your private chats with people into the database.
 
@@ -140,34 +149,43 @@ def harvest(
     console.print(_harvest_table(summary))
 
 
+#: `twin import`'s flags.
+ImportPathArgument = Annotated[
+    Path, typer.Argument(help="result.json, or the export folder holding it.")
+]
+OwnerIdOption = Annotated[
+    int | None,
+    typer.Option(
+        "--owner-id",
+        metavar="ID",
+        help="Your Telegram user id, needed for a single-chat export (default: TWIN_OWNER_ID).",
+    ),
+]
+TimezoneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone",
+        metavar="ZONE",
+        help="The zone of the computer that made an export older than mid-2022 (an IANA "
+        "name such as Europe/Moscow): such exports write local times without a zone.",
+    ),
+]
+ImportGroupsOption = Annotated[
+    bool,
+    typer.Option(
+        "--include-groups",
+        help="Also import the groups and supergroups you wrote in (never channels); they "
+        "are included in training (`twin chats exclude ID` keeps one out).",
+    ),
+]
+
+
 def import_export(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="result.json, or the export folder holding it.")],
-    owner_id: Annotated[
-        int | None,
-        typer.Option(
-            "--owner-id",
-            metavar="ID",
-            help="Your Telegram user id, needed for a single-chat export (default: TWIN_OWNER_ID).",
-        ),
-    ] = None,
-    timezone: Annotated[
-        str | None,
-        typer.Option(
-            "--timezone",
-            metavar="ZONE",
-            help="The zone of the computer that made an export older than mid-2022 (an IANA "
-            "name such as Europe/Moscow): such exports write local times without a zone.",
-        ),
-    ] = None,
-    include_groups: Annotated[
-        bool,
-        typer.Option(
-            "--include-groups",
-            help="Also import the groups and supergroups you wrote in (never channels); they "
-            "are included in training (`twin chats exclude ID` keeps one out).",
-        ),
-    ] = False,
+    path: ImportPathArgument,
+    owner_id: OwnerIdOption = None,
+    timezone: TimezoneOption = None,
+    include_groups: ImportGroupsOption = False,
 ) -> None:
     """Import a Telegram Desktop export (result.json) without API keys.
 
@@ -181,7 +199,6 @@ def import_export(
     Example: twin import ~/Downloads/Telegram\\ Desktop/DataExport/result.json --include-groups
     """
     from harvest.importer import ImportOptions
-    from harvest.importer import import_export as run_import
 
     context = app_context(ctx)
     options = ImportOptions(
@@ -191,6 +208,18 @@ def import_export(
         include_groups=include_groups,
     )
     console = Console()
+    summary = _import_with_progress(context.database(), options, console)
+    console.print(_import_table(summary))
+    for line in _import_warnings(summary):
+        console.print(line, style="bold red")
+
+
+def _import_with_progress(
+    database: Database, options: ImportOptions, console: Console
+) -> ImportSummary:
+    """Run the import under a bar of the bytes read so far."""
+    from harvest.importer import import_export as run_import
+
     columns = (
         TextColumn("importing"),
         BarColumn(),
@@ -204,10 +233,7 @@ def import_export(
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = run_import(context.database(), options, progress=advance)
-    console.print(_import_table(summary))
-    for line in _import_warnings(summary):
-        console.print(line, style="bold red")
+        return run_import(database, options, progress=advance)
 
 
 #: How `twin chats` names each kind of chat.

@@ -99,8 +99,6 @@ def evaluate(
 
     Example: twin eval 3 --samples 200 --report twin-report.html
     """
-    from training.evaluate import evaluate as run_eval
-
     context = app_context(ctx, data_dir)
     if blind:
         from twin.commands.blind import run_blind_test
@@ -108,6 +106,19 @@ def evaluate(
         run_blind_test(context, run, min(options.samples, BLIND_SAMPLES), options)
         return
     console = Console()
+    report = _evaluate_with_progress(context, run, options, console)
+    _print_report(console, report, show)
+    if report_file is not None:
+        _write_report(context, report, report_file)
+        console.print(f"report written to {report_file}")
+
+
+def _evaluate_with_progress(
+    context: Any, run: int | None, options: EvalOptions, console: Console
+) -> EvalReport:
+    """Run `twin eval` under one bar that names the phase it is in."""
+    from training.evaluate import evaluate as run_eval
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -122,9 +133,13 @@ def evaluate(
                 progress.reset(task, description=phase)
             progress.update(task, completed=done, total=total)
 
-        report = run_eval(
+        return run_eval(
             context.database(), run, context.settings.data_dir, options, report_progress
         )
+
+
+def _print_report(console: Console, report: EvalReport, show: int) -> None:
+    """The figures (per contact too, where the report has them), the verdicts, `show` samples."""
     console.print(_eval_table(report))
     if report.per_contact:
         console.print(_contacts_table(report))
@@ -132,9 +147,6 @@ def evaluate(
         console.print(("[yellow]" if " NOT " in verdict or "WORSE" in verdict else "") + verdict)
     if show and report.samples:
         console.print(_samples_table(report, show))
-    if report_file is not None:
-        _write_report(context, report, report_file)
-        console.print(f"report written to {report_file}")
 
 
 def _write_report(context: Any, report: EvalReport, path: Path) -> None:
