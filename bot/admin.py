@@ -310,7 +310,7 @@ class AdminCommands:
         await message.show(progress.render())
         newest_before, serving = await twin.in_session(run_queries.run_ids)
         minimum = twin.options.dpo_min_pairs
-        new_pairs = await twin.in_session(run_queries.new_feedback_pairs) if minimum else 0
+        new_pairs = await twin.in_session(run_queries.new_feedback) if minimum else 0
         options = PipelineOptions(
             command=twin.options.retrain_command,
             harvest=twin.options.harvest_configured,

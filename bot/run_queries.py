@@ -11,7 +11,7 @@ from storage import bot as bot_store
 from storage import runs as run_store
 from storage.messages import count_messages
 from storage.models import Run
-from storage.preferences import preference_pairs
+from storage.preferences import judged_replies, preference_pairs
 from training.gate import GateDecision
 from training.run_folder import RunFigures
 
@@ -97,11 +97,13 @@ def gate_of(session: Session, run_id: int) -> GateDecision | None:
     return GateDecision.from_metrics(run_store.get_run(session, run_id).metrics)
 
 
-def new_feedback_pairs(session: Session) -> int:
-    """Pairs the owner gave since the newest preference-tuned run (all, before the first)."""
+def new_feedback(session: Session) -> int:
+    """Feedback given since the newest preference-tuned run (all, before the first): the
+    owner's pairs and the replies judged by reactions (`twin train --dpo` learns both)."""
     tuned = [run for run in run_store.list_runs(session) if (run.options or {}).get("dpo")]
     since = tuned[0].created_at if tuned else None
-    return sum(pair.source != "self_play" for pair in preference_pairs(session, since))
+    pairs = sum(pair.source != "self_play" for pair in preference_pairs(session, since))
+    return pairs + len(judged_replies(session, since))
 
 
 def reactivate(session: Session, run_id: int | None) -> None:

@@ -350,7 +350,9 @@ def _self_play(
         f"self-play DPO round (`twin train --dpo`): {figures['self_play_pairs']} pairs; held-out "
         f"preference accuracy {_share(figures.get('preference_accuracy_start'))} -> "
         f"{_share(figures.get('preference_accuracy'))}, loss on your held-out replies "
-        f"{_loss(figures.get('val_loss_start'))} -> {_loss(figures.get('val_loss'))}"
+        f"{_loss(figures.get('val_loss_start'))} -> {_loss(figures.get('val_loss'))}, style "
+        f"distance of its held-out replies {_loss(figures.get('style_distance_start'))} -> "
+        f"{_loss(figures.get('style_distance'))}"
     )
 
 
@@ -360,6 +362,8 @@ DPO_FIGURES = (
     "preference_accuracy",
     "val_loss_start",
     "val_loss",
+    "style_distance_start",
+    "style_distance",
 )
 
 

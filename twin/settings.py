@@ -45,7 +45,9 @@ class Settings(BaseSettings):
         None, ge=1, description="processes of a big dataset build; one per core if empty"
     )
     dpo_min_pairs: int = Field(
-        20, ge=0, description="new feedback pairs that make /retrain preference-tune (0: never)"
+        20,
+        ge=0,
+        description="new feedback (pairs, judged replies) that makes /retrain preference-tune (0: never)",
     )
     gate_margin: float = Field(
         0.0, ge=0, description="how much worse a retrained run may be and still serve"

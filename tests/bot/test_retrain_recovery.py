@@ -159,7 +159,7 @@ def test_a_bot_stopped_mid_step_ends_its_child_and_keeps_the_old_run(
     assert active_id(database) == serving
 
 
-def store_pairs(database: Any, count: int) -> None:
+def store_pairs(database: Any, count: int, reactions: int = 0) -> None:
     from storage.preferences import add_preference
 
     with database.session() as session:
@@ -169,15 +169,26 @@ def store_pairs(database: Any, count: int) -> None:
                 context=[{"role": "user", "content": f"question {number}"}],
                 chosen=f"mine {number}", rejected=f"twin's {number}",
             )  # fmt: skip
+        for number in range(reactions):  # 👎 on a twin reply: one reply judged, no pair
+            add_preference(
+                session, chat_id=OWNER, source="reaction",
+                context=[{"role": "user", "content": f"ask {number}"}],
+                rejected=f"twin's {number}", verdict=False,
+            )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("pairs", "steps"),
+    ("pairs", "reactions", "steps"),
     [
-        (2, ["dataset build", "train --continue", "train --dpo"]),
-        (1, ["dataset build", "train --continue"]),
+        (2, 0, ["dataset build", "train --continue", "train --dpo"]),
+        (1, 1, ["dataset build", "train --continue", "train --dpo"]),
+        (1, 0, ["dataset build", "train --continue"]),
     ],
-    ids=["enough new feedback: preference-tuned", "too little: not"],
+    ids=[
+        "enough new feedback: preference-tuned",
+        "a reaction counts as feedback too (KTO learns it)",
+        "too little: not",
+    ],
 )
 def test_new_feedback_pairs_decide_whether_the_retrain_preference_tunes(
     make_twin: Any,
@@ -185,10 +196,11 @@ def test_new_feedback_pairs_decide_whether_the_retrain_preference_tunes(
     served: tuple[Any, int],
     tmp_path: Path,
     pairs: int,
+    reactions: int,
     steps: list[str],
 ) -> None:
     database, _ = served
-    store_pairs(database, pairs)
+    store_pairs(database, pairs, reactions)
     twin, _, log = bot_with_child(make_twin, served, tmp_path, "new", dpo_min_pairs=2)
 
     serve(twin, retrain_until(fake_api, "Retrained"))

@@ -307,17 +307,35 @@ def _result_table(result: RunResult) -> Table:
     if result.parent_id is not None:
         rows.insert(1, ("continued from", f"run {result.parent_id}"))
     if "self_play_pairs" in metrics:  # --dpo
-        start, end = metrics.get("preference_accuracy_start"), metrics.get("preference_accuracy")
-        rows[2:2] = [
-            (
-                "self-play pairs",
-                f"{metrics['self_play_pairs']} ({metrics['held_out_pairs']} held out)",
-            ),
-            ("held-out preference accuracy", f"{_share(start)} -> {_share(end)}"),
-        ]
+        rows[2:2] = _preference_rows(metrics)
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _preference_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a `--dpo` round learned from and how far it moved, before -> after."""
+    start, end = metrics.get("preference_accuracy_start"), metrics.get("preference_accuracy")
+    learned = (
+        f"{metrics['self_play_pairs']} self-play pairs ({metrics['held_out_pairs']} held out), "
+        f"{metrics.get('feedback_pairs', 0)} of your pairs"
+    )
+    if metrics.get("preference_loss") == "kto":
+        learned += f", {metrics.get('judged_replies', 0)} judged replies"
+    rows = [
+        (f"learned from ({metrics.get('preference_loss', 'dpo').upper()})", learned),
+        ("held-out preference accuracy", f"{_share(start)} -> {_share(end)}"),
+        (
+            "style distance of held-out replies",
+            (
+                f"{_number(metrics.get('style_distance_start'))} -> "
+                f"{_number(metrics.get('style_distance'))} (0: your habits)"
+            ),
+        ),
+    ]
+    if unused := metrics.get("judged_replies_unused"):
+        rows.append(("not used", f"{unused} judged replies: --preference-loss kto reads them"))
+    return rows
 
 
 def _print_runs(ctx: typer.Context, data_dir: Path | None) -> None:
