@@ -253,7 +253,7 @@ def test_bot_options_come_from_the_settings(
     monkeypatch.setenv("TWIN_API_HASH", "0123456789abcdef")
     context = AppContext(settings=load_settings(data_dir=data_dir))
 
-    options = bot_options(context, silent=True)
+    options = bot_options(context, refusal=None)
 
     assert (options.token, options.owner_id) == (FAKE_TOKEN, OWNER)
     assert options.retrain_every == timedelta(days=7)
