@@ -47,9 +47,16 @@ def flag_of(options_type: type, name: str) -> str:
     return name
 
 
-def flag_problems(options_type: type, problems: list[tuple[str, str]]) -> list[str]:
-    """(field, message) problems as lines naming the flag to change."""
-    return [f"{flag_of(options_type, name)} {message}" for name, message in problems]
+def flag_problems(
+    options_type: type, problems: list[tuple[str, str]], same_as: dict[str, str] | None = None
+) -> list[str]:
+    """(field, message) problems as lines naming the flag or `TWIN_*` setting to change;
+    `same_as` names a field the command sets from another field's flag."""
+    same_as = same_as or {}
+    return [
+        f"{same_as.get(name) or flag_of(options_type, name)} {message}"
+        for name, message in problems
+    ]
 
 
 def from_settings(options_type: type, settings: Any) -> dict[str, Any]:
@@ -96,11 +103,9 @@ class Flags:
         found = list(self.errors)
         for each in options:
             skipped = self.unread.get(type(each), frozenset())
-            for name, message in each.problems():
-                if name not in skipped:
-                    named = (same_as or {}).get(name) or flag_of(type(each), name)
-                    found.append(f"{named} {message}")
-        return list(dict.fromkeys(found))
+            kept = [problem for problem in each.problems() if problem[0] not in skipped]
+            found += flag_problems(type(each), kept, same_as)
+        return list(dict.fromkeys(found))  # a field set from another's flag says it again
 
 
 def with_options(
