@@ -1,4 +1,8 @@
-"""The bot's options, built by the CLI from Settings and flags, and the sampling settings."""
+"""The bot's options, built by the CLI from Settings and flags, and the sampling settings.
+
+Each field is declared once: `option()` for a flag of `twin bot` (its default and help),
+`from_setting()` for what a `TWIN_*` variable gives (`twin.commands.flags` reads both).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 
 from bot.errors import BotError
 from training.generation import Sampling, SamplingError
+from training.options import from_setting, option
 from training.pii import PiiOptions, PiiPatternError, load_extra, parse_extra
 from training.run_folder import PiiRecord, RunFolder
 
@@ -29,7 +34,7 @@ TERMINAL_CHAT_ID = 0
 class ConversationOptions:
     """How a conversation becomes a prompt; `for_run` reads what the served run trained with."""
 
-    session_gap: timedelta = timedelta(days=1)
+    session_gap: timedelta = from_setting("session_gap", timedelta(days=1))
     context_tokens: int = 2048
     system_prompt: bool = True
     owner_name: str | None = None
@@ -91,20 +96,25 @@ def _run_pii(kept: PiiRecord, extra_file: Any) -> PiiOptions:
 class BotOptions:
     """Everything `twin bot` needs, as plain values; the token lives only here, never in logs."""
 
-    token: str = field(repr=False)
-    owner_id: int
-    data_dir: Path
-    api_url: str = TELEGRAM_BOT_API_URL
+    data_dir: Path = from_setting("data_dir")
+    token: str = from_setting("bot_token", "", repr=False)
+    owner_id: int = from_setting("owner_id", 0)
+    api_url: str = from_setting("bot_api_url", TELEGRAM_BOT_API_URL)
     conversation: ConversationOptions = ConversationOptions()
-    retrain_every: timedelta | None = None
+    retrain_every: timedelta | None = from_setting("retrain_every", None)
     #: What strangers get, once a day at most; None keeps silent.
-    refusal: str | None = DEFAULT_REFUSAL
+    refusal: str | None = option(
+        DEFAULT_REFUSAL,
+        "Say nothing to strangers (default: one polite refusal).",
+        "--silent",
+        given=None,
+    )
     rate_limit_messages: int = 12
     rate_limit_window: timedelta = timedelta(minutes=1)
     #: Longest the pauses between a reply's parts may add up to; 0 sends them at once.
     max_reply_delay: float = 6.0
-    #: How many chats generate at once (the local backend batches them into one forward pass).
-    workers: int = 8
+    #: The local backend batches the chats that generate at once into one forward pass.
+    workers: int = option(8, "Chats answered at once (batched on the model).")
     #: The `twin` command the retrain steps run as child processes, e.g. `python -m twin`.
     retrain_command: tuple[str, ...] = (sys.executable, "-m", "twin")
     #: Whether `twin harvest` can run (Telegram API id, hash and session configured).
@@ -112,7 +122,7 @@ class BotOptions:
     #: Longest a retrain step may run before it is stopped.
     retrain_step_timeout: timedelta = timedelta(hours=12)
     #: /retrain preference-tunes after training once this many new pairs were given (0: never).
-    dpo_min_pairs: int = 0
+    dpo_min_pairs: int = from_setting("dpo_min_pairs", 0)
     #: getUpdates long-poll timeout in seconds (tests shorten it).
     poll_timeout: int = 10
     #: How often, in seconds, the bot checks that its database is still there and follows

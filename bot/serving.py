@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from bot.backends import LocalBackend, OpenAIBackend, ReplyBackend, adapter_name
 from bot.errors import BotError
+from bot.options import BotOptions
 from storage import Database
 from storage.runs import active_run
+from training.options import from_setting, option
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +34,19 @@ class ServedRun:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Which backend answers and how it loads the model; built by the CLI from settings."""
+    """Which backend answers and how it loads the model; built by the CLI from settings and
+    the `--quant` flag of `twin bot` and `twin chat`."""
 
-    kind: Literal["local", "openai"] = "local"
-    quant: str = "auto"
+    kind: Literal["local", "openai"] = from_setting("bot_backend", "local")
+    quant: str = option(
+        "auto", "4bit, 8bit or none; auto: as the run trained (4bit on a GPU, none on a CPU)."
+    )
     dtype: str = "auto"
-    max_batch: int = 8
-    openai_base_url: str | None = None
-    openai_model: str | None = None
-    openai_api_key: str | None = field(default=None, repr=False)
+    #: Replies the local backend generates in one batch: `twin bot --workers` sets it.
+    max_batch: int = BotOptions.workers
+    openai_base_url: str | None = from_setting("openai_base_url", None)
+    openai_model: str | None = from_setting("openai_model", None)
+    openai_api_key: str | None = from_setting("openai_api_key", None, repr=False)
 
     def problems(self) -> list[tuple[str, str]]:
         """Every bad value as (field, message); the CLI names the flag or setting to change."""

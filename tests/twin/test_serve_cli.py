@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.options import BotOptions
+from bot.serving import BackendOptions
 from tests.bot.conftest import make_run
 from tests.bot.fake_bot_api import FAKE_TOKEN, FakeBotApi
 from twin.cli import main
@@ -107,8 +109,118 @@ def test_bot_problems_name_the_flag_a_user_types(
     assert main(["--data-dir", str(data_dir), "bot", "--workers", "0"]) == 1
 
     error = one_line(capsys.readouterr().err)
-    assert "--workers 0: must be at least 1" in error
+    assert error.count("--workers 0: must be at least 1") == 1  # the backend's batch is the same
     assert "--max-batch" not in error and "max_batch" not in error
+
+
+def command_flags(name: str) -> dict:
+    """`twin NAME`'s options by each spelling a user types."""
+    import typer
+
+    from twin.cli import app
+
+    command = typer.main.get_command(app).commands[name]
+    return {spelling: param for param in command.params for spelling in param.opts}
+
+
+@pytest.mark.parametrize(
+    ("command", "derived", "spellings"),
+    [
+        (
+            "bot",
+            [(BackendOptions, "quant"), (BotOptions, "refusal"), (BotOptions, "workers")],
+            {"--quant", "--silent", "--workers"},
+        ),
+        ("chat", [(BackendOptions, "quant")], {"--quant"}),
+    ],
+)
+def test_serve_flags_take_their_help_and_default_from_the_options_fields(
+    command: str, derived: list[tuple[type, str]], spellings: set[str]
+) -> None:
+    import dataclasses
+
+    from twin.commands.flags import flag_of
+
+    flags = command_flags(command)
+    named = set()
+    for options_type, name in derived:
+        item = next(item for item in dataclasses.fields(options_type) if item.name == name)
+        param = flags[flag_of(options_type, name)]
+        named.add(flag_of(options_type, name))
+        assert param.help == item.metadata["help"], name
+        switch = "given" in item.metadata  # `--silent`: typed, the field takes that value
+        assert param.default == (False if switch else item.default), name
+
+    assert named == spellings
+    assert set(flags) == spellings | {"--data-dir"}
+
+
+@pytest.fixture
+def serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """What `twin bot` and `twin chat` serve with: their options, caught where the model
+    would load and the bot would start (no model, no Telegram); an active run stands in."""
+    import bot.app
+    import bot.serving
+    from bot.errors import BotError
+    from bot.serving import ServedRun
+
+    seen: dict = {}
+
+    def open_backend(options: object, run: ServedRun) -> object:
+        seen["backend"] = options
+        if seen.get("stop_at_backend"):
+            raise BotError("stand-in: no model")
+        return object()
+
+    class TwinBot:
+        def __init__(self, options: object, database: object, backend: object) -> None:
+            seen["bot"] = options
+            raise BotError("stand-in: no Telegram")
+
+    monkeypatch.setattr(bot.serving, "served_run", lambda database: ServedRun(1, "m", tmp_path))
+    monkeypatch.setattr(bot.serving, "open_backend", open_backend)
+    monkeypatch.setattr(bot.app, "TwinBot", TwinBot)
+    monkeypatch.setenv("TWIN_BOT_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("TWIN_OWNER_ID", str(OWNER))
+    return seen
+
+
+def serve_with(serving: dict, data_dir: Path, command: str, *flags: str) -> tuple:
+    """(bot options, backend options) `twin COMMAND FLAGS` serves with (bot's None for chat)."""
+    serving.clear()
+    serving["stop_at_backend"] = command == "chat"
+    assert main(["--data-dir", str(data_dir), command, *flags]) == 1  # the stand-ins stop it
+    return serving.get("bot"), serving["backend"]
+
+
+def test_bot_and_chat_left_at_their_flags_defaults_get_the_options_defaults(
+    data_dir: Path, serving: dict
+) -> None:
+    import dataclasses
+
+    def default(options_type: type, name: str) -> object:
+        return next(item.default for item in dataclasses.fields(options_type) if item.name == name)
+
+    options, backend = serve_with(serving, data_dir, "bot")
+    _, terminal = serve_with(serving, data_dir, "chat")
+
+    assert options.workers == default(BotOptions, "workers")
+    assert options.refusal == default(BotOptions, "refusal")
+    assert backend.quant == terminal.quant == default(BackendOptions, "quant")
+    assert backend.max_batch == options.workers  # `--workers` sets the backend's batch
+    assert terminal.max_batch == 1  # the terminal is one chat
+    assert (options.token, options.owner_id) == (FAKE_TOKEN, OWNER)  # TWIN_* settings
+
+
+def test_bot_and_chat_flags_set_their_options_fields(data_dir: Path, serving: dict) -> None:
+    options, backend = serve_with(
+        serving, data_dir, "bot", "--workers", "3", "--silent", "--quant", "none"
+    )
+    _, terminal = serve_with(serving, data_dir, "chat", "--quant", "8bit")
+
+    assert (options.workers, options.refusal) == (3, None)  # --silent: no refusal text
+    assert (backend.quant, backend.max_batch) == ("none", 3)
+    assert (terminal.quant, terminal.max_batch) == ("8bit", 1)
 
 
 def test_bot_with_settings_but_no_trained_run_says_which_command_makes_one(
@@ -253,7 +365,7 @@ def test_bot_options_come_from_the_settings(
     monkeypatch.setenv("TWIN_API_HASH", "0123456789abcdef")
     context = AppContext(settings=load_settings(data_dir=data_dir))
 
-    options = bot_options(context, silent=True)
+    options = bot_options(context, refusal=None)
 
     assert (options.token, options.owner_id) == (FAKE_TOKEN, OWNER)
     assert options.retrain_every == timedelta(days=7)

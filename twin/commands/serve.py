@@ -5,38 +5,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
+from bot.options import BotOptions, ConversationOptions
+from bot.serving import BackendOptions
+from twin.commands.flags import Flags, flag_of, from_settings, with_flags
 from twin.context import AppContext, DataDirOption, app_context
 
 if TYPE_CHECKING:
-    from bot.options import BotOptions
-    from bot.serving import BackendOptions, ServedRun
-
-QuantOption = Annotated[
-    str,
-    typer.Option(
-        "--quant",
-        help="4bit, 8bit or none; auto: as the run trained (4bit on a GPU, none on a CPU).",
-    ),
-]
+    from bot.serving import ServedRun
 
 
-def bot(
-    ctx: typer.Context,
-    quant: QuantOption = "auto",
-    silent: Annotated[
-        bool,
-        typer.Option("--silent", help="Say nothing to strangers (default: one polite refusal)."),
-    ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Chats answered at once (batched on the model).")
-    ] = 8,
-    data_dir: DataDirOption = None,
-) -> None:
+@with_flags(BackendOptions, BotOptions)
+def bot(ctx: typer.Context, flags: Flags, data_dir: DataDirOption = None) -> None:
     """Serve the active run as a Telegram bot, until Ctrl-C.
 
     Answers you and the users you `/allow`, remembers each chat, and takes your admin
@@ -50,9 +34,13 @@ def bot(
 
     context = app_context(ctx, data_dir)
     with _bot_errors(context):
-        options = bot_options(context, silent=silent, workers=workers)
-        backend_options = _backend_options(context, quant, max_batch=workers)
-        problems = _named(options.problems() + backend_options.problems())
+        options = bot_options(context, **flags.of(BotOptions))
+        backend_options = _backend_options(
+            context, **flags.of(BackendOptions), max_batch=options.workers
+        )
+        # `--workers` sets the backend's batch too: its problem is the workers' one.
+        workers = {"max_batch": flag_of(BotOptions, "workers")}
+        problems = flags.problems(options, backend_options, same_as=workers)
         run = _served_or_problem(context, problems)
         if problems or run is None:
             from bot.errors import BotError
@@ -65,11 +53,8 @@ def bot(
         twin.run()
 
 
-def chat(
-    ctx: typer.Context,
-    quant: QuantOption = "auto",
-    data_dir: DataDirOption = None,
-) -> None:
+@with_flags(BackendOptions)
+def chat(ctx: typer.Context, flags: Flags, data_dir: DataDirOption = None) -> None:
     """Talk to the twin in the terminal; replies stream as they are generated.
 
     The same memory and prompt as the bot (the terminal is its own chat); /forget clears
@@ -77,7 +62,6 @@ def chat(
 
     Example: twin --data-dir twin-data chat
     """
-    from bot.options import ConversationOptions
     from bot.responder import Responder
     from bot.serving import open_backend, served_run
     from bot.state import load_sampling
@@ -85,8 +69,8 @@ def chat(
 
     context = app_context(ctx, data_dir)
     with _bot_errors(context):
-        backend_options = _backend_options(context, quant, max_batch=1)
-        if problems := _named(backend_options.problems()):
+        backend_options = _backend_options(context, **flags.of(BackendOptions), max_batch=1)
+        if problems := flags.problems(backend_options):
             from bot.errors import BotError
 
             raise BotError("; ".join(problems))
@@ -95,7 +79,9 @@ def chat(
         Console(stderr=True).print(f"loading run {run.id} ({run.base_model}) ...")
         backend = open_backend(backend_options, run)
         try:
-            conversation = ConversationOptions(session_gap=context.settings.session_gap)
+            conversation = ConversationOptions(
+                **from_settings(ConversationOptions, context.settings)
+            )
             responder = Responder(database, backend, conversation.for_run(run.adapter_path))
             terminal = TerminalChat(
                 responder, load_sampling(database), input, sys.stdout, run_id=backend.run_id
@@ -105,9 +91,9 @@ def chat(
             backend.close()
 
 
-def bot_options(context: AppContext, *, silent: bool = False, workers: int = 8) -> BotOptions:
-    """The bot's options from the settings; the retrain child runs `twin` on the same data."""
-    from bot.options import DEFAULT_REFUSAL, BotOptions, ConversationOptions
+def bot_options(context: AppContext, **flags: Any) -> BotOptions:
+    """The bot's options from the settings and `flags` (field -> value; unset: the field's
+    default); the retrain child runs `twin` on the same data."""
     from harvest.telegram import session_path
 
     settings = context.settings
@@ -121,51 +107,17 @@ def bot_options(context: AppContext, *, silent: bool = False, workers: int = 8) 
         and session_path(settings.data_dir).exists()
     )
     return BotOptions(
-        token=settings.bot_token.get_secret_value() if settings.bot_token else "",
-        owner_id=settings.owner_id or 0,
-        data_dir=settings.data_dir,
-        api_url=settings.bot_api_url,
-        conversation=ConversationOptions(session_gap=settings.session_gap),
-        retrain_every=settings.retrain_every,
-        refusal=None if silent else DEFAULT_REFUSAL,
-        workers=workers,
+        **from_settings(BotOptions, settings),
+        conversation=ConversationOptions(**from_settings(ConversationOptions, settings)),
         retrain_command=tuple(command),
         harvest_configured=harvest_configured,
-        dpo_min_pairs=settings.dpo_min_pairs,
+        **flags,
     )
 
 
-def _backend_options(context: AppContext, quant: str, *, max_batch: int) -> BackendOptions:
-    from bot.serving import BackendOptions
-
-    settings = context.settings
-    return BackendOptions(
-        kind=settings.bot_backend,
-        quant=quant,
-        max_batch=max_batch,
-        openai_base_url=settings.openai_base_url,
-        openai_model=settings.openai_model,
-        openai_api_key=(
-            settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        ),
-    )
-
-
-#: BotOptions and BackendOptions fields -> what a user changes: a flag or a TWIN_* setting.
-KNOBS = {
-    "token": "TWIN_BOT_TOKEN",
-    "owner_id": "TWIN_OWNER_ID",
-    "workers": "--workers",
-    "max_batch": "--workers",  # `twin bot --workers` sets the backend's batch too
-    "quant": "--quant",
-    "kind": "TWIN_BOT_BACKEND",
-    "openai_base_url": "TWIN_OPENAI_BASE_URL",
-}
-
-
-def _named(problems: list[tuple[str, str]]) -> list[str]:
-    """(field, message) problems as lines naming the flag or setting to change."""
-    return [f"{KNOBS.get(name, name)} {message}" for name, message in problems]
+def _backend_options(context: AppContext, **values: Any) -> BackendOptions:
+    """The backend's options from the settings and `values` (field -> value: its flags)."""
+    return BackendOptions(**from_settings(BackendOptions, context.settings), **values)
 
 
 def _served_or_problem(context: AppContext, problems: list[str]) -> ServedRun | None:
