@@ -166,7 +166,7 @@ def run_twin(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str,
 
     def split(ids: list[list[int]], labs: list[list[int]]) -> Dataset:
         return Dataset.from_dict(
-            {"input_ids": ids, "labels": labs, "session_end": list(range(len(ids)))}
+            {"input_ids": ids, "labels": labs, "session_last_date": list(range(len(ids)))}
         )
 
     data_dir = work / "data"

@@ -384,9 +384,9 @@ class TwinBot:
         """Move the chat's received messages into its memory (scrubbed), in one transaction;
         whether the chat now waits for an answer."""
         incoming = bot_store.take_inbox(session, chat_id)
-        for text, at, _name in incoming:
+        for text, date, _name in incoming:
             scrubbed = self.responder.scrubber.scrub(text, chat_id)
-            bot_store.append_turn(session, chat_id, "user", scrubbed, at)
+            bot_store.append_turn(session, chat_id, "user", scrubbed, date)
         return incoming, bot_store.last_role(session, chat_id) == "user"
 
     @asynccontextmanager

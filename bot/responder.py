@@ -79,11 +79,11 @@ class Responder:
             self.scrubber = SafeScrubber(Scrubber(options.pii))
         self._options = options
 
-    def hear(self, chat_id: int, text: str, at: datetime | None = None) -> None:
+    def hear(self, chat_id: int, text: str, date: datetime | None = None) -> None:
         """Remember a message of the other person, scrubbed as the training data was."""
         with self.database.session() as session:
             bot_store.append_turn(
-                session, chat_id, "user", self.scrubber.scrub(text, chat_id), at or utcnow()
+                session, chat_id, "user", self.scrubber.scrub(text, chat_id), date or utcnow()
             )
 
     def history(self, chat_id: int, sampling: Sampling, system: str | None) -> list[Turn]:

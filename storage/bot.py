@@ -46,9 +46,9 @@ def list_users(session: Session) -> list[BotUser]:
 
 
 def append_turn(
-    session: Session, chat_id: int, role: str, text: str, at: datetime | None = None
+    session: Session, chat_id: int, role: str, text: str, date: datetime | None = None
 ) -> MemoryTurn:
-    turn = MemoryTurn(chat_id=chat_id, role=role, text=text, created_at=at or utcnow())
+    turn = MemoryTurn(chat_id=chat_id, role=role, text=text, created_at=date or utcnow())
     session.add(turn)
     session.flush()
     return turn
@@ -120,10 +120,12 @@ def chat_title(session: Session, chat_id: int) -> str | None:
 INBOX = "inbox"
 
 
-def add_to_inbox(session: Session, chat_id: int, text: str, at: datetime, name: str | None) -> None:
+def add_to_inbox(
+    session: Session, chat_id: int, text: str, date: datetime, name: str | None
+) -> None:
     """Keep a message the bot received until the twin reads it (survives a stop or a crash)."""
     inbox = dict(get_state(session, INBOX, {}) or {})
-    inbox.setdefault(str(chat_id), []).append([text, at.isoformat(), name])
+    inbox.setdefault(str(chat_id), []).append([text, date.isoformat(), name])
     set_state(session, INBOX, inbox)
 
 
@@ -133,7 +135,7 @@ def take_inbox(session: Session, chat_id: int) -> list[tuple[str, datetime, str 
     waiting = inbox.pop(str(chat_id), [])
     if waiting:
         set_state(session, INBOX, inbox)
-    return [(text, datetime.fromisoformat(at), name) for text, at, name in waiting]
+    return [(text, datetime.fromisoformat(date), name) for text, date, name in waiting]
 
 
 def waiting_chats(session: Session) -> list[int]:

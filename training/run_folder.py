@@ -90,7 +90,7 @@ class DatasetRecord:
     fingerprint: str
     meta: dict[str, Any] = field(default_factory=dict)
     cutoff: int | None = None  # continued training: only sessions ending after this
-    newest_session_end: int | None = None
+    newest_message_date: int | None = None  # unix seconds: the newest message trained on
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -104,7 +104,7 @@ class DatasetRecord:
             "fingerprint": self.fingerprint,
             "meta": self.meta,
             "cutoff": self.cutoff,
-            "newest_session_end": self.newest_session_end,
+            "newest_message_date": self.newest_message_date,
             "counts": self.counts,
         }
 
@@ -114,7 +114,8 @@ class DatasetRecord:
             fingerprint=str(value.get("fingerprint") or ""),
             meta=value.get("meta") if isinstance(value.get("meta"), dict) else {},
             cutoff=value.get("cutoff"),
-            newest_session_end=value.get("newest_session_end"),
+            # before it had one name for a message time, the key was `newest_session_end`
+            newest_message_date=value.get("newest_message_date", value.get("newest_session_end")),
             counts=value.get("counts") if isinstance(value.get("counts"), dict) else {},
         )
 

@@ -52,7 +52,7 @@ class Selection:
 
     train: TokenTable  # input_ids and labels of the chosen rows
     validation: TokenTable
-    newest_session_end: int | None
+    newest_message_date: int | None
     counts: dict[str, int]
 
 
@@ -260,7 +260,7 @@ def select_examples(
     return Selection(
         train=token_table(train_split, chosen.tolist()),
         validation=token_table(validation) if validation is not None else _empty_table(),
-        newest_session_end=int(last_dates[chosen].max()) if len(last_dates) else None,
+        newest_message_date=int(last_dates[chosen].max()) if len(last_dates) else None,
         counts={
             **counts,
             "train_examples": len(chosen),

@@ -417,7 +417,7 @@ def _save_adapter(
             fingerprint=setup.fingerprint,
             meta=meta,
             cutoff=setup.cutoff,
-            newest_session_end=selection.newest_session_end,
+            newest_message_date=selection.newest_message_date,
             counts=dict(selection.counts),
         )
     )

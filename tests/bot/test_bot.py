@@ -803,9 +803,9 @@ def test_an_update_is_confirmed_to_telegram_only_after_its_message_is_stored(
     confirmed_when_stored: list[tuple[int, int]] = []
     original = bot_store.add_to_inbox
 
-    def slow_store(session, chat_id, text, at, name):
+    def slow_store(session, chat_id, text, date, name):
         clock.sleep(0.5)  # a busy disk
-        original(session, chat_id, text, at, name)
+        original(session, chat_id, text, date, name)
         confirmed_when_stored.append((fake_api.confirmed, updates[text]))
 
     monkeypatch.setattr(bot_store, "add_to_inbox", slow_store)

@@ -12,7 +12,7 @@ START = datetime(2026, 3, 1, tzinfo=UTC)
 def test_habits_come_from_the_owners_bursts() -> None:
     messages = []
     for chat in (1, 2):
-        at = START
+        date = START
         for owner, text, seconds in [
             (False, "hi", 0),
             (True, "hey", 30),
@@ -21,8 +21,8 @@ def test_habits_come_from_the_owners_bursts() -> None:
             (False, "ok", 60),
             (True, "z" * 10, 30),
         ]:
-            at += timedelta(seconds=seconds)
-            messages.append((chat, at, owner, text))
+            date += timedelta(seconds=seconds)
+            messages.append((chat, date, owner, text))
     habits = habits_from_messages(messages, timedelta(days=1))
     assert habits.turns_seen == 4
     assert habits.messages_per_turn == 2.0

@@ -224,7 +224,7 @@ class FakeTelegram:
         media: Any = None,
         forwarded: bool | str = False,
         reply_to: int | None = None,
-        when: datetime | None = None,
+        date: datetime | None = None,
         sender: int | None = None,
         entities: list[Any] | None = None,
         via_bot: int | None = None,
@@ -234,7 +234,7 @@ class FakeTelegram:
         """A new message in the chat with `peer_id`, from the owner when `out`, in a group
         from `sender`; `forwarded` may name whom it is from."""
         self._last_id += 1
-        self.clock = when or self.clock + timedelta(minutes=3)
+        self.clock = date or self.clock + timedelta(minutes=3)
         peer = utils.get_peer(self.entities[peer_id])
         from_name = forwarded if isinstance(forwarded, str) else "Someone"
         message = types.Message(
@@ -277,9 +277,9 @@ class FakeTelegram:
         self.histories[peer_id].append(message)
         return message
 
-    def edit(self, peer_id: int, message_id: int, text: str, when: datetime) -> None:
+    def edit(self, peer_id: int, message_id: int, text: str, edit_date: datetime) -> None:
         message = self._find(peer_id, message_id)
-        message.message, message.edit_date = text, when
+        message.message, message.edit_date = text, edit_date
 
     def delete(self, peer_id: int, message_id: int) -> None:
         self.histories[peer_id].remove(self._find(peer_id, message_id))

@@ -26,7 +26,7 @@ def sentence(rng: random.Random, low: int = 3, high: int = 12) -> str:
 def message(
     chat_id: int,
     message_id: int,
-    when: datetime,
+    date: datetime,
     from_owner: bool,
     text: str,
     **extra: Any,
@@ -35,7 +35,7 @@ def message(
     row = {
         "chat_id": chat_id,
         "message_id": message_id,
-        "date": when,
+        "date": date,
         "from_owner": from_owner,
         "sender_id": None if from_owner else chat_id,
         "text": text,
@@ -64,15 +64,15 @@ def chat_sessions(
     one message of each side.
     """
     rows = []
-    when = start
+    date = start
     message_id = first_id
     for _ in range(sessions):
-        when += timedelta(days=rng.randint(2, 5), minutes=rng.randint(0, 600))
+        date += timedelta(days=rng.randint(2, 5), minutes=rng.randint(0, 600))
         count = rng.randint(*messages_per_session)
         senders = [False, True] + [rng.random() < 0.45 for _ in range(count - 2)]
         for from_owner in senders:
-            when += timedelta(minutes=rng.randint(1, 30))
-            rows.append(message(chat_id, message_id, when, from_owner, sentence(rng)))
+            date += timedelta(minutes=rng.randint(1, 30))
+            rows.append(message(chat_id, message_id, date, from_owner, sentence(rng)))
             message_id += 1
     return rows
 

@@ -189,9 +189,9 @@ PAIRS = [
 def store_pairs(database: Any) -> None:
     rows = []
     for number, (theirs, reply) in enumerate(PAIRS):
-        when = START + timedelta(days=2 * number)
-        rows.append(message(1, 10 * number + 1, when, False, theirs))
-        rows.append(message(1, 10 * number + 2, when + timedelta(minutes=1), True, reply))
+        date = START + timedelta(days=2 * number)
+        rows.append(message(1, 10 * number + 1, date, False, theirs))
+        rows.append(message(1, 10 * number + 2, date + timedelta(minutes=1), True, reply))
     store(database, [{"id": 1, "kind": "personal_chat", "title": "Chat 1"}], rows)
 
 

@@ -55,9 +55,9 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rows = []
     for number, (ask, reply) in enumerate(exchanges):
         chat_id = 100 + number % 4
-        when = START + timedelta(days=2 * number)
-        rows.append(message(chat_id, 2 * number, when, False, ask, sender_id=chat_id))
-        rows.append(message(chat_id, 2 * number + 1, when + timedelta(minutes=1), True, reply))
+        date = START + timedelta(days=2 * number)
+        rows.append(message(chat_id, 2 * number, date, False, ask, sender_id=chat_id))
+        rows.append(message(chat_id, 2 * number + 1, date + timedelta(minutes=1), True, reply))
     with database.session() as session:
         upsert_chats(
             session, [{"id": 100 + i, "kind": "personal_chat", "title": f"C{i}"} for i in range(4)]

@@ -108,3 +108,12 @@ def test_a_missing_or_damaged_folder_reads_as_empty(tmp_path: Path) -> None:
     assert RunFolder(tmp_path).history() == []
     assert RunFolder(tmp_path / "gone").dataset() is None
     assert RunFolder(tmp_path / "gone").pii().extra_lines == ()
+
+
+def test_a_run_folder_written_before_the_one_time_name_still_reads_its_newest_message() -> None:
+    from training.run_folder import DatasetRecord
+
+    old = DatasetRecord.from_json({"fingerprint": "fp", "newest_session_end": 1_700_000_000})
+    new = DatasetRecord.from_json(DatasetRecord("fp", newest_message_date=5).to_json())
+
+    assert (old.newest_message_date, new.newest_message_date) == (1_700_000_000, 5)

@@ -124,4 +124,4 @@ def test_a_dataset_built_before_format_2_is_still_selected_by_its_session_end() 
     )
 
     assert selection.counts["new_examples"] == 2
-    assert selection.newest_session_end == 30
+    assert selection.newest_message_date == 30

@@ -487,7 +487,7 @@ def test_replay_sample_comes_only_from_older_sessions(mistral: TinySetup) -> Non
         "train_examples": 12,
         "validation_examples": 8,
     }
-    assert selection.newest_session_end == START + 3600 * 57
+    assert selection.newest_message_date == START + 3600 * 57
 
 
 @pytest.mark.slow
