@@ -78,44 +78,74 @@ def preference_loss(options: TrainOptions, judged: int) -> str:
     return "kto" if judged else "dpo"
 
 
-def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
-    """Self-play pairs, then DPO or KTO on all the data; held-out loss and preference accuracy
-    before and after."""
-    from training.sft import held_out_loss
+@dataclass(frozen=True)
+class _Data:
+    """What a round learns from, and the held-out replies that measure it."""
 
-    options = run.options
-    model = run.peft_model
+    played: list[PreferencePair]  # self-play
+    given: list[PreferencePair]  # the owner's pairs
+    judged: list[JudgedReply]  # replies judged one by one
+    loss: str  # dpo or kto
+    answered: Answered  # the active run's replies to held-out contexts
+    seconds: float  # spent generating
+
+    @property
+    def pairs(self) -> list[PreferencePair]:
+        return self.played + self.given
+
+    @property
+    def examples(self) -> list[JudgedReply]:
+        """KTO's view: every pair as a good and a bad reply, then the judged replies."""
+        return unpaired(self.pairs) + self.judged
+
+
+def _gather(run: DpoRun) -> _Data:
+    """The stored feedback rendered, the self-play pairs (kept), the held-out replies."""
     began = time.perf_counter()
-    given = feedback_pairs(run.feedback, run.tokenizer)
-    judged = feedback_replies(run.judged, run.tokenizer)
     played = self_play_pairs(
-        model, run.tokenizer, run.train_split, options.self_play, seed=options.seed
+        run.peft_model, run.tokenizer, run.train_split, run.options.self_play, seed=run.options.seed
     )
     if run.keep is not None:
         run.keep(kept_self_play(played, run.tokenizer))
-    pairs = played + given
-    answered = _held_out_answers(run)
-    held_out = answered.learnable()
-    generation_seconds = time.perf_counter() - began
-    loss = preference_loss(options, len(judged))
-    examples = unpaired(pairs) + judged if loss == "kto" else []
-    if not pairs and len(examples) < 2:
+    judged = feedback_replies(run.judged, run.tokenizer)
+    data = _Data(
+        played=played,
+        given=feedback_pairs(run.feedback, run.tokenizer),
+        judged=judged,
+        loss=preference_loss(run.options, len(judged)),
+        answered=_held_out_answers(run),
+        seconds=time.perf_counter() - began,
+    )
+    if not data.pairs and (data.loss == "dpo" or len(data.examples) < 2):
         raise TrainingError(
             "self-play gave no pair to learn from (every generated reply equals the owner's): "
             "raise --self-play, or train on more data first"
         )
+    return data
+
+
+def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState, dict[str, Any]]:
+    """Self-play pairs, then DPO or KTO on all the data; held-out loss, preference accuracy and
+    style distance before and after."""
+    from training.sft import held_out_loss
+
+    model = run.peft_model
+    data = _gather(run)
+    held_out = data.answered.learnable()
     state = CheckpointState()
     pad = run.tokenizer.pad_token_id
     start_loss = held_out_loss(model, run.validation, run.row_tokens, pad)
     if start_loss is not None:
         state.history.append(LossPoint(step=0, val_loss=start_loss))
     reference = sequence_logps(model, held_out)  # the active run's: the reference
-    if loss == "kto":
-        trainer = _kto_trainer(run, examples)
-        tokens = [2 * len(e.prompt_ids) + 2 * len(e.completion_ids) for e in examples]  # + KL
+    if data.loss == "kto":
+        trainer = _kto_trainer(run, data.examples)
+        tokens = [2 * len(e.prompt_ids) + 2 * len(e.completion_ids) for e in data.examples]
     else:
-        trainer = _dpo_trainer(run, pairs)
-        tokens = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+        trainer = _dpo_trainer(run, data.pairs)
+        tokens = [
+            2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in data.pairs
+        ]
     batch = trainer.args.per_device_train_batch_size
     tokens_per_step = round(sum(tokens) / len(tokens) * batch)
     trainer.add_callback(
@@ -129,27 +159,39 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     if end_loss is not None:
         state.history.append(LossPoint(step=state.step, val_loss=end_loss))
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    scores = sequence_logps(model, held_out)
-    answered_after = _held_out_answers(run)  # the same contexts and draws, the tuned run
     figures = {
         "optimizer": type(optimizer).__name__,
-        "preference_loss": loss,
         "epochs": math.ceil(state.step * batch / len(tokens)),
-        "self_play_pairs": len(played),
-        "feedback_pairs": len(given),
-        "judged_replies": len(judged) if loss == "kto" else 0,
-        "judged_replies_unused": 0 if loss == "kto" else len(judged),
-        "held_out_pairs": len(held_out),
+        **_figures(run, data, reference, sequence_logps(model, held_out)),
+    }
+    return state, figures
+
+
+def _figures(
+    run: DpoRun,
+    data: _Data,
+    reference: list[tuple[float, float]],
+    scores: list[tuple[float, float]],
+) -> dict[str, Any]:
+    """What the round learned from, and how its held-out replies moved (before -> after)."""
+    answered_after = _held_out_answers(run)  # the same contexts and draws, the tuned run
+    kto = data.loss == "kto"
+    return {
+        "preference_loss": data.loss,
+        "self_play_pairs": len(data.played),
+        "feedback_pairs": len(data.given),
+        "judged_replies": len(data.judged) if kto else 0,
+        "judged_replies_unused": 0 if kto else len(data.judged),
+        "held_out_pairs": len(scores),
         "preference_accuracy_start": preference_accuracy(reference, reference),
         "preference_accuracy": preference_accuracy(scores, reference),
         "likelihood_accuracy_start": likelihood_accuracy(reference),
         "likelihood_accuracy": likelihood_accuracy(scores),
-        "style_distance_start": style_gap(answered, run.tokenizer),
+        "style_distance_start": style_gap(data.answered, run.tokenizer),
         "style_distance": style_gap(answered_after, run.tokenizer),
-        "generation_seconds": round(generation_seconds, 2),
-        "beta": options.beta,
+        "generation_seconds": round(data.seconds, 2),
+        "beta": run.options.beta,
     }
-    return state, figures
 
 
 def _held_out_answers(run: DpoRun) -> Answered:

@@ -203,24 +203,10 @@ def _fit(
     attention = peft_model.get_base_model().config._attn_implementation
     row_tokens = sft.row_tokens_for(options, attention, device)
     if options.dpo:
-        from training import dpo
-
-        pairs, judged = _stored_feedback(database, meta)
-        run = dpo.DpoRun(
-            peft_model=peft_model,
-            tokenizer=tokenizer,
-            train_split=dataset["train"],
-            validation_split=dataset.get("validation"),
-            validation=selection.validation,
-            options=setup.options,
-            output_dir=checkpoint_root(data_dir, setup.run_id),
-            row_tokens=row_tokens,
-            device=device,
-            feedback=pairs,
-            judged=judged,
-            keep=lambda played: _keep_self_play(database, setup.run_id, played),
-        )
-        state, figures = dpo.fit(run, progress)
+        state, figures = _fit_preferences(
+            setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens, device,
+            database, meta, progress,
+        )  # fmt: skip
     else:
         state, figures = _fit_sft(
             setup, data_dir, peft_model, tokenizer, selection, row_tokens, processes, progress
@@ -235,6 +221,40 @@ def _fit(
         _save_adapter(data_dir, setup, peft_model, tokenizer, meta, state, metrics, selection)
     processes.wait_for_everyone()
     return metrics
+
+
+def _fit_preferences(
+    setup: RunSetup,
+    data_dir: Path,
+    peft_model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    selection: Selection,
+    row_tokens: int,
+    device: Any,
+    database: Database,
+    meta: dict[str, Any],
+    progress: ProgressCallback | None,
+) -> tuple[CheckpointState, dict[str, Any]]:
+    """Preference tuning of the active run (`training.dpo`) on self-play and stored feedback."""
+    from training import dpo
+
+    pairs, judged = _stored_feedback(database, meta)
+    run = dpo.DpoRun(
+        peft_model=peft_model,
+        tokenizer=tokenizer,
+        train_split=dataset["train"],
+        validation_split=dataset.get("validation"),
+        validation=selection.validation,
+        options=setup.options,
+        output_dir=checkpoint_root(data_dir, setup.run_id),
+        row_tokens=row_tokens,
+        device=device,
+        feedback=pairs,
+        judged=judged,
+        keep=lambda played: _keep_self_play(database, setup.run_id, played),
+    )
+    return dpo.fit(run, progress)
 
 
 def _fit_sft(
