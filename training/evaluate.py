@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from storage.runs import active_run, get_run
 from training.errors import TrainingError, problems_text
 from training.generation import Sampling
-from training.heldout import ExampleLosses, example_losses
 from training.intervals import Interval, interval, ratio_interval
 from training.judge import Judge, conversation_texts, train_judge
 from training.options import option
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from storage import Database
+    from training.packing import ExampleLosses
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def evaluate(
         base_model, trained_with, quant=options.quant, dtype=options.dtype
     )
     model, tokenizer = load_for_inference(model_options, adapter)
-    losses = _losses(model, tokenizer, validation, progress)
+    losses = _losses(model, validation, trained_with, progress)
     report = EvalReport(
         run_id=run_id,
         base_model=base_model,
@@ -264,13 +264,23 @@ def _load_dataset(data_dir: Path, fingerprint: str) -> Any:
 
 
 def _losses(
-    model: Any, tokenizer: Any, validation: Any, progress: EvalProgress | None
+    model: Any, validation: Any, trained_with: dict[str, Any], progress: EvalProgress | None
 ) -> dict[str, ExampleLosses]:
-    """Every validation example's owner-token loss under the tuned run and the base model."""
+    """Every validation example's owner-token loss under the tuned run and the base model.
+
+    The figures the trainer's validation pools (`training.sft.held_out_loss`), on rows as
+    long as the run's, or as the trainer would choose on this device.
+    """
+    from training.packing import autocast_for, example_losses
+    from training.run_setup import token_table
+    from training.sft import row_tokens_for
+    from training.train_options import TrainOptions
+
     device = next(model.parameters()).device
-    autocast = _autocast(_compute_dtype(model), device)
-    columns = validation.select_columns(["input_ids", "labels"])
-    input_ids, labels = columns["input_ids"], columns["labels"]
+    attention = model.get_base_model().config._attn_implementation
+    row_tokens = row_tokens_for(TrainOptions.from_dict(trained_with), attention, device)
+    autocast = autocast_for(device, _compute_dtype(model))
+    table = token_table(validation)
     losses = {}
     for who in ("tuned", "base"):
 
@@ -280,12 +290,7 @@ def _losses(
 
         with nullcontext() if who == "tuned" else model.disable_adapter():
             losses[who] = example_losses(
-                model,
-                input_ids,
-                labels,
-                pad_token_id=tokenizer.pad_token_id,
-                autocast=autocast,
-                progress=report,
+                model, table, row_tokens=row_tokens, autocast=autocast, progress=report
             )
     return losses
 
@@ -477,14 +482,6 @@ def _generate(
 def _compute_dtype(model: Any) -> torch.dtype:
     """The dtype activations run in: of the first floating-point weight (4-bit ones are ints)."""
     return next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
-
-
-def _autocast(dtype: torch.dtype, device: torch.device) -> Callable[[], Any]:
-    import torch
-
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        return lambda: torch.autocast("cuda", dtype=dtype)
-    return nullcontext
 
 
 def _perplexity(loss: float | None) -> float | None:
