@@ -2,8 +2,8 @@
 
 Two views on the held-out (most recent) conversations: loss and perplexity on the owner's
 tokens, and replies generated for held-out contexts compared with what the owner really
-wrote, on style statistics (`training.style`). Base and tuned side by side, so a user can
-tell whether a (re)training helped.
+wrote (`training.reply_comparison`). Base and tuned side by side, each figure with its
+interval, so a user can tell whether a (re)training helped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +24,7 @@ from training.generation import Sampling
 from training.intervals import Interval, interval, ratio_interval
 from training.judge import Judge, conversation_texts, train_judge
 from training.options import option
-from training.style import style_distance, style_stats, vocabulary_overlap
+from training.reply_comparison import compare_replies
 
 if TYPE_CHECKING:
     import torch
@@ -197,7 +197,6 @@ VERDICT_FIGURES = (
 )
 CONTACT_ROWS = 5
 JUDGE_TRAINING_EXAMPLES = 20_000
-STYLE_RESAMPLES = 400  # each recomputes the style of every sampled reply
 
 
 EvalProgress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -239,7 +238,7 @@ def evaluate(
     if judge is not None:
         report = replace(report, judge=_judge_ceiling_and_floor(judge, validation))
     if options.samples:
-        report = _compare_replies(report, model, tokenizer, validation, options, progress, judge)
+        report = compare_replies(report, model, tokenizer, validation, options, progress, judge)
     _record(database, run_id, report)
     return report
 
@@ -383,100 +382,6 @@ def _record(database: Database, run_id: int, report: EvalReport) -> None:
     with database.session() as session:
         run = get_run(session, run_id)
         run.metrics = {**run.metrics, "eval": json.loads(json.dumps(report.to_json()))}
-
-
-def _compare_replies(
-    report: EvalReport,
-    model: Any,
-    tokenizer: Any,
-    validation: Any,
-    options: EvalOptions,
-    progress: EvalProgress | None,
-    judge: Judge | None,
-) -> EvalReport:
-    """Generate replies for a fixed sample of held-out contexts with both models; compare."""
-    import numpy as np
-
-    from training.prompt import Turn, render_prompt
-
-    chosen = np.random.default_rng(options.seed).choice(
-        len(validation), size=min(options.samples, len(validation)), replace=False
-    )
-    prompts, references, contexts = [], [], []
-    for index in sorted(chosen.tolist()):
-        row = validation[index]
-        messages = json.loads(row["messages"])
-        context = [Turn(m["role"], m["content"]) for m in messages[:-1]] or [Turn("user", "")]
-        prompts.append(render_prompt(context, tokenizer, row.get("system") or None))
-        references.append(messages[-1]["content"])
-        contexts.append(messages[-2]["content"] if len(messages) > 1 else "")
-    tuned = _generate(model, tokenizer, prompts, options, progress, "tuned")
-    with model.disable_adapter():
-        base = _generate(model, tokenizer, prompts, options, progress, "base")
-    replies = {"base": base, "tuned": tuned}
-    owner_style = style_stats(references)
-    owner_replies = [json.loads(m)[-1]["content"] for m in validation["messages"]]
-    styles = {"owner": owner_style, "base": style_stats(base), "tuned": style_stats(tuned)}
-    judged = dict(report.judge)
-    if judge is not None:
-        for who, texts in replies.items():
-            judged[who] = interval(judge.judged_owner(texts))
-    return replace(
-        report,
-        judge=judged,
-        style={who: stats.as_dict() for who, stats in styles.items()},
-        style_distance={who: style_distance(owner_style, styles[who]) for who in replies},
-        style_distance_interval={
-            who: _style_distance_interval(references, texts, options.seed)
-            for who, texts in replies.items()
-        },
-        vocabulary_overlap={
-            who: vocabulary_overlap(texts, owner_replies) for who, texts in replies.items()
-        },
-        samples=[
-            {"context": c, "owner": o, "base": b, "tuned": t}
-            for c, o, b, t in zip(contexts, references, base, tuned, strict=True)
-        ],
-    )
-
-
-def _style_distance_interval(owner: list[str], replies: list[str], seed: int) -> Interval:
-    """The style distance with an interval: the sample's (owner, reply) pairs resampled."""
-    import numpy as np
-
-    def distance(rows: Any) -> float:
-        picked = rows.astype(int)
-        return style_distance(
-            style_stats([owner[i] for i in picked]), style_stats([replies[i] for i in picked])
-        )["mean"]
-
-    found = interval(np.arange(len(owner)), distance, seed=seed, resamples=STYLE_RESAMPLES)
-    assert found is not None  # noqa: S101 - a sample has at least one reply
-    return found
-
-
-def _generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    options: EvalOptions,
-    progress: EvalProgress | None,
-    which: str,
-) -> list[str]:
-    """A reply for every prompt, in batches, through the bot's generation loop, seeded."""
-    import torch
-
-    from training.generation import generate_replies
-
-    def report(done: int, total: int) -> None:
-        if progress:
-            progress(f"generate ({which})", done, total)
-
-    torch.manual_seed(options.seed)
-    return generate_replies(
-        model, tokenizer, prompts, options.sampling(), batch_size=options.batch_size,
-        progress=report,
-    )  # fmt: skip
 
 
 def _compute_dtype(model: Any) -> torch.dtype:

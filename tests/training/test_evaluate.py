@@ -141,10 +141,10 @@ def test_eval_replies_stop_where_the_bots_replies_stop(tmp_path: Path) -> None:
 
     from bot.backends import LocalBackend
     from tests.training.test_trainer import built_tiny_model
-    from training.evaluate import _generate
     from training.generation import Sampling
     from training.model import ModelOptions, load_for_inference
     from training.prompt import Turn, render_prompt
+    from training.reply_comparison import _generate
 
     model, tokenizer = load_for_inference(
         ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None
@@ -172,9 +172,9 @@ def test_eval_replies_stop_where_the_bots_replies_stop(tmp_path: Path) -> None:
 
 def test_eval_samples_as_the_bot_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.training.test_trainer import built_tiny_model
-    from training.evaluate import _generate
     from training.generation import generation_kwargs
     from training.model import ModelOptions, load_for_inference
+    from training.reply_comparison import _generate
 
     model, tokenizer = load_for_inference(
         ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None
