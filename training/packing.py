@@ -191,15 +191,14 @@ def example_losses(
 ) -> ExampleLosses:
     """Each example's loss sum and owner-token count under `model`, without gradients.
 
-    The examples are packed (fixed, unshuffled) into rows of `row_tokens`, or of the longest
-    example if that is longer. Process `rank` of `world_size` measures every `world_size`-th
-    row; the examples of the other rows stay at 0 (sum over processes for the whole table).
-    `progress(done, total)` counts examples.
+    The examples are packed (fixed, unshuffled) into rows of at most `row_tokens` (a longer
+    example gets a row of its own): where each example sits changes no figure. Process `rank`
+    of `world_size` measures every `world_size`-th row; the examples of the other rows stay at
+    0 (sum over processes for the whole table). `progress(done, total)` counts examples.
     """
     device = next(model.parameters()).device
     module = PackedCausalLM(model)
-    lengths = table.lengths.tolist()
-    rows = pack_examples(lengths, max([row_tokens, *lengths]))[rank::world_size]
+    rows = pack_examples(table.lengths.tolist(), row_tokens)[rank::world_size]
     sums = torch.zeros(len(table), dtype=torch.float64, device=device)
     counts = torch.zeros(len(table), dtype=torch.int64, device=device)
     was_training = model.training

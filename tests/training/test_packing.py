@@ -173,19 +173,21 @@ def test_each_example_loses_the_same_packed_as_alone(
     table = TokenTable.from_lists(examples, labels)
 
     packed = example_losses(model, table, row_tokens=64)
-    with torch.no_grad():  # each example alone, through transformers' own shifted loss
-        alone = [
+    alone = example_losses(model, table, row_tokens=1)  # a row per example
+    with torch.no_grad():  # and transformers' own shifted loss, each example alone
+        reference = [
             model(input_ids=torch.tensor([ids]), labels=torch.tensor([lab])).loss
             for ids, lab in zip(examples, labels, strict=True)
         ]
 
     assert [len(row.examples) for row in pack_examples(lengths, 64)] == [2, 4, 2]
-    assert packed.counts.tolist() == table.target_counts().tolist()
+    assert packed.counts.tolist() == alone.counts.tolist() == table.target_counts().tolist()
     assert (packed.counts[5], packed.sums[5]) == (0, 0)  # no owner token: nothing to lose
     for index, count in enumerate(packed.counts):
         if count:
-            expected = float(alone[index]) * int(count)
+            expected = float(reference[index]) * int(count)
             assert packed.sums[index] == pytest.approx(expected, rel=1e-5, abs=1e-5), index
+            assert packed.sums[index] == pytest.approx(alone.sums[index], rel=1e-6, abs=1e-6)
 
 
 def test_processes_measure_disjoint_rows_that_add_up_to_the_whole_table(
