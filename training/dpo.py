@@ -133,8 +133,7 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     data = _gather(run)
     held_out = data.answered.learnable()
     state = CheckpointState()
-    pad = run.tokenizer.pad_token_id
-    start_loss = held_out_loss(model, run.validation, run.row_tokens, pad)
+    start_loss = held_out_loss(model, run.validation, run.row_tokens)
     if start_loss is not None:
         state.history.append(LossPoint(step=0, val_loss=start_loss))
     reference = sequence_logps(model, held_out)  # the active run's: the reference
@@ -155,7 +154,7 @@ def fit(run: DpoRun, progress: ProgressCallback | None) -> tuple[CheckpointState
     if "ref" in model.peft_config:
         model.delete_adapter("ref")  # the frozen copy served only as the reference
     model.set_adapter("default")
-    end_loss = held_out_loss(model, run.validation, run.row_tokens, pad)
+    end_loss = held_out_loss(model, run.validation, run.row_tokens)
     if end_loss is not None:
         state.history.append(LossPoint(step=state.step, val_loss=end_loss))
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)

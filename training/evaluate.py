@@ -2,8 +2,8 @@
 
 Two views on the held-out (most recent) conversations: loss and perplexity on the owner's
 tokens, and replies generated for held-out contexts compared with what the owner really
-wrote, on style statistics (`training.style`). Base and tuned side by side, so a user can
-tell whether a (re)training helped.
+wrote (`training.reply_comparison`). Base and tuned side by side, each figure with its
+interval, so a user can tell whether a (re)training helped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 from storage.runs import active_run, get_run
 from training.errors import TrainingError, problems_text
 from training.generation import Sampling
-from training.heldout import ExampleLosses, example_losses
 from training.intervals import Interval, interval, ratio_interval
 from training.judge import Judge, conversation_texts, train_judge
 from training.options import option
-from training.style import style_distance, style_stats, vocabulary_overlap
+from training.reply_comparison import compare_replies
 
 if TYPE_CHECKING:
     import torch
 
     from storage import Database
+    from training.packing import ExampleLosses
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,6 @@ VERDICT_FIGURES = (
 )
 CONTACT_ROWS = 5
 JUDGE_TRAINING_EXAMPLES = 20_000
-STYLE_RESAMPLES = 400  # each recomputes the style of every sampled reply
 
 
 EvalProgress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -223,7 +222,7 @@ def evaluate(
         base_model, trained_with, quant=options.quant, dtype=options.dtype
     )
     model, tokenizer = load_for_inference(model_options, adapter)
-    losses = _losses(model, tokenizer, validation, progress)
+    losses = _losses(model, validation, trained_with, progress)
     report = EvalReport(
         run_id=run_id,
         base_model=base_model,
@@ -239,7 +238,7 @@ def evaluate(
     if judge is not None:
         report = replace(report, judge=_judge_ceiling_and_floor(judge, validation))
     if options.samples:
-        report = _compare_replies(report, model, tokenizer, validation, options, progress, judge)
+        report = compare_replies(report, model, tokenizer, validation, options, progress, judge)
     _record(database, run_id, report)
     return report
 
@@ -264,13 +263,23 @@ def _load_dataset(data_dir: Path, fingerprint: str) -> Any:
 
 
 def _losses(
-    model: Any, tokenizer: Any, validation: Any, progress: EvalProgress | None
+    model: Any, validation: Any, trained_with: dict[str, Any], progress: EvalProgress | None
 ) -> dict[str, ExampleLosses]:
-    """Every validation example's owner-token loss under the tuned run and the base model."""
+    """Every validation example's owner-token loss under the tuned run and the base model.
+
+    The figures the trainer's validation pools (`training.sft.held_out_loss`), on rows as
+    long as the run's, or as the trainer would choose on this device.
+    """
+    from training.packing import autocast_for, example_losses
+    from training.run_setup import token_table
+    from training.sft import row_tokens_for
+    from training.train_options import TrainOptions
+
     device = next(model.parameters()).device
-    autocast = _autocast(_compute_dtype(model), device)
-    columns = validation.select_columns(["input_ids", "labels"])
-    input_ids, labels = columns["input_ids"], columns["labels"]
+    attention = model.get_base_model().config._attn_implementation
+    row_tokens = row_tokens_for(TrainOptions.from_dict(trained_with), attention, device)
+    autocast = autocast_for(device, _compute_dtype(model))
+    table = token_table(validation)
     losses = {}
     for who in ("tuned", "base"):
 
@@ -280,12 +289,7 @@ def _losses(
 
         with nullcontext() if who == "tuned" else model.disable_adapter():
             losses[who] = example_losses(
-                model,
-                input_ids,
-                labels,
-                pad_token_id=tokenizer.pad_token_id,
-                autocast=autocast,
-                progress=report,
+                model, table, row_tokens=row_tokens, autocast=autocast, progress=report
             )
     return losses
 
@@ -380,111 +384,9 @@ def _record(database: Database, run_id: int, report: EvalReport) -> None:
         run.metrics = {**run.metrics, "eval": json.loads(json.dumps(report.to_json()))}
 
 
-def _compare_replies(
-    report: EvalReport,
-    model: Any,
-    tokenizer: Any,
-    validation: Any,
-    options: EvalOptions,
-    progress: EvalProgress | None,
-    judge: Judge | None,
-) -> EvalReport:
-    """Generate replies for a fixed sample of held-out contexts with both models; compare."""
-    import numpy as np
-
-    from training.prompt import Turn, render_prompt
-
-    chosen = np.random.default_rng(options.seed).choice(
-        len(validation), size=min(options.samples, len(validation)), replace=False
-    )
-    prompts, references, contexts = [], [], []
-    for index in sorted(chosen.tolist()):
-        row = validation[index]
-        messages = json.loads(row["messages"])
-        context = [Turn(m["role"], m["content"]) for m in messages[:-1]] or [Turn("user", "")]
-        prompts.append(render_prompt(context, tokenizer, row.get("system") or None))
-        references.append(messages[-1]["content"])
-        contexts.append(messages[-2]["content"] if len(messages) > 1 else "")
-    tuned = _generate(model, tokenizer, prompts, options, progress, "tuned")
-    with model.disable_adapter():
-        base = _generate(model, tokenizer, prompts, options, progress, "base")
-    replies = {"base": base, "tuned": tuned}
-    owner_style = style_stats(references)
-    owner_replies = [json.loads(m)[-1]["content"] for m in validation["messages"]]
-    styles = {"owner": owner_style, "base": style_stats(base), "tuned": style_stats(tuned)}
-    judged = dict(report.judge)
-    if judge is not None:
-        for who, texts in replies.items():
-            judged[who] = interval(judge.judged_owner(texts))
-    return replace(
-        report,
-        judge=judged,
-        style={who: stats.as_dict() for who, stats in styles.items()},
-        style_distance={who: style_distance(owner_style, styles[who]) for who in replies},
-        style_distance_interval={
-            who: _style_distance_interval(references, texts, options.seed)
-            for who, texts in replies.items()
-        },
-        vocabulary_overlap={
-            who: vocabulary_overlap(texts, owner_replies) for who, texts in replies.items()
-        },
-        samples=[
-            {"context": c, "owner": o, "base": b, "tuned": t}
-            for c, o, b, t in zip(contexts, references, base, tuned, strict=True)
-        ],
-    )
-
-
-def _style_distance_interval(owner: list[str], replies: list[str], seed: int) -> Interval:
-    """The style distance with an interval: the sample's (owner, reply) pairs resampled."""
-    import numpy as np
-
-    def distance(rows: Any) -> float:
-        picked = rows.astype(int)
-        return style_distance(
-            style_stats([owner[i] for i in picked]), style_stats([replies[i] for i in picked])
-        )["mean"]
-
-    found = interval(np.arange(len(owner)), distance, seed=seed, resamples=STYLE_RESAMPLES)
-    assert found is not None  # noqa: S101 - a sample has at least one reply
-    return found
-
-
-def _generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    options: EvalOptions,
-    progress: EvalProgress | None,
-    which: str,
-) -> list[str]:
-    """A reply for every prompt, in batches, through the bot's generation loop, seeded."""
-    import torch
-
-    from training.generation import generate_replies
-
-    def report(done: int, total: int) -> None:
-        if progress:
-            progress(f"generate ({which})", done, total)
-
-    torch.manual_seed(options.seed)
-    return generate_replies(
-        model, tokenizer, prompts, options.sampling(), batch_size=options.batch_size,
-        progress=report,
-    )  # fmt: skip
-
-
 def _compute_dtype(model: Any) -> torch.dtype:
     """The dtype activations run in: of the first floating-point weight (4-bit ones are ints)."""
     return next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
-
-
-def _autocast(dtype: torch.dtype, device: torch.device) -> Callable[[], Any]:
-    import torch
-
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        return lambda: torch.autocast("cuda", dtype=dtype)
-    return nullcontext
 
 
 def _perplexity(loss: float | None) -> float | None:

@@ -1,11 +1,12 @@
 """Held-out loss over packed rows: examples end to end, each attending only to itself.
 
-Training packs with TRL's padding-free collator (`training.sft`); this module measures the
-loss per owner token on held-out examples for validation and `twin eval`, the same way. A
-row's positions restart at 0 for each example and no attention mask is passed: transformers
-then builds the block-diagonal causal mask from the restarting positions (SDPA, eager) or
-calls FlashAttention's variable-length kernel. Hidden states at untrained positions never
-reach the output layer.
+Training packs with TRL's padding-free collator (`training.sft`); this module measures each
+held-out example's loss on the owner's tokens the same way, for the trainer's validation
+(pooled) and for `twin eval` (example by example, for intervals). A row's positions restart
+at 0 for each example and no attention mask is passed: transformers then builds the
+block-diagonal causal mask from the restarting positions (SDPA, eager) or calls
+FlashAttention's variable-length kernel. Hidden states at untrained positions never reach
+the output layer.
 """
 
 from __future__ import annotations
@@ -99,14 +100,12 @@ def pack_examples(
     return [PackedRow(tuple(row)) for row in rows]
 
 
-def collate_row(
-    table: TokenTable, row: PackedRow, *, pad_token_id: int, pad_to_multiple: int = 1
-) -> dict[str, Any]:
-    """One packed row as a batch of one: ids, restarting positions, targets.
+def collate_row(table: TokenTable, row: PackedRow) -> dict[str, torch.Tensor]:
+    """One packed row as a batch of one: ids, restarting positions, targets, example lengths.
 
     `targets[t]` is the token that position `t` must predict (labels shifted by one inside
-    each example), `-100` where nothing is trained: the last token of each example, the
-    other person's tokens and padding.
+    each example), `-100` where nothing is trained: the last token of each example and the
+    other person's tokens.
     """
     ids, positions, targets = [], [], []
     for index in row.examples:
@@ -116,25 +115,19 @@ def collate_row(
         shifted = np.full(len(labels), IGNORE_INDEX)
         shifted[:-1] = labels[1:]
         targets.append(shifted)
-    size = sum(len(part) for part in ids)
-    padding = _round_up(size, pad_to_multiple) - size
-    if padding:
-        ids.append(np.full(padding, pad_token_id))
-        positions.append(np.arange(padding))
-        targets.append(np.full(padding, IGNORE_INDEX))
-    target_array = np.concatenate(targets)
     return {
         "input_ids": torch.from_numpy(np.concatenate(ids).astype(np.int64))[None],
         "position_ids": torch.from_numpy(np.concatenate(positions).astype(np.int64))[None],
-        "targets": torch.from_numpy(target_array.astype(np.int64))[None],
+        "targets": torch.from_numpy(np.concatenate(targets).astype(np.int64))[None],
+        "seq_lengths": torch.tensor([len(part) for part in ids], dtype=torch.int64),
     }
 
 
 class PackedCausalLM(torch.nn.Module):
-    """Runs packed rows through a (peft) causal LM; returns (loss sum, trained token count).
+    """Runs a packed row through a (peft) causal LM; returns each example's (loss sum, count).
 
     Only hidden states at trained positions go through the output layer, and the loss is
-    summed in fp32.
+    summed in fp32, per example of the row, in row order.
     """
 
     def __init__(self, model: Any) -> None:
@@ -151,6 +144,7 @@ class PackedCausalLM(torch.nn.Module):
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
         targets: torch.Tensor,
+        seq_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         causal_lm = self.causal_lm
         hidden = causal_lm.get_decoder()(
@@ -160,43 +154,73 @@ class PackedCausalLM(torch.nn.Module):
         )[0]
         trained = targets != IGNORE_INDEX
         logits = causal_lm.get_output_embeddings()(hidden[trained]).float()
-        loss = torch.nn.functional.cross_entropy(logits, targets[trained], reduction="sum")
-        return loss, trained.sum()
+        losses = torch.nn.functional.cross_entropy(logits, targets[trained], reduction="none")
+        examples = len(seq_lengths)
+        example_of_position = torch.arange(examples, device=input_ids.device).repeat_interleave(
+            seq_lengths, output_size=input_ids.shape[1]
+        )
+        example_of_target = example_of_position[trained[0]]
+        sums = losses.new_zeros(examples).index_add(0, example_of_target, losses)
+        return sums, torch.bincount(example_of_target, minlength=examples)
 
 
-def evaluation_rows(
-    table: TokenTable, row_tokens: int, rank: int = 0, world_size: int = 1
-) -> list[PackedRow]:
-    """This process's share of the rows of a fixed (unshuffled) packing, for held-out loss."""
-    return pack_examples(table.lengths.tolist(), row_tokens)[rank::world_size]
+@dataclass(frozen=True)
+class ExampleLosses:
+    """Per example: the summed loss over its owner tokens and how many there are."""
+
+    sums: np.ndarray  # float64
+    counts: np.ndarray  # int64
+
+    def mean(self, rows: Any = None) -> float | None:
+        """Mean loss per owner token over all examples (or the chosen rows)."""
+        sums = self.sums if rows is None else self.sums[rows]
+        counts = self.counts if rows is None else self.counts[rows]
+        total = int(counts.sum())
+        return float(sums.sum() / total) if total else None
 
 
-def loss_sums(
-    module: torch.nn.Module,
+def example_losses(
+    model: Any,
     table: TokenTable,
-    rows: Sequence[PackedRow],
     *,
-    device: torch.device,
-    pad_token_id: int,
-    pad_to_multiple: int = 1,
+    row_tokens: int,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
-) -> torch.Tensor:
-    """(summed loss, trained tokens) over `rows`, without gradients, as a float64 pair."""
-    was_training = module.training
-    module.eval()
-    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExampleLosses:
+    """Each example's loss sum and owner-token count under `model`, without gradients.
+
+    The examples are packed (fixed, unshuffled) into rows of at most `row_tokens` (a longer
+    example gets a row of its own): where each example sits changes no figure. Process `rank`
+    of `world_size` measures every `world_size`-th row; the examples of the other rows stay at
+    0 (sum over processes for the whole table). `progress(done, total)` counts examples.
+    """
+    device = next(model.parameters()).device
+    module = PackedCausalLM(model)
+    rows = pack_examples(table.lengths.tolist(), row_tokens)[rank::world_size]
+    sums = torch.zeros(len(table), dtype=torch.float64, device=device)
+    counts = torch.zeros(len(table), dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    done = 0
     with torch.no_grad():
         for row in rows:
-            batch = collate_row(
-                table, row, pad_token_id=pad_token_id, pad_to_multiple=pad_to_multiple
-            )
+            batch = {name: t.to(device) for name, t in collate_row(table, row).items()}
             with autocast():
-                loss, count = module(**{name: t.to(device) for name, t in batch.items()})
-            sums[0] += loss.double()
-            sums[1] += count.double()
-    module.train(was_training)
-    return sums
+                row_sums, row_counts = module(**batch)
+            examples = torch.tensor(row.examples, device=device)
+            sums[examples] = row_sums.double()
+            counts[examples] = row_counts
+            done += len(row.examples)
+            if progress:
+                progress(done, len(table))
+    model.train(was_training)
+    return ExampleLosses(sums.cpu().numpy(), counts.cpu().numpy())
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+def autocast_for(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
+    """Mixed precision in `dtype` on a GPU when it is a half type; nothing otherwise."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return lambda: torch.autocast("cuda", dtype=dtype)
+    return nullcontext

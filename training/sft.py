@@ -195,7 +195,6 @@ class _Recorder:
     total_steps: int
     steps_per_epoch: int
     eval_every: int
-    pad_token_id: int
     row_tokens: int
     progress: ProgressCallback | None
     step_began: float = 0.0
@@ -205,7 +204,7 @@ class _Recorder:
 
     def validate(self, model: Any, step: int) -> None:
         """Mean loss per owner token on the held-out examples, shared out across processes."""
-        loss = held_out_loss(model, self.validation, self.row_tokens, self.pad_token_id)
+        loss = held_out_loss(model, self.validation, self.row_tokens)
         if loss is None:
             return
         history = self.state.history
@@ -243,14 +242,16 @@ class _Recorder:
         return max(step - 1, 0) // self.steps_per_epoch
 
 
-def held_out_loss(
-    model: Any, table: TokenTable, row_tokens: int, pad_token_id: int
-) -> float | None:
-    """Mean loss per owner token over `table`, rows shared out across processes; None if empty."""
+def held_out_loss(model: Any, table: TokenTable, row_tokens: int) -> float | None:
+    """Mean loss per owner token over `table`, rows shared out across processes; None if empty.
+
+    The token-weighted mean of `training.packing.example_losses`, the figures `twin eval`
+    puts intervals on.
+    """
     import torch
     import torch.distributed as dist
 
-    from training.packing import PackedCausalLM, evaluation_rows, loss_sums
+    from training.packing import autocast_for, example_losses
 
     if not len(table):
         return None
@@ -258,29 +259,19 @@ def held_out_loss(
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = next(p for p in model.parameters()).device
     compute = next((p.dtype for p in model.parameters() if p.requires_grad), torch.float32)
-    autocast = _autocast(device, compute)
-    rows = evaluation_rows(table, max(row_tokens, int(table.lengths.max())), rank, world)
-    sums = loss_sums(
-        PackedCausalLM(model),
+    losses = example_losses(
+        model,
         table,
-        rows,
-        device=device,
-        pad_token_id=pad_token_id,
-        autocast=autocast,
+        row_tokens=row_tokens,
+        autocast=autocast_for(device, compute),
+        rank=rank,
+        world_size=world,
     )
+    sums = torch.tensor([losses.sums.sum(), losses.counts.sum()], dtype=torch.float64)
     if distributed:
+        sums = sums.to(device)
         dist.all_reduce(sums)
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        return lambda: torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext
 
 
 def _callback(recorder: _Recorder) -> Any:
@@ -410,7 +401,6 @@ def make_trainer(
         total_steps=run.shape.steps,
         steps_per_epoch=run.shape.steps_per_epoch,
         eval_every=run.options.eval_every,
-        pad_token_id=run.tokenizer.pad_token_id,
         row_tokens=run.row_tokens,
         progress=progress if trainer.is_world_process_zero() else None,
     )

@@ -69,13 +69,14 @@ def test_eval_compares_base_and_tuned_and_keeps_the_report_in_the_run(
 def test_the_pooled_loss_equals_the_trainers_held_out_loss(
     tmp_path: Path, sqlite_database: Any
 ) -> None:
+    """Both pool the same per-example figures (`training.packing.example_losses`)."""
     setup = tiny_setup(tmp_path)
     run = train(sqlite_database, tiny_options(), setup.data_dir)
 
     report = evaluate(sqlite_database, None, setup.data_dir, EvalOptions(samples=0))
 
-    assert report.tuned_loss == pytest.approx(run.metrics["val_loss"], rel=1e-4)
-    assert report.base_loss == pytest.approx(run.metrics["val_loss_start"], rel=1e-4)
+    assert report.tuned_loss == pytest.approx(run.metrics["val_loss"], rel=1e-6)
+    assert report.base_loss == pytest.approx(run.metrics["val_loss_start"], rel=1e-6)
 
 
 def test_eval_without_a_run_says_to_train(tmp_path: Path, sqlite_database: Any) -> None:
@@ -140,10 +141,10 @@ def test_eval_replies_stop_where_the_bots_replies_stop(tmp_path: Path) -> None:
 
     from bot.backends import LocalBackend
     from tests.training.test_trainer import built_tiny_model
-    from training.evaluate import _generate
     from training.generation import Sampling
     from training.model import ModelOptions, load_for_inference
     from training.prompt import Turn, render_prompt
+    from training.reply_comparison import _generate
 
     model, tokenizer = load_for_inference(
         ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None
@@ -171,9 +172,9 @@ def test_eval_replies_stop_where_the_bots_replies_stop(tmp_path: Path) -> None:
 
 def test_eval_samples_as_the_bot_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.training.test_trainer import built_tiny_model
-    from training.evaluate import _generate
     from training.generation import generation_kwargs
     from training.model import ModelOptions, load_for_inference
+    from training.reply_comparison import _generate
 
     model, tokenizer = load_for_inference(
         ModelOptions(str(built_tiny_model("mistral")[0]), quant="none"), None

@@ -2,7 +2,9 @@
 
 Training rows come from TRL's padding-free collator (what `SFTTrainer` builds for
 `twin train`); held-out rows from `training.packing`. Both pass no attention mask and rely on
-transformers building the block-diagonal mask from the restarting `position_ids`.
+transformers building the block-diagonal mask from the restarting `position_ids`, so each
+held-out example's loss is the same packed as alone: the trainer's validation and `twin eval`
+share those per-example figures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from training.packing import (
     PackedRow,
     TokenTable,
     collate_row,
+    example_losses,
     pack_examples,
 )
 
@@ -73,9 +76,7 @@ def test_packed_example_logits_equal_the_example_alone(
         packed = model(**inputs).logits[0]
         alone = [model(input_ids=torch.tensor([ids])).logits[0] for ids in examples]
         held_out = PackedCausalLM(model)
-        row = collate_row(
-            TokenTable.from_lists(examples, examples), PackedRow((0, 1, 2)), pad_token_id=0
-        )
+        row = collate_row(TokenTable.from_lists(examples, examples), PackedRow((0, 1, 2)))
         hidden = model.get_decoder()(input_ids=row["input_ids"], position_ids=row["position_ids"])[
             0
         ]
@@ -101,8 +102,8 @@ def lora_model(model_dir: Path) -> Any:
 
 def lora_gradients(module: Any, table: TokenTable, row: PackedRow) -> dict[str, torch.Tensor]:
     module.zero_grad(set_to_none=False)
-    loss, _ = module(**collate_row(table, row, pad_token_id=0))
-    loss.backward()
+    sums, _ = module(**collate_row(table, row))
+    sums.sum().backward()
     return {
         name: parameter.grad.clone()
         for name, parameter in module.named_parameters()
@@ -147,15 +148,64 @@ def test_loss_is_transformers_shifted_loss_on_owner_tokens(
     table = TokenTable.from_lists(examples, labels)
 
     with torch.no_grad():
-        loss_sum, count = module(**collate_row(table, PackedRow((0, 1)), pad_token_id=0))
+        sums, counts = module(**collate_row(table, PackedRow((0, 1))))
         expected = [
             model(input_ids=torch.tensor([ids]), labels=torch.tensor([lab])).loss
             for ids, lab in zip(examples, labels, strict=True)
         ]
 
-    assert int(count) == 5 + 5 == int(table.target_counts().sum())
-    expected_sum = expected[0] * 5 + expected[1] * 5
-    torch.testing.assert_close(loss_sum, expected_sum, atol=1e-4, rtol=1e-5)
+    assert counts.tolist() == [5, 5] == table.target_counts().tolist()
+    torch.testing.assert_close(sums, torch.stack(expected) * counts, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("architecture", ["mistral", "falcon"])
+def test_each_example_loses_the_same_packed_as_alone(
+    model_dirs: dict[str, Path], tokenizer: Any, architecture: str, attention: str
+) -> None:
+    from training.model import ModelOptions, load_base_model
+
+    model = load_base_model(ModelOptions(str(model_dirs[architecture]), attention=attention))
+    lengths = [9, 31, 6, 17, 2, 24, 12, 40]
+    examples = random_examples(lengths, len(tokenizer), seed=2)
+    owner_from = [4, 20, 0, 9, 1, 24, 3, 11]  # one with no owner token, one all owner
+    labels = [owner_labels(ids, n) for ids, n in zip(examples, owner_from, strict=True)]
+    table = TokenTable.from_lists(examples, labels)
+
+    packed = example_losses(model, table, row_tokens=64)
+    alone = example_losses(model, table, row_tokens=1)  # a row per example
+    with torch.no_grad():  # and transformers' own shifted loss, each example alone
+        reference = [
+            model(input_ids=torch.tensor([ids]), labels=torch.tensor([lab])).loss
+            for ids, lab in zip(examples, labels, strict=True)
+        ]
+
+    assert [len(row.examples) for row in pack_examples(lengths, 64)] == [2, 4, 2]
+    assert packed.counts.tolist() == alone.counts.tolist() == table.target_counts().tolist()
+    assert (packed.counts[5], packed.sums[5]) == (0, 0)  # no owner token: nothing to lose
+    for index, count in enumerate(packed.counts):
+        if count:
+            expected = float(reference[index]) * int(count)
+            assert packed.sums[index] == pytest.approx(expected, rel=1e-5, abs=1e-5), index
+            assert packed.sums[index] == pytest.approx(alone.sums[index], rel=1e-6, abs=1e-6)
+
+
+def test_processes_measure_disjoint_rows_that_add_up_to_the_whole_table(
+    model_dirs: dict[str, Path], tokenizer: Any
+) -> None:
+    from training.model import ModelOptions, load_base_model
+
+    model = load_base_model(ModelOptions(str(model_dirs["mistral"])))
+    examples = random_examples([12, 7, 30, 5, 18, 9, 22], len(tokenizer), seed=3)
+    table = TokenTable.from_lists(examples, [owner_labels(ids, 3) for ids in examples])
+
+    whole = example_losses(model, table, row_tokens=32)
+    shares = [example_losses(model, table, row_tokens=32, rank=r, world_size=2) for r in (0, 1)]
+
+    measured = [share.counts > 0 for share in shares]
+    assert measured[0].any() and measured[1].any() and not (measured[0] & measured[1]).any()
+    assert (shares[0].counts + shares[1].counts).tolist() == whole.counts.tolist()
+    torch.testing.assert_close(shares[0].sums + shares[1].sums, whole.sums, rtol=1e-6, atol=1e-6)
 
 
 @settings(max_examples=60, deadline=None)

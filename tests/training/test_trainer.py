@@ -580,7 +580,7 @@ def test_an_accumulated_step_follows_the_mean_loss_over_all_its_owner_tokens(
     assert (shape.rows, shape.accumulation, shape.steps) == (3, 3, 1)  # the step accumulates
     assert trainer.data_collator.padding_free
     whole = PackedCausalLM(reference)
-    total = sum(whole(**collate_row(table, PackedRow((i,)), pad_token_id=0))[0] for i in range(3))
+    total = sum(whole(**collate_row(table, PackedRow((i,))))[0] for i in range(3))
     mean = total / int(table.target_counts().sum())
     mean.backward()
     expected = [p.grad for p in reference.parameters() if p.requires_grad]
