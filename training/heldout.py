@@ -31,10 +31,7 @@ def held_out_examples(
     data_dir: Path, fingerprint: str, chat_id: int | None = None
 ) -> list[HeldOutExample]:
     """The validation split's examples (scrubbed, as trained), of one chat or of all."""
-    import json
-
     from training.dataset import load_dataset_dir
-    from training.prompt import Turn
 
     dataset, _ = load_dataset_dir(Path(data_dir), fingerprint)
     validation = dataset.get("validation")
@@ -43,22 +40,27 @@ def held_out_examples(
     if chat_id is not None:
         rows = [i for i, chat in enumerate(validation["chat_id"]) if chat == chat_id]
         validation = validation.select(rows)
-    examples = []
-    for row in validation:
-        messages = json.loads(row["messages"])
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
-            continue
-        context = [Turn(m["role"], m["content"]) for m in messages[:-1] if m["role"] != "system"]
-        examples.append(
-            HeldOutExample(
-                key=_context_key(row["session_key"], row["messages"]),
-                chat_id=int(row["chat_id"]),
-                context=context,
-                owner_reply=messages[-1]["content"],
-                system=row.get("system") or None,
-            )
-        )
-    return examples
+    examples = [held_out_example(row) for row in validation]
+    return [example for example in examples if example is not None and example.context]
+
+
+def held_out_example(row: dict[str, Any]) -> HeldOutExample | None:
+    """A validation row as a conversation: the context (empty where the owner spoke first),
+    the owner's reply and the system text; None unless the row ends on the owner's reply."""
+    import json
+
+    from training.prompt import Turn
+
+    messages = json.loads(row["messages"])
+    if not messages or messages[-1]["role"] != "assistant":
+        return None
+    return HeldOutExample(
+        key=_context_key(row["session_key"], row["messages"]),
+        chat_id=int(row["chat_id"]),
+        context=[Turn(m["role"], m["content"]) for m in messages[:-1] if m["role"] != "system"],
+        owner_reply=messages[-1]["content"],
+        system=row.get("system") or None,
+    )
 
 
 def _context_key(session_key: str, messages: str) -> str:

@@ -35,6 +35,7 @@ def compare_replies(
     """Generate replies for a fixed sample of held-out contexts with both models; compare."""
     import numpy as np
 
+    from training.heldout import held_out_example
     from training.prompt import Turn, render_prompt
 
     chosen = np.random.default_rng(options.seed).choice(
@@ -42,12 +43,13 @@ def compare_replies(
     )
     prompts, references, contexts = [], [], []
     for index in sorted(chosen.tolist()):
-        row = validation[index]
-        messages = json.loads(row["messages"])
-        context = [Turn(m["role"], m["content"]) for m in messages[:-1]] or [Turn("user", "")]
-        prompts.append(render_prompt(context, tokenizer, row.get("system") or None))
-        references.append(messages[-1]["content"])
-        contexts.append(messages[-2]["content"] if len(messages) > 1 else "")
+        example = held_out_example(validation[index])
+        if example is None:
+            continue
+        context = example.context or [Turn("user", "")]
+        prompts.append(render_prompt(context, tokenizer, example.system))
+        references.append(example.owner_reply)
+        contexts.append(context[-1].content)
     tuned = _generate(model, tokenizer, prompts, options, progress, "tuned")
     with model.disable_adapter():
         base = _generate(model, tokenizer, prompts, options, progress, "base")
