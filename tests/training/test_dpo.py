@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.training.test_trainer import TinySetup, tiny_options, tiny_setup
+from tests.training.test_trainer import CUDA, TinySetup, tiny_options, tiny_setup
 from training.run_folder import RunFolder
 from training.trainer import train
 
@@ -265,3 +265,27 @@ def test_a_self_play_round_moves_held_out_replies_closer_to_the_owners_style(
 
     assert sum(after) / 5 < 0.95 * sum(before) / 5, (before, after)
     assert sum(a <= b for a, b in zip(after, before, strict=True)) >= 3, (before, after)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("loss", ["dpo", "kto"])
+def test_preference_tuning_on_qlora_on_a_gpu(
+    mistral: TinySetup, sqlite_database: Any, loss: str
+) -> None:
+    """On a GPU the preference round trains the 4-bit run's adapter with paged 8-bit AdamW,
+    as `twin train` does, and still moves held-out preference without forgetting."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (pip install tgtwin[gpu])")
+    train(sqlite_database, tiny_options(max_steps=30), mistral.data_dir)
+
+    result = train(sqlite_database, tiny_options(**DPO, preference_loss=loss), mistral.data_dir)
+
+    metrics = result.metrics
+    assert (metrics["device"], metrics["quant"], metrics["optimizer"]) == (
+        "cuda",
+        "4bit",
+        "PagedAdamW8bit",
+    )
+    assert metrics["preference_loss"] == loss
+    assert metrics["preference_accuracy"] > metrics["preference_accuracy_start"]
+    assert metrics["val_loss"] <= 1.02 * metrics["val_loss_start"]
