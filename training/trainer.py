@@ -204,7 +204,7 @@ def _fit(
     row_tokens = sft.row_tokens_for(options, attention, device)
     if options.dpo:
         state, figures = _fit_preferences(
-            setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens, device,
+            setup, data_dir, peft_model, tokenizer, dataset, selection, row_tokens, processes,
             database, meta, progress,
         )  # fmt: skip
     else:
@@ -231,13 +231,20 @@ def _fit_preferences(
     dataset: Any,
     selection: Selection,
     row_tokens: int,
-    device: Any,
+    processes: PartialState,
     database: Database,
     meta: dict[str, Any],
     progress: ProgressCallback | None,
 ) -> tuple[CheckpointState, dict[str, Any]]:
-    """Preference tuning of the active run (`training.dpo`) on self-play and stored feedback."""
+    """Preference tuning of the active run (`training.dpo`) on self-play and stored feedback.
+
+    Every process makes the same self-play pairs (one seed); the main one keeps them.
+    """
     from training import dpo
+
+    def keep(played: list[Any]) -> None:
+        if processes.is_main_process:
+            _keep_self_play(database, setup.run_id, played)
 
     pairs, judged = _stored_feedback(database, meta)
     run = dpo.DpoRun(
@@ -249,10 +256,10 @@ def _fit_preferences(
         options=setup.options,
         output_dir=checkpoint_root(data_dir, setup.run_id),
         row_tokens=row_tokens,
-        device=device,
+        device=processes.device,
         feedback=pairs,
         judged=judged,
-        keep=lambda played: _keep_self_play(database, setup.run_id, played),
+        keep=keep,
     )
     return dpo.fit(run, progress)
 

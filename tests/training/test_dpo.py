@@ -289,3 +289,53 @@ def test_preference_tuning_on_qlora_on_a_gpu(
     assert metrics["preference_loss"] == loss
     assert metrics["preference_accuracy"] > metrics["preference_accuracy_start"]
     assert metrics["val_loss"] <= 1.02 * metrics["val_loss_start"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["dpo", "kto"])
+def test_a_preference_round_under_torchrun_trains_one_run_and_keeps_its_pairs_once(
+    mistral: TinySetup, sqlite_url: str, loss: str
+) -> None:
+    """Two processes: both generate the same self-play pairs (one seed), train one adapter
+    together, and the pairs are stored once, by the main process."""
+    import os
+    import subprocess
+    import sys
+
+    from storage import open_database
+    from storage.preferences import add_preference, preference_pairs
+    from storage.runs import active_run
+
+    repo = Path(__file__).resolve().parents[2]
+    database = open_database(sqlite_url)
+    train(database, tiny_options(max_steps=20), mistral.data_dir)
+    with database.session() as session:  # one judged reply, for KTO to read
+        add_preference(
+            session, chat_id=100, source="reaction", verdict=False, rejected="As an AI...",
+            context=[{"role": "user", "content": "how are you?"}],
+        )  # fmt: skip
+    database.close()
+
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2", str(repo / "tests" / "training" / "dist_train.py"),
+            sqlite_url, str(mistral.data_dir), loss,
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    database = open_database(sqlite_url)
+    with database.session() as session:
+        run = active_run(session)
+        metrics = run.metrics
+        assert (run.status, metrics["world_size"], metrics["preference_loss"]) == (
+            "succeeded", 2, loss,
+        )  # fmt: skip
+        played = [p for p in preference_pairs(session) if p.source == "self_play"]
+        assert len(played) == metrics["self_play_pairs"] > 0
+        assert {p.run_id for p in played} == {run.id}
+    database.close()
