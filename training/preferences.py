@@ -4,7 +4,8 @@ Three kinds: self-play pairs (SPIN, Chen et al. 2024: for a training context the
 writes its own reply, `rejected` against the owner's real reply, `chosen`), the owner's stored
 pairs (a correction, a pick), and single replies judged good or bad (a reaction, a "neither"
 pick). Each keeps its own chat's context: no pair shows the prompt of one chat with a reply from
-another. `sequence_logps` and the accuracies measure them on held-out pairs.
+another. `stored_feedback` reads the owner's from the database, `keep_self_play` stores a
+round's own; `sequence_logps` and the accuracies measure them on held-out pairs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset
+
+    from storage import Database
 
 IGNORE_INDEX = -100
 
@@ -283,3 +286,62 @@ def _render(
     if not turns or turns[-1].role != "user":
         return None
     return owner_reply(*render_example([*turns, Turn("assistant", reply)], tokenizer, system))
+
+
+def keep_self_play(database: Database, run_id: int, played: list[FeedbackPair]) -> None:
+    """The run's self-play pairs, kept with the owner's feedback (`twin prefs`)."""
+    from storage.preferences import add_preference
+
+    with database.session() as session:
+        for pair in played:
+            add_preference(
+                session,
+                chat_id=pair.chat_id,
+                run_id=run_id,
+                source="self_play",
+                context=pair.context,
+                chosen=pair.chosen,
+                rejected=pair.rejected,
+            )
+
+
+def stored_feedback(
+    database: Database, meta: dict[str, Any]
+) -> tuple[list[FeedbackPair], list[FeedbackReply]]:
+    """The owner's corrections and picks (pairs) and the replies judged by reactions kept in the
+    database, each with the system prompt the dataset gave its chat
+    (`training.prompt.chat_system_prompt`)."""
+    from storage.bot import chat_title
+    from storage.preferences import judged_replies, preference_pairs
+    from training.prompt import chat_system_prompt
+
+    options = meta.get("options") or {}
+    pairs, judged = [], []
+    with database.session() as session:
+
+        def system(chat_id: int) -> str | None:
+            return chat_system_prompt(
+                options.get("owner_name"),
+                chat_title(session, chat_id),
+                enabled=bool(options.get("system_prompt", True)),
+                contact_names=bool(options.get("contact_names", False)),
+            )
+
+        for pair in preference_pairs(session):
+            if pair.source == "self_play":
+                continue  # made again, by the run being tuned, on every round
+            context = list(pair.context)
+            pairs.append(
+                FeedbackPair(
+                    pair.chat_id, context, pair.chosen, pair.rejected, system(pair.chat_id)
+                )
+            )
+        for item in judged_replies(session):
+            reply = item.chosen if item.verdict else item.rejected
+            if reply:
+                judged.append(
+                    FeedbackReply(
+                        item.chat_id, list(item.context), reply, item.verdict, system(item.chat_id)
+                    )
+                )
+    return pairs, judged

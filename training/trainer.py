@@ -241,12 +241,13 @@ def _fit_preferences(
     Every process makes the same self-play pairs (one seed); the main one keeps them.
     """
     from training import dpo
+    from training.preferences import keep_self_play, stored_feedback
 
     def keep(played: list[Any]) -> None:
         if processes.is_main_process:
-            _keep_self_play(database, setup.run_id, played)
+            keep_self_play(database, setup.run_id, played)
 
-    pairs, judged = _stored_feedback(database, meta)
+    pairs, judged = stored_feedback(database, meta)
     run = dpo.DpoRun(
         peft_model=peft_model,
         tokenizer=tokenizer,
@@ -311,64 +312,6 @@ def _fit_sft(
         "accumulation": shape.accumulation,
         "padding_fraction": 0.0,  # the padding-free collator adds no padding
     }
-
-
-def _keep_self_play(database: Database, run_id: int, played: list[Any]) -> None:
-    """The run's self-play pairs, kept with the owner's feedback (`twin prefs`)."""
-    from storage.preferences import add_preference
-
-    with database.session() as session:
-        for pair in played:
-            add_preference(
-                session,
-                chat_id=pair.chat_id,
-                run_id=run_id,
-                source="self_play",
-                context=pair.context,
-                chosen=pair.chosen,
-                rejected=pair.rejected,
-            )
-
-
-def _stored_feedback(database: Database, meta: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """The owner's corrections and picks (pairs) and the replies judged by reactions kept in the
-    database, each with the system prompt the dataset gave its chat
-    (`training.prompt.chat_system_prompt`)."""
-    from storage.bot import chat_title
-    from storage.preferences import judged_replies, preference_pairs
-    from training.preferences import FeedbackPair, FeedbackReply
-    from training.prompt import chat_system_prompt
-
-    options = meta.get("options") or {}
-    pairs, judged = [], []
-    with database.session() as session:
-
-        def system(chat_id: int) -> str | None:
-            return chat_system_prompt(
-                options.get("owner_name"),
-                chat_title(session, chat_id),
-                enabled=bool(options.get("system_prompt", True)),
-                contact_names=bool(options.get("contact_names", False)),
-            )
-
-        for pair in preference_pairs(session):
-            if pair.source == "self_play":
-                continue  # made again, by the run being tuned, on every round
-            context = list(pair.context)
-            pairs.append(
-                FeedbackPair(
-                    pair.chat_id, context, pair.chosen, pair.rejected, system(pair.chat_id)
-                )
-            )
-        for item in judged_replies(session):
-            reply = item.chosen if item.verdict else item.rejected
-            if reply:
-                judged.append(
-                    FeedbackReply(
-                        item.chat_id, list(item.context), reply, item.verdict, system(item.chat_id)
-                    )
-                )
-    return pairs, judged
 
 
 def _metrics(
