@@ -35,7 +35,7 @@ class ConversationOptions:
     """How a conversation becomes a prompt; `for_run` reads what the served run trained with."""
 
     session_gap: timedelta = from_setting("session_gap", timedelta(days=1))
-    context_tokens: int = 2048
+    max_tokens: int = 2048  # the prompt's budget: the dataset's `max_tokens` for a run
     system_prompt: bool = True
     owner_name: str | None = None
     contact_names: bool = False
@@ -65,7 +65,7 @@ class ConversationOptions:
         if isinstance(dataset.get("session_gap"), int | float) and dataset["session_gap"] > 0:
             changes["session_gap"] = timedelta(seconds=dataset["session_gap"])
         if isinstance(dataset.get("max_tokens"), int) and dataset["max_tokens"] > 0:
-            changes["context_tokens"] = dataset["max_tokens"]
+            changes["max_tokens"] = dataset["max_tokens"]
         for name in ("system_prompt", "contact_names"):
             if isinstance(dataset.get(name), bool):
                 changes[name] = dataset[name]

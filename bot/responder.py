@@ -90,7 +90,7 @@ class Responder:
         """The current session's turns that fit the prompt budget, ending on a user turn."""
         with self.database.session() as session:
             remembered = bot_store.recent_turns(session, chat_id, limit=self.options.max_turns)
-        budget = max(MIN_HISTORY_TOKENS, self.options.context_tokens - sampling.max_new_tokens)
+        budget = max(MIN_HISTORY_TOKENS, self.options.max_tokens - sampling.max_new_tokens)
         turns = conversation(
             remembered,
             self.options.session_gap,

@@ -36,6 +36,9 @@ PII_EXTRA_TEXT = f"{PII_EXTRA_WORD}\nre:\\bK-\\d{{4}}\\b\n"
 OWNER_NAME = "Sam"
 
 
+TRAINED_MAX_TOKENS = 1536  # not the default: the bot must take it from the run
+
+
 @functools.cache
 def real_run() -> tuple[Path, dict[str, Any]]:
     """A run made once per test session by the real producers: `build_dataset` with
@@ -65,6 +68,7 @@ def real_run() -> tuple[Path, dict[str, Any]]:
         owner_name=OWNER_NAME,
         contact_names=True,
         pii_extra=extra,
+        max_tokens=TRAINED_MAX_TOKENS,
     )
     build_dataset(database, options, root / "data")
     result = train(database, tiny_options(epochs=1, eval_every=2), root / "data")

@@ -105,6 +105,17 @@ def test_a_run_masks_its_pii_extra_lines_even_after_the_file_is_gone(tmp_path: P
     assert ConversationOptions().for_run(run).pii == trained
 
 
+def test_the_bots_prompt_budget_is_the_max_tokens_the_run_trained_with() -> None:
+    """One name, one value: the dataset's `max_tokens` caps the bot's prompts for that run."""
+    from bot.options import ConversationOptions
+    from tests.bot.conftest import TRAINED_MAX_TOKENS
+
+    folder, _ = real_run()
+
+    assert ConversationOptions().max_tokens != TRAINED_MAX_TOKENS
+    assert ConversationOptions().for_run(folder).max_tokens == TRAINED_MAX_TOKENS
+
+
 def test_an_older_run_whose_pii_extra_file_is_gone_does_not_serve(tmp_path: Path) -> None:
     """A folder from before the lines were kept: serving without the owner's own redactions
     would show what training hid. Refuse, in one line that names the file."""
