@@ -245,17 +245,23 @@ def _common_config(run: DpoRun, steps: int, batch: int) -> dict[str, Any]:
     }
 
 
+class _PreTokenized:
+    """A TRL trainer given token ids: TRL would tokenize text, ours is rendered and tokenized."""
+
+    def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, *args, **kwargs)  # type: ignore[misc]
+
+
 def _dpo_trainer(run: DpoRun, pairs: list[PreferencePair]) -> Any:
     """TRL's DPOTrainer over pre-tokenized pairs (TRL would tokenize text; ours is tokenized)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    class PairsDPOTrainer(DPOTrainer):
-        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
-            if "prompt_ids" in dataset.column_names:
-                return dataset
-            return super()._prepare_dataset(dataset, *args, **kwargs)
+    class PairsDPOTrainer(_PreTokenized, DPOTrainer):
+        pass
 
     batch = max(1, min(_BATCH, len(pairs)))
     config = DPOConfig(
@@ -286,17 +292,13 @@ def _kto_trainer(run: DpoRun, examples: list[JudgedReply]) -> Any:
     builds by rotating each batch's replies by one; the batches are a fixed, seeded shuffle (TRL
     reads them in order), so good and bad replies mix.
     """
+    import numpy as np
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import KTOConfig, KTOTrainer
 
-    class JudgedKTOTrainer(KTOTrainer):
-        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
-            if "prompt_ids" in dataset.column_names:
-                return dataset
-            return super()._prepare_dataset(dataset, *args, **kwargs)
-
-    import numpy as np
+    class JudgedKTOTrainer(_PreTokenized, KTOTrainer):
+        pass
 
     order = np.random.default_rng(run.options.seed).permutation(len(examples))
     examples = [examples[i] for i in order]
